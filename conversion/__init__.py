@@ -1,0 +1,1 @@
+"""Conversion of the official TensorFlow GH-Feat / StyleGAN v1 pickles."""

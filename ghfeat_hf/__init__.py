@@ -1,0 +1,50 @@
+"""GH-Feat (Generative Hierarchical Features) for PyTorch, transformers and timm.
+
+Importing the package registers the models with transformers' Auto classes.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers.models.auto import image_processing_auto as _auto_image_processing
+
+from .configuration_ghfeat import GHFeatConfig
+from .configuration_stylegan import StyleGANDiscriminatorConfig, StyleGANGeneratorConfig
+from .image_processing_ghfeat import GHFeatImageProcessor
+from .modeling_ghfeat import GHFeatEncoder, GHFeatModel, GHFeatModelOutput
+from .modeling_stylegan import (
+    StyleGANDiscriminator,
+    StyleGANGenerator,
+    StyleGANSynthesis,
+    compact_style_codes,
+    tile_style_codes,
+)
+
+__version__ = "0.1.0"
+
+for _config, _model in (
+    (GHFeatConfig, GHFeatModel),
+    (StyleGANGeneratorConfig, StyleGANGenerator),
+    (StyleGANDiscriminatorConfig, StyleGANDiscriminator),
+):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+AutoImageProcessor.register(GHFeatConfig, image_processor_classes={"pil": GHFeatImageProcessor}, exist_ok=True)
+# Our processor has only a PIL backend: tell AutoImageProcessor to pick it without a fallback warning.
+_pil_default = getattr(_auto_image_processing, "DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS", None)
+if isinstance(_pil_default, list) and GHFeatImageProcessor.__name__ not in _pil_default:
+    _pil_default.append(GHFeatImageProcessor.__name__)
+
+__all__ = [
+    "GHFeatConfig",
+    "GHFeatEncoder",
+    "GHFeatImageProcessor",
+    "GHFeatModel",
+    "GHFeatModelOutput",
+    "StyleGANDiscriminator",
+    "StyleGANDiscriminatorConfig",
+    "StyleGANGenerator",
+    "StyleGANGeneratorConfig",
+    "StyleGANSynthesis",
+    "__version__",
+    "compact_style_codes",
+    "tile_style_codes",
+]

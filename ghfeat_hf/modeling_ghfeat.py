@@ -1,0 +1,280 @@
+"""GH-Feat: the hierarchical encoder and the transformers model pairing it with the StyleGAN synthesis network.
+
+Encoder (official ``networks_ghfeat.Encoder``): a ResNet trunk with TF "SAME" padding, an extra bottleneck
+stage (res6), a 3-level FPN on res4/res5/res6 with 3x3 laterals, a spatial alignment module (SAM) that pools
+every level to the coarsest size, and three dense + BatchNorm heads; the deepest level feeds the coarse
+generator layers. The output is one AdaIN style code per generator layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_ghfeat import HEAD_NAMES, GHFeatConfig
+from .layers import LRELU_SLOPE, SameConv2d, SameMaxPool2d
+from .modeling_stylegan import (
+    StyleCodes,
+    StyleGANSynthesis,
+    compact_style_codes,
+    init_stylegan_module,
+    tile_style_codes,
+)
+
+
+class ConvNorm(nn.Module):
+    """A 'SAME'-padded convolution followed by BatchNorm (the activation is applied by the caller)."""
+
+    def __init__(self, config: GHFeatConfig, in_ch: int, out_ch: int, kernel: int, stride: int = 1, bias: bool = True):
+        super().__init__()
+        self.conv = SameConv2d(in_ch, out_ch, kernel, stride=stride, bias=bias)
+        self.norm = nn.BatchNorm2d(out_ch, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class BottleneckUnit(nn.Module):
+    """Official bottleneck unit (stride in the 3x3 conv): ``relu(c(b(a(x))) + shortcut(x))``, conv -> BN -> ReLU."""
+
+    def __init__(self, config: GHFeatConfig, in_ch: int, out_ch: int, stride: int, project: bool):
+        super().__init__()
+        hidden = int(out_ch * 0.25)
+        self.shortcut = ConvNorm(config, in_ch, out_ch, 1, stride, bias=False) if project else None
+        self.conv_a = ConvNorm(config, in_ch, hidden, 1)
+        self.conv_b = ConvNorm(config, hidden, hidden, 3, stride)
+        self.conv_c = ConvNorm(config, hidden, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        y = F.relu(self.conv_b(F.relu(self.conv_a(x))))
+        return F.relu(self.conv_c(y) + shortcut)
+
+
+class BasicUnit(nn.Module):
+    """Official basic block: conv -> LeakyReLU(0.2) -> BN, twice, plus the shortcut; no activation after the add."""
+
+    def __init__(self, config: GHFeatConfig, in_ch: int, out_ch: int, stride: int, project: bool):
+        super().__init__()
+        self.shortcut = ConvNorm(config, in_ch, out_ch, 1, stride, bias=False) if project else None
+        self.conv_a = ConvNorm(config, in_ch, out_ch, 3, stride)
+        self.conv_b = ConvNorm(config, out_ch, out_ch, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        y = self.conv_a.norm(F.leaky_relu(self.conv_a.conv(x), LRELU_SLOPE))
+        return self.conv_b.norm(F.leaky_relu(self.conv_b.conv(y), LRELU_SLOPE)) + shortcut
+
+
+class EncoderStem(nn.Module):
+    """7x7 conv (no bias) -> BN -> LeakyReLU(0.2) -> optional 3x3/2 max pool (TF 'SAME' padding)."""
+
+    def __init__(self, config: GHFeatConfig):
+        super().__init__()
+        self.conv = SameConv2d(config.num_channels, config.base_width, 7, stride=config.stem_stride, bias=False)
+        self.norm = nn.BatchNorm2d(config.base_width, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
+        self.pool = SameMaxPool2d(3, 2) if config.stem_pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.leaky_relu(self.norm(self.conv(x)), LRELU_SLOPE))
+
+
+class FeaturePyramid(nn.Module):
+    """FPN on (res4, res5, res6): 3x3 laterals, nearest top-down sums, 3x3 outputs; no activations.
+
+    Returns ``(P0, P1, P2)`` from the finest (res4) to the coarsest (res6) level, each ``pyramid_channels`` wide.
+    """
+
+    def __init__(self, config: GHFeatConfig, in_channels: Sequence[int]):
+        super().__init__()
+        width = config.pyramid_channels
+        self.lateral_convs = nn.ModuleList(SameConv2d(ch, width, 3) for ch in in_channels)
+        self.output_convs = nn.ModuleList(SameConv2d(width, width, 3) for _ in in_channels)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        laterals = [conv(feature) for conv, feature in zip(self.lateral_convs, features)]
+        for level in range(len(laterals) - 2, -1, -1):
+            laterals[level] = laterals[level] + F.interpolate(laterals[level + 1], scale_factor=2.0, mode="nearest")
+        return tuple(conv(lateral) for conv, lateral in zip(self.output_convs, laterals))
+
+
+class SpatialAlignment(nn.Module):
+    """SAM: pool every level to the coarsest size (2x2 average pools), 3x3 conv each, add the coarsest to the others."""
+
+    def __init__(self, config: GHFeatConfig, num_levels: int = 3):
+        super().__init__()
+        width = config.pyramid_channels
+        self.convs = nn.ModuleList(SameConv2d(width, width, 3) for _ in range(num_levels))
+
+    def forward(self, pyramid: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        size = pyramid[-1].shape[-1]
+        aligned = []
+        for conv, level in zip(self.convs, pyramid):
+            while level.shape[-1] > size:
+                level = F.avg_pool2d(level, 2)
+            aligned.append(conv(level))
+        coarsest = aligned[-1]
+        return tuple(level + coarsest for level in aligned[:-1]) + (coarsest,)
+
+
+class StyleHead(nn.Module):
+    """Dense + BatchNorm1d head producing the concatenated codes of its generator layers."""
+
+    def __init__(self, config: GHFeatConfig, style_dims: Sequence[int]):
+        super().__init__()
+        self.style_dims = list(style_dims)
+        in_features = config.pyramid_channels * config.aligned_size**2
+        self.linear = nn.Linear(in_features, sum(style_dims))
+        self.norm = nn.BatchNorm1d(sum(style_dims), eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
+
+    def forward(self, x: torch.Tensor) -> StyleCodes:
+        return tuple(torch.split(self.norm(self.linear(x.flatten(1))), self.style_dims, dim=1))
+
+
+class GHFeatEncoder(nn.Module):
+    """The GH-Feat encoder: images ``[N, C, S, S]`` in [-1, 1] -> per-layer style codes.
+
+    ``stages`` are stage1..stage4 of the ResNet trunk, ``extra_stage`` is stage5 (res6); the heads are
+    ordered (coarse, middle, fine) and read the (res6, res5, res4) aligned levels.
+    """
+
+    def __init__(self, config: GHFeatConfig):
+        super().__init__()
+        self.image_size = config.image_size
+        self.stem = EncoderStem(config)
+        unit = BottleneckUnit if config.bottleneck else BasicUnit
+        stages, in_ch = [], config.base_width
+        for index, (num_units, out_ch) in enumerate(zip(config.units_per_stage, config.stage_channels)):
+            stride = 1 if index == 0 else 2
+            units = [unit(config, in_ch, out_ch, stride, project=True)]
+            units += [unit(config, out_ch, out_ch, 1, project=False) for _ in range(num_units - 1)]
+            stages.append(nn.Sequential(*units))
+            in_ch = out_ch
+        self.stages = nn.ModuleList(stages)
+        self.extra_stage = BottleneckUnit(config, in_ch, config.extra_stage_channels, 2, project=True)
+        self.fpn = FeaturePyramid(config, [config.stage_channels[2], config.stage_channels[3], config.extra_stage_channels])
+        self.alignment = SpatialAlignment(config)
+        self.heads = nn.ModuleList(
+            StyleHead(config, [config.style_dims[layer] for layer in layers]) for layers in config.head_layers
+        )
+        self.head_names = HEAD_NAMES
+
+    def check_input(self, pixel_values: torch.Tensor) -> None:
+        """Raise a ValueError unless ``pixel_values`` is ``[N, C, image_size, image_size]``."""
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+            raise ValueError("pixel_values must be a 4-D tensor [N, C, H, W]; use GHFeatImageProcessor on images.")
+        expected = (self.stem.conv.in_channels, self.image_size, self.image_size)
+        if tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(f"pixel_values must be [N, {expected[0]}, {expected[1]}, {expected[2]}], "
+                             f"got {list(pixel_values.shape)}; resize with GHFeatImageProcessor.")
+
+    def forward_trunk(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Trunk features ``[res2, res3, res4, res5, res6]`` (stage1..stage4 outputs and the extra stage)."""
+        x = self.stem(pixel_values)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        features.append(self.extra_stage(x))
+        return features
+
+    def forward_pyramid(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """FPN levels ``(P0, P1, P2)``, ``[N, pyramid_channels, S/s, S/s]`` for strides ``config.pyramid_strides``."""
+        return self.fpn(self.forward_trunk(pixel_values)[2:])
+
+    def forward_heads(self, pyramid: Sequence[torch.Tensor]) -> StyleCodes:
+        """Style codes (tuple of ``[N, 2C_l]`` in generator-layer order) from the FPN levels."""
+        aligned = self.alignment(pyramid)
+        codes: StyleCodes = ()
+        for head, level in zip(self.heads, reversed(aligned)):
+            codes += head(level)
+        return codes
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[StyleCodes, tuple[torch.Tensor, ...]]:
+        """Returns ``(style_codes, pyramid_features)``."""
+        self.check_input(pixel_values)
+        pyramid = self.forward_pyramid(pixel_values)
+        return self.forward_heads(pyramid), pyramid
+
+
+@dataclass
+class GHFeatModelOutput(ModelOutput):
+    """
+    Output of [`GHFeatModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_layers, max_style_dim)`):
+            The official GH-Feat tensor (`[N, 14, 1024]` at 256 px): one row per generator layer, codes narrower
+            than the widest repeated (tiled) to fill the row, exactly as the official encoder outputs them.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, sum(style_dims))`):
+            The compact GH-Feat vector (9,984 values at 256 px): per-layer codes concatenated without padding.
+        style_codes (`tuple(torch.FloatTensor)`): one `(batch_size, 2 * C_l)` AdaIN code per generator layer,
+            `[scale offset, bias]`; the synthesis network applies `x * (scale + 1) + bias`.
+        pyramid_features (`tuple(torch.FloatTensor)`): the encoder's FPN levels from fine (res4) to coarse (res6),
+            each `(batch_size, pyramid_channels, H_k, W_k)`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    style_codes: tuple[torch.FloatTensor, ...] | None = None
+    pyramid_features: tuple[torch.FloatTensor, ...] | None = None
+
+
+class GHFeatPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading glue shared by the GH-Feat models."""
+
+    config_class = GHFeatConfig
+    base_model_prefix = "ghfeat"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if not init_stylegan_module(module):
+            super()._init_weights(module)
+
+
+class GHFeatModel(GHFeatPreTrainedModel):
+    """GH-Feat encoder plus the (frozen in training) StyleGAN synthesis network it inverts into.
+
+    ``model(pixel_values=x)`` encodes images ``[N, 3, S, S]`` in [-1, 1] into a [`GHFeatModelOutput`];
+    ``model.decode(codes)`` renders images in [-1, 1]; ``model.reconstruct(x)`` is ``decode(encode(x))``.
+    """
+
+    def __init__(self, config: GHFeatConfig):
+        super().__init__(config)
+        self.encoder = GHFeatEncoder(config)
+        self.synthesis = StyleGANSynthesis(config.generator_config, use_style_mod=False)
+        self.post_init()
+
+    def encode(self, pixel_values: torch.Tensor) -> StyleCodes:
+        """Per-layer style codes (tuple of ``[N, 2C_l]``) of images ``[N, 3, S, S]`` in [-1, 1]."""
+        return self.encoder(pixel_values)[0]
+
+    def decode(self, style_codes: Sequence[torch.Tensor] | torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        """Render images ``[N, 3, R, R]`` (about [-1, 1]) from codes: a per-layer tuple, the official tiled
+        ``[N, L, 1024]`` tensor, or the compact ``[N, 9984]`` vector."""
+        return self.synthesis(style_codes=style_codes, noise_mode=noise_mode)
+
+    def reconstruct(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``decode(encode(pixel_values))``: images in, reconstructions ``[N, 3, R, R]`` out."""
+        return self.decode(self.encode(pixel_values))
+
+    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs) -> GHFeatModelOutput:
+        style_codes, pyramid = self.encoder(pixel_values)
+        output = GHFeatModelOutput(
+            last_hidden_state=tile_style_codes(style_codes),
+            pooler_output=compact_style_codes(style_codes),
+            style_codes=style_codes,
+            pyramid_features=pyramid,
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["GHFeatEncoder", "GHFeatModel", "GHFeatModelOutput", "GHFeatPreTrainedModel"]

@@ -1,0 +1,51 @@
+"""Shared test setup: offline Hub, tiny model configurations, the official-TF fixtures."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read once at huggingface_hub import: set before any HF import
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ghfeat_hf import GHFeatConfig, StyleGANDiscriminatorConfig, StyleGANGeneratorConfig  # noqa: E402
+
+SHARED = Path(os.environ.get("GHFEAT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+OFFICIAL_FIXTURES = SHARED / "fixtures" / "official-tf"
+
+
+def tiny_generator_config(resolution: int = 32, **overrides) -> StyleGANGeneratorConfig:
+    """A StyleGAN small enough for unit tests; 128 px exercises the fused up/down convolutions."""
+    kwargs = dict(resolution=resolution, fmap_base=128, fmap_max=32, latent_size=16, dlatent_size=16,
+                  mapping_fmaps=16, mapping_layers=2)
+    return StyleGANGeneratorConfig(**{**kwargs, **overrides})
+
+
+def tiny_ghfeat_config(resolution: int = 32, depth: int = 18, **overrides) -> GHFeatConfig:
+    small = resolution <= 64
+    kwargs = dict(depth=depth, base_width=8, extra_stage_channels=32, pyramid_channels=16, image_size=resolution,
+                  stem_stride=1 if small else 2, stem_pool=not small,
+                  generator_config=tiny_generator_config(resolution).to_dict())
+    return GHFeatConfig(**{**kwargs, **overrides})
+
+
+def tiny_discriminator_config(resolution: int = 32) -> StyleGANDiscriminatorConfig:
+    return StyleGANDiscriminatorConfig(resolution=resolution, fmap_base=128, fmap_max=32)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+PARITY_LINES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the measured parity errors against the official TensorFlow references."""
+    if PARITY_LINES:
+        terminalreporter.section("parity with the official TensorFlow code (relative error ||out-ref||/||ref||)")
+        for line in PARITY_LINES:
+            terminalreporter.write_line(line)

@@ -1,0 +1,135 @@
+"""GHFeatModel: shapes, layouts, head-to-layer mapping, save/load round trip, clear errors."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from ghfeat_hf import GHFeatConfig, GHFeatModel, tile_style_codes
+from ghfeat_hf.configuration_ghfeat import default_head_layer_groups
+from tests.conftest import tiny_ghfeat_config
+
+OFFICIAL_TRAINABLE = {50: 151_766_976, 18: 124_871_872}  # manifest.json, E_gpu0 trainable scalars
+
+
+@pytest.mark.parametrize("depth", [50, 18])
+def test_encoder_parameter_count_equals_official(depth):
+    with torch.device("meta"):
+        model = GHFeatModel(GHFeatConfig(depth=depth))
+    assert sum(p.numel() for p in model.encoder.parameters()) == OFFICIAL_TRAINABLE[depth]
+    # the official synthesis network without StyleMod affines and unused ToRGB_lod1..6 (G_StyleMod: 18,863,189)
+    assert sum(p.numel() for p in model.synthesis.parameters()) == 18_863_189 - 7_314
+
+
+def test_default_config_is_the_released_ffhq256_model():
+    config = GHFeatConfig()
+    assert config.style_dims == [1024] * 8 + [512] * 2 + [256] * 2 + [128] * 2
+    assert sum(config.style_dims) == 9984
+    assert config.head_layers == [[0, 1, 2, 3], [4, 5, 6, 7], list(range(8, 14))]
+    assert config.aligned_size == 4 and config.pyramid_strides == [16, 32, 64]
+
+
+@pytest.mark.parametrize("num_layers, groups", [(8, [2, 2, 4]), (10, [4, 2, 4]), (14, [4, 4, 6]), (18, [6, 6, 6])])
+def test_head_layer_groups_default_rule(num_layers, groups):
+    assert default_head_layer_groups(num_layers) == groups
+
+
+def test_config_errors_and_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="depth"):
+        GHFeatConfig(depth=42)
+    with pytest.raises(ValueError, match="head_layer_groups"):
+        GHFeatConfig(head_layer_groups=[4, 4, 4])
+    with pytest.raises(ValueError, match="divisible"):
+        GHFeatConfig(image_size=100)
+    config = tiny_ghfeat_config(head_layer_groups=[4, 2, 2])
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, GHFeatConfig)
+    assert loaded.head_layer_groups == [4, 2, 2] and loaded.style_dims == config.style_dims
+    assert loaded.generator_config.resolution == 32
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = GHFeatModel(tiny_ghfeat_config()).eval()
+    for module in model.modules():  # non-trivial BN statistics so eval mode is really tested
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def test_output_layouts(tiny_model):
+    config = tiny_model.config
+    pixels = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out = tiny_model(pixel_values=pixels)
+    dims = config.style_dims
+    assert [tuple(code.shape) for code in out.style_codes] == [(3, d) for d in dims]
+    assert out.last_hidden_state.shape == (3, len(dims), max(dims))
+    assert out.pooler_output.shape == (3, sum(dims))
+    torch.testing.assert_close(out.pooler_output, torch.cat(out.style_codes, dim=1))
+    for layer, code in enumerate(out.style_codes):  # narrower codes are tiled, not zero-padded
+        repeats = max(dims) // dims[layer]
+        torch.testing.assert_close(out.last_hidden_state[:, layer], code.repeat(1, repeats))
+    assert [tuple(p.shape[1:]) for p in out.pyramid_features] == [(16, 8, 8), (16, 4, 4), (16, 2, 2)]
+    assert list(out.keys())[0] == "last_hidden_state"  # what pipelines return by default
+    assert len(tiny_model(pixel_values=pixels, return_dict=False)) == 4
+
+
+def test_decode_accepts_every_layout_and_reconstruct(tiny_model):
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out = tiny_model(pixel_values=pixels)
+        images = tiny_model.decode(out.style_codes)
+        assert images.shape == (2, 3, 32, 32)
+        torch.testing.assert_close(tiny_model.decode(out.last_hidden_state), images)
+        torch.testing.assert_close(tiny_model.decode(out.pooler_output), images)
+        torch.testing.assert_close(tiny_model.reconstruct(pixels), images)
+        with pytest.raises(ValueError, match="layout"):
+            tiny_model.decode(torch.randn(2, 5, 7))
+        with pytest.raises(ValueError, match="per-layer codes"):
+            tiny_model.decode(out.style_codes[:-1])
+
+
+def test_deepest_level_drives_coarse_layers(tiny_model):
+    """Perturbing the finest aligned level changes only the fine head's layers."""
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        before = tiny_model.encode(pixels)
+        bias = tiny_model.encoder.alignment.convs[0].bias
+        bias.add_(1.0)
+        after = tiny_model.encode(pixels)
+        bias.sub_(1.0)
+    changed = [layer for layer, (a, b) in enumerate(zip(before, after)) if not torch.equal(a, b)]
+    assert changed == tiny_model.config.head_layers[2]
+
+
+def test_bad_pixel_values_raise(tiny_model):
+    with pytest.raises(ValueError, match=r"\[N, 3, 32, 32\]"):
+        tiny_model(pixel_values=torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="4-D"):
+        tiny_model(pixel_values=torch.zeros(3, 32, 32))
+
+
+@pytest.mark.parametrize("resolution", [32, 128])
+def test_save_pretrained_round_trip_is_exact(tmp_path, resolution):
+    model = GHFeatModel(tiny_ghfeat_config(resolution)).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    pixels = torch.rand(2, 3, resolution, resolution) * 2 - 1
+    with torch.no_grad():
+        expected_codes = model(pixel_values=pixels).last_hidden_state
+        expected_images = model.reconstruct(pixels)
+    for _ in range(2):  # any buffer left uninitialised by from_pretrained would show up as a mismatch
+        loaded = AutoModel.from_pretrained(tmp_path)
+        assert isinstance(loaded, GHFeatModel) and not loaded.training
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(pixel_values=pixels).last_hidden_state, expected_codes, rtol=0, atol=0)
+            torch.testing.assert_close(loaded.reconstruct(pixels), expected_images, rtol=0, atol=0)
+
+
+def test_tile_style_codes_explicit_width():
+    codes = (torch.ones(1, 4), torch.full((1, 2), 2.0))
+    tiled = tile_style_codes(codes, width=8)
+    assert tiled.shape == (1, 2, 8) and tiled[0, 1].tolist() == [2.0] * 8
