@@ -42,16 +42,9 @@ from ghfeat_hf import (  # noqa: E402
     StyleGANGeneratorConfig,
 )
 from ghfeat_hf.configuration_ghfeat import RESNET_UNITS  # noqa: E402
-from ghfeat_hf.image_processing_ghfeat import GHFeatImageProcessor  # noqa: E402
-from ghfeat_hf.model_card import write_model_card  # noqa: E402
+from ghfeat_hf.hub import push_to_hub, save_ghfeat_directory, save_stylegan_directory  # noqa: E402
 
 logger = logging.getLogger("ghfeat.convert")
-CARDS = Path(__file__).resolve().parents[1] / "model_cards"
-LICENSE_NOTICE = (
-    "The converted weights keep the terms of the source checkpoint; check them before any use. The official "
-    "StyleGAN v1 networks are released by NVIDIA under CC BY-NC 4.0, and GH-Feat encoders are trained against "
-    "such generators. The `ghfeat-hf` code is MIT licensed."
-)
 # TF variables the PyTorch models deliberately do not hold: the lod counter and the unused
 # lower-resolution ToRGB/FromRGB layers of progressive growing (lod is 0 in released networks).
 IGNORED_VARIABLES = re.compile(r"(^|/)(lod|ToRGB_lod[1-9]\d*/.*|FromRGB_lod[1-9]\d*/.*)$")
@@ -204,57 +197,14 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _source_text(pickle_path: Path, digest: str, network: TFNetwork) -> str:
-    return (
+def _provenance(pickle_path: Path, digest: str, network: TFNetwork, domain: str) -> dict[str, str]:
+    source = (
         f"Converted from the official TensorFlow pickle `{pickle_path.name}` (sha256 `{digest}`), network "
         f"`{network.name}` (`{network.build_func_name}`, static kwargs `{network.static_kwargs}`), with "
         "`conversion/convert_official_tf.py` of ghfeat-hf. The pickle was read without TensorFlow and without "
         "executing any of its content."
     )
-
-
-def save_stylegan(model, directory: Path, part: str, source: str, repo_id: str, usage: str) -> None:
-    model.save_pretrained(directory)
-    write_model_card(
-        directory,
-        CARDS / "stylegan.md",
-        pipeline_tag=None,
-        model_name=f"StyleGAN v1 {part} ({model.config.resolution} px)",
-        part=part,
-        resolution=model.config.resolution,
-        class_name=type(model).__name__,
-        repo_id=repo_id,
-        usage=usage,
-        summary="",
-        source=source,
-        license_notice=LICENSE_NOTICE,
-    )
-
-
-def save_ghfeat(model: GHFeatModel, directory: Path, source: str, repo_id: str, domain: str, metrics=None) -> None:
-    config = model.config
-    model.save_pretrained(directory)
-    GHFeatImageProcessor(size={"height": config.image_size, "width": config.image_size}).save_pretrained(directory)
-    write_model_card(
-        directory,
-        CARDS / "ghfeat.md",
-        metrics=metrics,
-        model_name=f"GH-Feat ResNet-{config.depth} encoder ({config.image_size} px)",
-        summary="",
-        depth=config.depth,
-        image_size=config.image_size,
-        num_layers=config.num_layers,
-        feature_dim=sum(config.style_dims),
-        max_style_dim=max(config.style_dims),
-        style_dims=config.style_dims,
-        head_layers=" / ".join(f"{layers[0]}-{layers[-1]}" for layers in config.head_layers),
-        resolution=config.generator_config.resolution,
-        encoder_parameters=f"{sum(p.numel() for p in model.encoder.parameters()):,}",
-        source=source,
-        repo_id=repo_id,
-        domain=domain,
-        license_notice=LICENSE_NOTICE,
-    )
+    return {"source": source, "domain": domain, "source_file": pickle_path.name, "source_sha256": digest}
 
 
 def convert(pickle_path: str | Path, output: str | Path, repo_id: str | None = None, domain: str = "the source dataset") -> dict[str, Path]:
@@ -264,23 +214,19 @@ def convert(pickle_path: str | Path, output: str | Path, repo_id: str | None = N
     for network in networks:
         logger.info("%s", describe(network))
     digest = sha256(pickle_path)
-    repo_id = repo_id or f"<org>/{output.name}"
+    written = {"generator": output / "stylegan-generator", "discriminator": output / "stylegan-discriminator"}
     if len(networks) == 4:
         encoder, _, discriminator, generator = networks
-        written = {"ghfeat": output, "generator": output / "stylegan-generator", "discriminator": output / "stylegan-discriminator"}
-        save_ghfeat(convert_encoder(encoder, generator), output, _source_text(pickle_path, digest, encoder), repo_id, domain)
+        model = convert_encoder(encoder, generator)
+        save_ghfeat_directory(model, output, provenance=_provenance(pickle_path, digest, encoder, domain), repo_id=repo_id)
+        written["ghfeat"] = output
     else:
         _, discriminator, generator = networks
-        written = {"generator": output / "stylegan-generator", "discriminator": output / "stylegan-discriminator"}
-    save_stylegan(
-        convert_generator(generator), written["generator"], "generator", _source_text(pickle_path, digest, generator),
-        f"{repo_id}/stylegan-generator", "images = model(torch.randn(4, model.config.latent_size))  # [-1, 1]",
-    )
-    save_stylegan(
-        convert_discriminator(discriminator), written["discriminator"], "discriminator",
-        _source_text(pickle_path, digest, discriminator), f"{repo_id}/stylegan-discriminator",
-        "scores = model(images)  # [N, 1] logits",
-    )
+    for kind, model, network in (
+        ("generator", convert_generator(generator), generator),
+        ("discriminator", convert_discriminator(discriminator), discriminator),
+    ):
+        save_stylegan_directory(model, written[kind], provenance=_provenance(pickle_path, digest, network, domain))
     return written
 
 
@@ -290,15 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument("--repo-id", default=None, help="Hub repo id the model card's usage snippet refers to")
     parser.add_argument("--domain", default="the source dataset", help="image domain named in the model card, e.g. 'FFHQ faces'")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the result to this Hub repo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        written = convert(args.pickle, args.output, args.repo_id, args.domain)
+        written = convert(args.pickle, args.output, args.push_to_hub or args.repo_id, args.domain)
     except (ConversionError, UnsafePickleError, ValueError) as error:
         logger.error("error: %s", error)
         return 1
     for kind, directory in written.items():
         logger.info("wrote %s -> %s", kind, directory)
+    if args.push_to_hub:
+        logger.info("uploaded -> %s", push_to_hub(args.output, args.push_to_hub))
     return 0
 
 

@@ -3,13 +3,14 @@
 Importing the package registers the models with transformers' Auto classes.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 from transformers.models.auto import image_processing_auto as _auto_image_processing
 
+from . import timm_models  # noqa: F401  (registers timm entry points)
 from .configuration_ghfeat import GHFeatConfig
 from .configuration_stylegan import StyleGANDiscriminatorConfig, StyleGANGeneratorConfig
 from .image_processing_ghfeat import GHFeatImageProcessor
-from .modeling_ghfeat import GHFeatEncoder, GHFeatModel, GHFeatModelOutput
+from .modeling_ghfeat import GHFeatBackbone, GHFeatEncoder, GHFeatModel, GHFeatModelOutput
 from .modeling_stylegan import (
     StyleGANDiscriminator,
     StyleGANGenerator,
@@ -27,6 +28,7 @@ for _config, _model in (
 ):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
+AutoBackbone.register(GHFeatConfig, GHFeatBackbone, exist_ok=True)
 AutoImageProcessor.register(GHFeatConfig, image_processor_classes={"pil": GHFeatImageProcessor}, exist_ok=True)
 # Our processor has only a PIL backend: tell AutoImageProcessor to pick it without a fallback warning.
 _pil_default = getattr(_auto_image_processing, "DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS", None)
@@ -34,6 +36,7 @@ if isinstance(_pil_default, list) and GHFeatImageProcessor.__name__ not in _pil_
     _pil_default.append(GHFeatImageProcessor.__name__)
 
 __all__ = [
+    "GHFeatBackbone",
     "GHFeatConfig",
     "GHFeatEncoder",
     "GHFeatImageProcessor",

@@ -18,11 +18,13 @@ of generator layers. Every head outputs the concatenation of the codes of its la
 from __future__ import annotations
 
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 from .configuration_stylegan import StyleGANGeneratorConfig
 
 RESNET_UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 HEAD_NAMES = ("coarse", "middle", "fine")
+PYRAMID_LEVELS = ["p4", "p5", "p6"]  # FPN levels built on res4, res5, res6 (fine to coarse)
 
 
 def default_head_layer_groups(num_layers: int) -> list[int]:
@@ -33,7 +35,7 @@ def default_head_layer_groups(num_layers: int) -> list[int]:
     return [2 * coarse, 2 * middle, 2 * fine]
 
 
-class GHFeatConfig(PreTrainedConfig):
+class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a GH-Feat model (encoder + the StyleGAN synthesis network it inverts into).
     The defaults are the released FFHQ-256 model.
@@ -55,6 +57,9 @@ class GHFeatConfig(PreTrainedConfig):
     initializer_range (`float`, defaults to 0.02): std of the normal init of the encoder weights.
     generator_config (`dict` or [`StyleGANGeneratorConfig`]): the generator the encoder inverts. Only its
         synthesis part is used by [`GHFeatModel`]; it is stored without StyleMod affines.
+    out_features (`list[str]`, *optional*), out_indices (`list[int]`, *optional*): pyramid levels returned by
+        [`GHFeatBackbone`], among `stage_names = ["p4", "p5", "p6"]` (FPN levels on res4, res5, res6, strides
+        `pyramid_strides`). Defaults to the coarsest level, as transformers backbones do.
     """
 
     model_type = "ghfeat"
@@ -75,6 +80,10 @@ class GHFeatConfig(PreTrainedConfig):
     generator_config: dict | StyleGANGeneratorConfig | None = None
 
     def __post_init__(self, **kwargs):
+        self.stage_names = list(PYRAMID_LEVELS)
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
         super().__post_init__(**kwargs)
         if self.depth not in RESNET_UNITS:
             raise ValueError(f"depth must be one of {sorted(RESNET_UNITS)}, got {self.depth}.")
@@ -141,4 +150,4 @@ class GHFeatConfig(PreTrainedConfig):
         return [list(range(start, stop)) for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
-__all__ = ["GHFeatConfig", "HEAD_NAMES", "default_head_layer_groups"]
+__all__ = ["GHFeatConfig", "HEAD_NAMES", "PYRAMID_LEVELS", "default_head_layer_groups"]

@@ -1,43 +1,124 @@
-"""Model cards (README.md with Hub metadata) for converted and trained GH-Feat / StyleGAN directories."""
+"""Model cards (README.md with Hub metadata) for GH-Feat and StyleGAN directories.
+
+A card is rendered from the directory itself: ``config.json`` gives the architecture, ``provenance.json``
+(written by the converter or a trainer: source, domain, license notice, summary) the history, and
+``metrics.json`` (parity or evaluation numbers, when measured) the results table. Templates live in the
+repository's ``model_cards/`` folder.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
+PROVENANCE_FILE = "provenance.json"
+METRICS_FILE = "metrics.json"
 CARD_TAGS = ["ghfeat", "timm", "stylegan", "gan-inversion", "image-feature-extraction"]
+DEFAULT_LICENSE_NOTICE = (
+    "The weights keep the terms of the checkpoint or data they come from; check them before any use. The official "
+    "StyleGAN v1 networks are released by NVIDIA under CC BY-NC 4.0, and GH-Feat encoders are trained against such "
+    "generators. The `ghfeat-hf` code is MIT licensed."
+)
 
 
-def write_model_card(
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_provenance(directory: str | Path, **fields: Any) -> Path:
+    """Record where a model directory comes from (merged into an existing ``provenance.json``)."""
+    path = Path(directory) / PROVENANCE_FILE
+    path.write_text(json.dumps({**_read_json(path), **fields}, indent=2, default=str) + "\n")
+    return path
+
+
+def _ghfeat_fields(directory: Path) -> dict[str, Any]:
+    from .configuration_ghfeat import GHFeatConfig
+
+    config = GHFeatConfig.from_pretrained(directory)
+    weights = directory / "model.safetensors"
+    return {
+        "template": "ghfeat.md",
+        "pipeline_tag": "image-feature-extraction",
+        "model_name": f"GH-Feat ResNet-{config.depth} encoder ({config.image_size} px)",
+        "depth": config.depth,
+        "image_size": config.image_size,
+        "num_layers": config.num_layers,
+        "feature_dim": sum(config.style_dims),
+        "max_style_dim": max(config.style_dims),
+        "style_dims": config.style_dims,
+        "head_layers": " / ".join(f"{layers[0]}-{layers[-1]}" for layers in config.head_layers),
+        "resolution": config.generator_config.resolution,
+        "weights_size": f"{weights.stat().st_size / 2**20:.1f} MiB" if weights.exists() else "n/a",
+    }
+
+
+def _stylegan_fields(directory: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    generator = config["model_type"] == "stylegan-generator"
+    return {
+        "template": "stylegan.md",
+        "pipeline_tag": None,
+        "model_name": f"StyleGAN v1 {'generator' if generator else 'discriminator'} ({config['resolution']} px)",
+        "part": "generator" if generator else "discriminator",
+        "resolution": config["resolution"],
+        "class_name": "StyleGANGenerator" if generator else "StyleGANDiscriminator",
+        "usage": (
+            "images = model(torch.randn(4, model.config.latent_size))  # [-1, 1]"
+            if generator
+            else "scores = model(images)  # [N, 1] logits"
+        ),
+    }
+
+
+def render_model_card(
     directory: str | Path,
-    template_path: str | Path,
-    *,
-    pipeline_tag: str | None = "image-feature-extraction",
-    license: str = "other",
-    extra_tags: list[str] | None = None,
-    datasets: list[str] | None = None,
+    repo_id: str | None = None,
     metrics: Mapping[str, Any] | None = None,
-    **fields: Any,
+    subfolder: str | None = None,
 ) -> Path:
-    """Render ``template_path`` (a Jinja template with ``{{ card_data }}`` front matter) into ``directory/README.md``.
+    """Write ``directory/README.md`` for a saved GH-Feat or StyleGAN directory; returns its path.
 
-    ``metrics`` (name -> value) are rendered by the template as a table; every other keyword is passed to
-    the template as is. Returns the written path.
+    ``repo_id`` (and ``subfolder`` for a directory inside a repo) fill the usage snippet; ``metrics`` are
+    merged into ``metrics.json`` first, so later renders keep them.
     """
+    directory = Path(directory)
+    config = _read_json(directory / "config.json")
+    if config.get("model_type") == "ghfeat":
+        fields = _ghfeat_fields(directory)
+    elif config.get("model_type") in ("stylegan-generator", "stylegan-discriminator"):
+        fields = _stylegan_fields(directory, config)
+    else:
+        raise ValueError(f"{directory} holds no GH-Feat or StyleGAN model (config model_type {config.get('model_type')!r}).")
+    if metrics:
+        (directory / METRICS_FILE).write_text(json.dumps({**_read_json(directory / METRICS_FILE), **metrics}, indent=2) + "\n")
+    provenance = {"summary": "", "source": "Not recorded.", "domain": "the training data",
+                  "license_notice": DEFAULT_LICENSE_NOTICE, "datasets": None, **_read_json(directory / PROVENANCE_FILE)}
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag=pipeline_tag,
-        license=license,
-        tags=CARD_TAGS + list(extra_tags or []),
-        datasets=datasets,
+        pipeline_tag=fields.pop("pipeline_tag"),
+        license="other",
+        tags=list(CARD_TAGS),
+        datasets=provenance.pop("datasets"),
     )
-    card = ModelCard.from_template(card_data, template_path=str(template_path), metrics=dict(metrics or {}), **fields)
-    path = Path(directory) / "README.md"
+    template = TEMPLATES / fields.pop("template")
+    if not template.exists():
+        raise FileNotFoundError(f"Model card template {template} not found (templates live in model_cards/).")
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        load_args=f'"{repo_id or "<org>/" + directory.name}"' + (f', subfolder="{subfolder}"' if subfolder else ""),
+        metrics=_read_json(directory / METRICS_FILE),
+        **provenance,
+        **fields,
+    )
+    path = directory / "README.md"
     card.save(path)
     return path
 
 
-__all__ = ["CARD_TAGS", "write_model_card"]
+__all__ = ["CARD_TAGS", "render_model_card", "write_provenance"]

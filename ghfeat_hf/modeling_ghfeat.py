@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput
 from transformers.utils import ModelOutput
 
 from .configuration_ghfeat import HEAD_NAMES, GHFeatConfig
@@ -277,4 +279,38 @@ class GHFeatModel(GHFeatPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["GHFeatEncoder", "GHFeatModel", "GHFeatModelOutput", "GHFeatPreTrainedModel"]
+class GHFeatBackbone(BackboneMixin, GHFeatPreTrainedModel):
+    """The GH-Feat encoder's feature pyramid as a transformers backbone.
+
+    ``stage_names`` are ``["p4", "p5", "p6"]`` (FPN levels on res4, res5, res6); ``out_features`` /
+    ``out_indices`` choose which are returned as ``feature_maps`` ``[N, pyramid_channels, S/s, S/s]``.
+    Loads from a full [`GHFeatModel`] checkpoint (the synthesis weights are ignored quietly).
+    """
+
+    has_attentions = False
+    _keys_to_ignore_on_load_unexpected = [r"^synthesis\.", r"^encoder\.alignment\.", r"^encoder\.heads\."]
+
+    def __init__(self, config: GHFeatConfig):
+        super().__init__(config)
+        self.encoder = GHFeatEncoder(config)
+        del self.encoder.alignment, self.encoder.heads  # the pyramid needs neither
+        self.num_features = [config.pyramid_channels] * len(config.stage_names)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput:
+        self.encoder.check_input(pixel_values)
+        pyramid = self.encoder.forward_pyramid(pixel_values)
+        feature_maps = tuple(pyramid[self.stage_names.index(name)] for name in self.out_features)
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output = BackboneOutput(feature_maps=feature_maps, hidden_states=pyramid if output_hidden_states else None)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["GHFeatBackbone", "GHFeatEncoder", "GHFeatModel", "GHFeatModelOutput", "GHFeatPreTrainedModel"]

@@ -225,3 +225,20 @@ def test_depth18_pickle_converts_with_basic_blocks(tmp_path):
         assert relative_error(outputs[key], reference[key]) < TOLERANCE, key
     codes = outputs["codes"]
     assert codes.shape == (6, 14, 1024) and torch.isfinite(codes).all() and 0.05 < codes.std() < 50
+
+
+def test_timm_features_only_on_the_converted_directory(parity, converted):
+    """timm reads the converter's model.safetensors directly (no remapping) and returns the pyramid levels."""
+    import timm
+
+    _, model = parity
+    name = f"ghfeat_resnet{converted['depth']}_256"
+    features = timm.create_model(name, pretrained=True, features_only=True, out_indices=(0, 1, 2),
+                                 pretrained_cfg_overlay=dict(file=str(converted["output"] / "model.safetensors")))
+    pixels = torch.from_numpy(np.load(OFFICIAL_FIXTURES / "inputs.npz")["images"][:2])
+    with torch.no_grad():
+        levels = features.eval()(pixels)
+        expected = model(pixel_values=pixels).pyramid_features
+    assert [tuple(level.shape[1:]) for level in levels] == [(512, 16, 16), (512, 8, 8), (512, 4, 4)]
+    for level, reference in zip(levels, expected):
+        torch.testing.assert_close(level, reference, rtol=0, atol=1e-6)

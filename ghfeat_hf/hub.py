@@ -1,0 +1,148 @@
+"""Saving, loading and publishing GH-Feat directories on the Hugging Face Hub.
+
+A GH-Feat directory written by :func:`save_ghfeat_directory` serves every loader from one ``model.safetensors``:
+
+* ``AutoModel`` / ``AutoImageProcessor`` / ``pipeline`` after ``import ghfeat_hf``;
+* the same with ``trust_remote_code=True`` for users who do not install the package (self-contained module
+  files are copied into the directory and named in ``auto_map``);
+* :func:`load_backbone` (``AutoBackbone`` semantics, see below);
+* timm's ``hf-hub:`` / ``local-dir:`` loaders, through the timm keys merged into ``config.json``.
+
+transformers 5.x ``AutoBackbone.from_pretrained`` treats any name it cannot find on the Hub as a timm model
+name, so local directories and offline caches fail with ``HFValidationError`` / ``OfflineModeIsEnabled``.
+:func:`load_backbone` resolves the backbone class from the configuration instead.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi
+from transformers import AutoConfig, PreTrainedModel
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
+
+from .model_card import render_model_card, write_provenance
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REMOTE_CODE_FILES = (
+    "configuration_ghfeat.py",
+    "configuration_stylegan.py",
+    "image_processing_ghfeat.py",
+    "layers.py",
+    "modeling_ghfeat.py",
+    "modeling_stylegan.py",
+)
+AUTO_MAP = {
+    "AutoConfig": "configuration_ghfeat.GHFeatConfig",
+    "AutoModel": "modeling_ghfeat.GHFeatModel",
+    "AutoBackbone": "modeling_ghfeat.GHFeatBackbone",
+    # Kept in config.json rather than preprocessor_config.json: transformers 5.x pipelines derive an
+    # AutoVideoProcessor entry from the processor's auto_map and would prompt for remote code that does not exist.
+    "AutoImageProcessor": "image_processing_ghfeat.GHFeatImageProcessor",
+}
+UPLOAD_IGNORE = ["checkpoints/*", "*.partial", "logs/*", "__pycache__/*"]
+
+
+def _update_json(path: Path, fields: dict[str, Any]) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}, indent=2, sort_keys=True) + "\n")
+
+
+def save_ghfeat_directory(
+    model: PreTrainedModel,
+    directory: str | Path,
+    *,
+    processor=None,
+    provenance: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+) -> Path:
+    """Save a [`GHFeatModel`] with its image processor, remote code, timm keys and model card."""
+    from .image_processing_ghfeat import GHFeatImageProcessor
+    from .timm_models import timm_config_fields
+
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    size = model.config.image_size
+    processor = processor or GHFeatImageProcessor(size={"height": size, "width": size})
+    processor.save_pretrained(directory)
+    for name in REMOTE_CODE_FILES:
+        shutil.copyfile(PACKAGE_DIR / name, directory / name)
+    _update_json(directory / "config.json", {"auto_map": AUTO_MAP, **timm_config_fields(model.config)})
+    if provenance:
+        write_provenance(directory, **provenance)
+    render_model_card(directory, repo_id=repo_id, metrics=metrics)
+    return directory
+
+
+def save_stylegan_directory(
+    model: PreTrainedModel,
+    directory: str | Path,
+    *,
+    provenance: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+) -> Path:
+    """Save a [`StyleGANGenerator`] or [`StyleGANDiscriminator`] with its model card."""
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    if provenance:
+        write_provenance(directory, **provenance)
+    render_model_card(directory, repo_id=repo_id)
+    return directory
+
+
+def load_backbone(name_or_path: str | Path, *, trust_remote_code: bool = False, **kwargs: Any) -> PreTrainedModel:
+    """``AutoBackbone.from_pretrained`` that also works on local directories and offline Hub caches.
+
+    ``out_features`` / ``out_indices`` and the usual ``from_pretrained`` keywords are accepted.
+    """
+    config_kwargs = {key: kwargs.pop(key) for key in ("out_features", "out_indices") if key in kwargs}
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **config_kwargs)
+    if type(config) in MODEL_FOR_BACKBONE_MAPPING:
+        backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(config)]
+    elif trust_remote_code and "AutoBackbone" in (getattr(config, "auto_map", None) or {}):
+        backbone_class = get_class_from_dynamic_module(config.auto_map["AutoBackbone"], str(name_or_path))
+    else:
+        raise ValueError(
+            f"No backbone is registered for {type(config).__name__} ({name_or_path}); import ghfeat_hf or pass "
+            "trust_remote_code=True for a directory with remote code."
+        )
+    return backbone_class.from_pretrained(name_or_path, config=config, **kwargs)
+
+
+def push_to_hub(
+    directory: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    api: HfApi | None = None,
+) -> str:
+    """Upload a saved GH-Feat or StyleGAN directory (and its sub-directories) to ``repo_id``; returns the commit URL.
+
+    The model cards are rendered again first with ``repo_id`` in their usage snippets and any new ``metrics``.
+    """
+    directory = Path(directory)
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"{directory} is not a saved model directory (no config.json).")
+    render_model_card(directory, repo_id=repo_id, metrics=metrics)
+    for sub in sorted(path.parent for path in directory.glob("*/config.json")):
+        render_model_card(sub, repo_id=repo_id, subfolder=sub.name)
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(directory),
+        commit_message=commit_message or f"Upload {directory.name} with ghfeat-hf",
+        ignore_patterns=UPLOAD_IGNORE,
+        repo_type="model",
+    )
+    return str(getattr(commit, "commit_url", commit))
+
+
+__all__ = ["load_backbone", "push_to_hub", "save_ghfeat_directory", "save_stylegan_directory"]

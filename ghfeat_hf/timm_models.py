@@ -1,0 +1,457 @@
+"""timm entry points for GH-Feat: ``import ghfeat_hf`` registers them (timm has no plugin mechanism).
+
+Registered architectures (random init unless a pretrained tag / file is given), every one a
+[`GHFeatConfig`] preset:
+
+* ``ghfeat_resnet50_256``: the official encoder (``GHFeatConfig()`` defaults), with pretrained tags
+  ``.ffhq``, ``.lsun_tower`` and ``.lsun_bedroom`` pointing at the converted Hub repos;
+* ``ghfeat_resnet18_256``: the same with a ResNet-18 trunk.
+
+Any other converted or trained architecture (a 32 px narrow model, another depth) is built from a preset plus
+``ghfeat_config=dict(...)`` (or a [`GHFeatConfig`]); [`timm_config_fields`] writes exactly that into a
+``config.json`` as ``model_args``, so ``timm.create_model("hf-hub:<repo>")`` / ``"local-dir:<dir>"`` rebuild
+the architecture of a directory saved by the converter.
+
+[`GHFeatTimm`] holds the encoder under the attribute name [`GHFeatModel`] uses (``encoder``), so the
+``encoder.*`` tensors of one ``model.safetensors`` load with no renaming; the generator's ``synthesis.*``
+tensors are dropped when loading (``pretrained_filter_fn`` and a ``load_state_dict`` pre-hook).
+
+Outputs, for images ``[N, C, S, S]`` in [-1, 1] (timm's data config: mean = std = 0.5):
+
+* ``forward_features``: the official tiled codes ``[N, L, max(style_dims)]`` (``GHFeatModel``'s
+  ``last_hidden_state``);
+* ``forward_head``: ``global_pool='compact'`` (default) gives the compact GH-Feat vector ``[N, sum(style_dims)]``
+  (``pooler_output``, 9,984 values at 256 px), ``'avg'`` the mean over layers ``[N, max(style_dims)]``, ``''``
+  no pooling; then dropout and the classifier (``num_classes=0``: none);
+* ``forward_intermediates`` / ``features_only=True``: the three FPN levels ``(P0, P1, P2)``, fine to coarse,
+  ``pyramid_channels`` wide at strides ``config.pyramid_strides``; ``out_indices`` index these levels.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Format
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .configuration_ghfeat import GHFeatConfig
+from .configuration_stylegan import StyleGANGeneratorConfig
+from .modeling_ghfeat import GHFeatEncoder
+from .modeling_stylegan import as_style_code_tuple, compact_style_codes, tile_style_codes
+
+NUM_LEVELS = 3  # FPN levels P0 (res4), P1 (res5), P2 (res6)
+GLOBAL_POOLS = ("compact", "avg", "")
+PRESETS: dict[str, dict[str, Any]] = {
+    "ghfeat_resnet50_256": {},  # GHFeatConfig() is the released FFHQ-256 model
+    "ghfeat_resnet18_256": {"depth": 18},
+}
+DEFAULT_ARCHITECTURE = "ghfeat_resnet50_256"
+HUB_FILENAME = "model.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration helpers
+
+
+def _architecture_fields(config_class: type) -> tuple[str, ...]:
+    """The hyper-parameters a config class declares itself (no transformers bookkeeping)."""
+    return tuple(inspect.get_annotations(config_class))
+
+
+@functools.cache
+def _bookkeeping_keys() -> frozenset[str]:
+    """Keys a saved ``GHFeatConfig`` holds besides its hyper-parameters (transformers and backbone fields)."""
+    return frozenset(GHFeatConfig().to_dict()) - set(_architecture_fields(GHFeatConfig))
+
+
+def ghfeat_config_dict(config: GHFeatConfig) -> dict[str, Any]:
+    """JSON-serialisable architecture of ``config``: its own fields, the generator reduced to its own fields."""
+    fields = {name: copy.deepcopy(getattr(config, name)) for name in _architecture_fields(GHFeatConfig)}
+    generator = config.generator_config
+    fields["generator_config"] = {
+        name: copy.deepcopy(getattr(generator, name)) for name in _architecture_fields(StyleGANGeneratorConfig)
+    }
+    return fields
+
+
+def resolve_ghfeat_config(
+    ghfeat_config: GHFeatConfig | dict[str, Any] | None = None, preset: dict[str, Any] | None = None
+) -> GHFeatConfig:
+    """A fresh [`GHFeatConfig`]: a config instance as is (copied), else ``preset`` updated with a dict of fields.
+
+    Transformers bookkeeping keys in the dict (``model_type``, ``transformers_version``, ...) are ignored, so
+    ``config.to_dict()`` can be passed; any other unknown key is an error.
+    """
+    if isinstance(ghfeat_config, GHFeatConfig):
+        return GHFeatConfig(**ghfeat_config_dict(ghfeat_config))
+    if ghfeat_config is not None and not isinstance(ghfeat_config, dict):
+        raise TypeError(f"ghfeat_config must be a GHFeatConfig or a dict, got {type(ghfeat_config).__name__}.")
+    ghfeat_config = dict(ghfeat_config or {})
+    known = set(_architecture_fields(GHFeatConfig))
+    unknown = sorted(set(ghfeat_config) - known - _bookkeeping_keys())
+    if unknown:
+        raise TypeError(f"Unknown GHFeatConfig fields in ghfeat_config: {unknown}.")
+    fields = dict(preset or {})
+    fields.update({key: value for key, value in ghfeat_config.items() if key in known})
+    return GHFeatConfig(**fields)
+
+
+def _architecture_name(config: GHFeatConfig) -> str:
+    """The registered preset of the same depth (``model_args`` carry every other difference)."""
+    name = f"ghfeat_resnet{config.depth}_256"
+    return name if name in PRESETS else DEFAULT_ARCHITECTURE
+
+
+def _input_size(config: GHFeatConfig) -> tuple[int, int, int]:
+    return config.num_channels, config.image_size, config.image_size
+
+
+def timm_config_fields(config: GHFeatConfig) -> dict[str, Any]:
+    """The timm keys to merge into a transformers ``config.json`` ("dual" config, one repo for both libraries).
+
+    ``architecture`` names a registered entry point, ``model_args.ghfeat_config`` holds the exact architecture
+    (``hf-hub:`` / ``local-dir:`` pass it to the entry point), ``pretrained_cfg`` the preprocessing and the
+    weight file, ``num_features`` the width of the default pooled output (the compact vector). ``num_classes``
+    is left out of ``model_args`` on purpose: transformers' ``TimmWrapperModel`` passes its own.
+
+    ``image_processor_type`` is included because of the timm keys: transformers 5.x treats a *local* directory
+    whose ``config.json`` has ``pretrained_cfg`` as a timm checkpoint, and ``AutoImageProcessor`` then looks
+    for the processor class in ``config.json`` instead of ``preprocessor_config.json`` (the settings are still
+    read from ``preprocessor_config.json``). For ``trust_remote_code`` loading of such a directory,
+    ``config.json``'s ``auto_map`` must also name ``AutoImageProcessor``.
+    """
+    pretrained_cfg = _cfg(input_size=list(_input_size(config)), hf_hub_filename=HUB_FILENAME)
+    pretrained_cfg["mean"], pretrained_cfg["std"] = list(pretrained_cfg["mean"]), list(pretrained_cfg["std"])
+    return {
+        "architecture": _architecture_name(config),
+        "num_features": sum(config.style_dims),
+        "global_pool": "compact",
+        "model_args": {"ghfeat_config": ghfeat_config_dict(config)},
+        "pretrained_cfg": pretrained_cfg,
+        "image_processor_type": "GHFeatImageProcessor",
+    }
+
+
+def add_timm_config_fields(directory: str | Path) -> dict[str, Any]:
+    """Merge :func:`timm_config_fields` into ``<directory>/config.json`` (a saved [`GHFeatModel`]); returns them."""
+    path = Path(directory) / "config.json"
+    saved = json.loads(path.read_text())
+    fields = timm_config_fields(GHFeatConfig.from_pretrained(directory))
+    path.write_text(json.dumps({**saved, **fields}, indent=2, sort_keys=True) + "\n")
+    return fields
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Keep the tensors of ``model``'s own top-level modules (``encoder.*``, ``head.*``); no renaming.
+
+    A [`GHFeatModel`] checkpoint also holds the generator (``synthesis.*``), which timm does not use.
+    """
+    children = {name for name, _ in model.named_children()}
+    return {key: value for key, value in state_dict.items() if key.split(".", 1)[0] in children}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained configurations (must exist before the @register_model functions below)
+
+
+def _cfg(**kwargs) -> dict[str, Any]:
+    return {
+        "input_size": (3, 256, 256),
+        "fixed_input_size": True,  # the encoder's dense heads fix the input size
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+        "mean": (0.5, 0.5, 0.5),  # x / 255 -> [-1, 1], as GHFeatImageProcessor
+        "std": (0.5, 0.5, 0.5),
+        "num_classes": 0,
+        "first_conv": "encoder.stem.conv",
+        "classifier": "head",
+        "license": "other",  # converted weights derive from NVIDIA's StyleGAN; see the model card
+        "paper_ids": "arXiv:2007.10379",
+        **kwargs,
+    }
+
+
+def _hub_cfg(repo: str, **kwargs) -> dict[str, Any]:
+    return _cfg(hf_hub_id=repo, hf_hub_filename=HUB_FILENAME, origin_url="https://github.com/genforce/ghfeat",
+                **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "ghfeat_resnet50_256.ffhq": _hub_cfg("ghfeat-hf/ghfeat-ffhq-256"),
+    "ghfeat_resnet50_256.lsun_tower": _hub_cfg("ghfeat-hf/ghfeat-tower-256"),
+    "ghfeat_resnet50_256.lsun_bedroom": _hub_cfg("ghfeat-hf/ghfeat-bedroom-256"),
+    "ghfeat_resnet18_256": _cfg(),
+})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def _image_size(img_size: int | Sequence[int]) -> int:
+    if isinstance(img_size, int):
+        return img_size
+    height, width = tuple(img_size)
+    if height != width:
+        raise ValueError(f"GH-Feat takes square images, got img_size={tuple(img_size)}.")
+    return int(height)
+
+
+class GHFeatTimm(nn.Module):
+    """GH-Feat encoder with timm's model API (see the module docstring for the outputs).
+
+    Args:
+        ghfeat_config: the architecture, a [`GHFeatConfig`] or a dict of its fields (``None``: the official one).
+        num_classes: classifier outputs; 0 (default) returns the pooled codes.
+        global_pool: ``'compact'`` (default), ``'avg'`` or ``''`` (see ``forward_head``).
+        in_chans, img_size: override the config's ``num_channels`` / ``image_size`` (timm passes them).
+        drop_rate: dropout before the classifier.
+
+    ``timm.models.save_for_hf`` records the factory kwargs as ``model_args``: pass ``ghfeat_config`` to
+    ``create_model`` as a dict (``ghfeat_config_dict(config)``), not a config object, to keep them JSON-able.
+    """
+
+    def __init__(
+        self,
+        ghfeat_config: GHFeatConfig | dict[str, Any] | None = None,
+        num_classes: int = 0,
+        global_pool: str = "compact",
+        in_chans: int | None = None,
+        img_size: int | Sequence[int] | None = None,
+        drop_rate: float = 0.0,
+    ):
+        super().__init__()
+        config = resolve_ghfeat_config(ghfeat_config)
+        overrides = {}
+        if in_chans is not None and in_chans != config.num_channels:
+            overrides["num_channels"] = in_chans
+        if img_size is not None and _image_size(img_size) != config.image_size:
+            overrides["image_size"] = _image_size(img_size)
+        if overrides:
+            config = GHFeatConfig(**{**ghfeat_config_dict(config), **overrides})
+        self.config = config
+        self.style_dims = list(config.style_dims)
+        self.in_chans = config.num_channels
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.output_fmt = "NCHW"
+
+        self.encoder = GHFeatEncoder(config)
+        self.feature_info = [
+            dict(num_chs=config.pyramid_channels, reduction=stride, module=f"encoder.fpn.output_convs.{level}")
+            for level, stride in enumerate(config.pyramid_strides)
+        ]
+        self.num_classes = 0
+        self.global_pool = "compact"
+        self.num_features = self.head_hidden_size = sum(self.style_dims)
+        self.head: nn.Module = nn.Identity()
+        self.reset_classifier(num_classes, global_pool)
+        self.apply(self._init_weights)
+        self.register_load_state_dict_pre_hook(_drop_foreign_keys)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The random init of [`GHFeatModel`]: normal(0, initializer_range) weights, zero biases, unit norms."""
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            module.reset_running_stats()
+
+    # -- timm model API ------------------------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups, input to output: stem, trunk stages (units), extra stage, FPN, SAM, style heads."""
+        stages = r"^encoder\.stages\.(\d+)" if coarse else r"^encoder\.stages\.(\d+)\.(\d+)"
+        return dict(
+            stem=r"^encoder\.stem",
+            blocks=[
+                (stages, None),
+                (r"^encoder\.extra_stage", (len(self.encoder.stages),)),
+                (r"^encoder\.fpn", (len(self.encoder.stages) + 1,)),
+                (r"^encoder\.alignment", (len(self.encoder.stages) + 2,)),
+                (r"^encoder\.heads", (len(self.encoder.stages) + 3,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the stem and every trunk unit in the backward pass (``torch.utils.checkpoint``).
+
+        Note that BatchNorm running statistics are updated again by the recomputation in train mode.
+        """
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> str | nn.Module:
+        return "head" if name_only else self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New classifier of ``num_classes`` outputs (0: none) on the ``global_pool`` pooled codes."""
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}.")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = (
+            sum(self.style_dims) if self.global_pool == "compact" else max(self.style_dims)
+        )
+        reference = next(self.encoder.parameters(), None)
+        if num_classes > 0:
+            factory = {} if reference is None else dict(device=reference.device, dtype=reference.dtype)
+            self.head = nn.Linear(self.num_features, num_classes, **factory)
+            nn.init.normal_(self.head.weight, std=self.config.initializer_range)
+            nn.init.zeros_(self.head.bias)
+        else:
+            self.head = nn.Identity()
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = NUM_LEVELS, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Keep what the pyramid levels ``indices`` need; returns the absolute level indices.
+
+        Every level needs the whole trunk and FPN (top-down path), so only the style part (SAM, style heads)
+        and the classifier can go (``prune_head``). A pruned model has no ``forward_features``.
+        """
+        take_indices, _ = feature_take_indices(NUM_LEVELS, indices)
+        if prune_head and hasattr(self.encoder, "heads"):
+            del self.encoder.alignment, self.encoder.heads
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def _forward_pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.encoder.check_input(x)
+        if not (self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()):
+            return self.encoder.forward_pyramid(x)
+        encoder = self.encoder
+        x = checkpoint(encoder.stem, x, use_reentrant=False)
+        trunk = []
+        for stage in encoder.stages:
+            for unit in stage:
+                x = checkpoint(unit, x, use_reentrant=False)
+            trunk.append(x)
+        trunk.append(checkpoint(encoder.extra_stage, x, use_reentrant=False))
+        return encoder.fpn(trunk[2:])
+
+    def _tiled_codes(self, pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not hasattr(self.encoder, "heads"):
+            raise RuntimeError("The style heads were pruned (features_only / prune_intermediate_layers); "
+                               "only forward_intermediates(..., intermediates_only=True) is available.")
+        return tile_style_codes(self.encoder.forward_heads(pyramid))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Pyramid levels at ``indices`` (None: all three, int: the last n, list: those, negatives from the end).
+
+        Returns the list of levels if ``intermediates_only``, else ``(tiled_codes, levels)``. ``norm`` and
+        ``stop_early`` have no effect: the levels have no norm, and the top-down FPN needs the whole trunk.
+        """
+        output_fmt = Format(output_fmt)
+        if output_fmt not in (Format.NCHW, Format.NHWC):
+            raise ValueError(f"output_fmt must be NCHW or NHWC, got {output_fmt}.")
+        take_indices, _ = feature_take_indices(NUM_LEVELS, indices)
+        pyramid = self._forward_pyramid(x)
+        intermediates = [pyramid[level] for level in take_indices]
+        if output_fmt == Format.NHWC:
+            intermediates = [level.permute(0, 2, 3, 1) for level in intermediates]
+        if intermediates_only:
+            return intermediates
+        return self._tiled_codes(pyramid), intermediates
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The official tiled codes ``[N, L, max(style_dims)]`` (``GHFeatModel``'s ``last_hidden_state``)."""
+        return self._tiled_codes(self._forward_pyramid(x))
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool tiled codes ``[N, L, D]``: compact ``[N, sum(style_dims)]``, ``avg`` ``[N, D]`` or unchanged."""
+        if self.global_pool == "compact":
+            return compact_style_codes(as_style_code_tuple(x, self.style_dims))
+        if self.global_pool == "avg":
+            return x.mean(dim=1)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _drop_foreign_keys(module: GHFeatTimm, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    """Let strict loading (``checkpoint_path=``, ``load_state_dict``) take a full [`GHFeatModel`] checkpoint:
+    drop tensors of modules this model does not have (``synthesis.*``; style heads pruned by ``features_only``)."""
+    children = {name for name, _ in module.named_children()}
+    pruned = () if hasattr(module.encoder, "heads") else ("encoder.alignment.", "encoder.heads.")
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        name = key[len(prefix):]
+        if name.split(".", 1)[0] not in children or name.startswith(pruned):
+            del state_dict[key]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _create_ghfeat(variant: str, pretrained: bool = False, **kwargs) -> GHFeatTimm:
+    config = resolve_ghfeat_config(kwargs.pop("ghfeat_config", None), PRESETS[variant])
+    # the source checkpoint's input size follows its architecture (``in_chans`` / ``img_size`` adapt the model)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    overlay.setdefault("input_size", _input_size(config))
+    return build_model_with_cfg(
+        GHFeatTimm,
+        variant,
+        pretrained,
+        pretrained_cfg_overlay=overlay,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=tuple(range(NUM_LEVELS))),
+        ghfeat_config=config,
+        **kwargs,
+    )
+
+
+@register_model
+def ghfeat_resnet50_256(pretrained: bool = False, **kwargs) -> GHFeatTimm:
+    """GH-Feat, official architecture: ResNet-50 trunk, 256 px, 14 style codes (9,984 values)."""
+    return _create_ghfeat("ghfeat_resnet50_256", pretrained, **kwargs)
+
+
+@register_model
+def ghfeat_resnet18_256(pretrained: bool = False, **kwargs) -> GHFeatTimm:
+    """GH-Feat with a ResNet-18 trunk, 256 px, 14 style codes (9,984 values)."""
+    return _create_ghfeat("ghfeat_resnet18_256", pretrained, **kwargs)
+
+
+__all__ = [
+    "GHFeatTimm",
+    "add_timm_config_fields",
+    "checkpoint_filter_fn",
+    "ghfeat_config_dict",
+    "resolve_ghfeat_config",
+    "timm_config_fields",
+]

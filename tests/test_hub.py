@@ -1,0 +1,176 @@
+"""Hub-facing behaviour: backbone, pipeline, remote code, Hub-cache loading, model cards and the upload path."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from transformers import pipeline
+
+from ghfeat_hf import GHFeatModel
+from ghfeat_hf.hub import load_backbone, push_to_hub, save_ghfeat_directory
+from ghfeat_hf.modeling_ghfeat import GHFeatBackbone
+from tests.conftest import tiny_ghfeat_config
+
+REPO_ID = "ghfeat-test/ghfeat-tiny"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("ghfeat-tiny")
+    model = GHFeatModel(tiny_ghfeat_config()).eval()
+    save_ghfeat_directory(model, directory, provenance={"source": "random init (test)", "domain": "test images"},
+                          metrics={"reconstruction PSNR": 12.5})
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out = model(pixel_values=pixels)
+    np.save(directory.parent / "pixels.npy", pixels.numpy())
+    return directory, model, pixels, out
+
+
+def test_directory_layout_and_dual_config(saved):
+    directory, *_ = saved
+    names = {path.name for path in directory.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_ghfeat.py",
+            "configuration_ghfeat.py", "configuration_stylegan.py", "modeling_stylegan.py", "layers.py",
+            "image_processing_ghfeat.py", "provenance.json", "metrics.json"} <= names
+    config = json.loads((directory / "config.json").read_text())
+    assert config["model_type"] == "ghfeat" and config["auto_map"]["AutoBackbone"] == "modeling_ghfeat.GHFeatBackbone"
+    assert config["architecture"].startswith("ghfeat") and "pretrained_cfg" in config
+    assert config["auto_map"]["AutoImageProcessor"] == "image_processing_ghfeat.GHFeatImageProcessor"
+
+
+def test_model_card_metadata(saved):
+    directory, *_ = saved
+    card = (directory / "README.md").read_text()
+    front = card.split("---")[1]
+    for line in ("library_name: transformers", "pipeline_tag: image-feature-extraction", "- timm", "- ghfeat",
+                 "- stylegan", "- gan-inversion", "license: other"):
+        assert line in front, line
+    assert "random init (test)" in card and "| reconstruction PSNR | 12.5 |" in card
+    assert "CC BY-NC 4.0" in card and "Limitations" in card and "Intended use" in card
+
+
+def test_backbone_from_full_checkpoint(saved, caplog):
+    directory, _, pixels, out = saved
+    backbone = load_backbone(directory, out_indices=[0, 2])
+    assert isinstance(backbone, GHFeatBackbone) and backbone.out_features == ["p4", "p6"]
+    assert backbone.channels == [16, 16]
+    with torch.no_grad():
+        maps = backbone(pixels).feature_maps
+    torch.testing.assert_close(maps[0], out.pyramid_features[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(maps[1], out.pyramid_features[2], rtol=0, atol=1e-6)
+    assert "UNEXPECTED" not in caplog.text and "MISSING" not in caplog.text
+
+
+def test_pipeline_pooled_and_not(saved, capsys):
+    directory, model, pixels, out = saved
+    extractor = pipeline("image-feature-extraction", model=str(directory))
+    assert "custom code" not in capsys.readouterr().out  # the installed package needs no remote-code prompt
+    images = [_to_pil(image) for image in pixels]
+    expected = model(pixel_values=extractor.image_processor(images, return_tensors="pt")["pixel_values"])
+    codes = extractor(images, return_tensors=True)
+    pooled = extractor(images, pool=True, return_tensors=True)
+    assert codes[0].shape == (1, 8, max(model.config.style_dims)) and pooled[0].shape == (1, sum(model.config.style_dims))
+    torch.testing.assert_close(torch.cat(codes), expected.last_hidden_state, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.cat(pooled), expected.pooler_output, rtol=0, atol=1e-6)
+
+
+def _to_pil(pixels: torch.Tensor):
+    from PIL import Image
+
+    array = ((pixels.permute(1, 2, 0).numpy() + 1) * 127.5 + 0.5).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def _run(code: str, env: dict | None = None) -> dict:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_remote_code_without_the_package(saved):
+    """trust_remote_code loads the directory's own files in a process where ghfeat_hf cannot be imported."""
+    directory, _, _, out = saved
+    result = _run(f"""
+        import json, sys
+        sys.modules["ghfeat_hf"] = None  # any import of the installed package fails
+        import numpy as np, torch
+        from transformers import AutoImageProcessor, AutoModel, pipeline
+        model = AutoModel.from_pretrained({str(directory)!r}, trust_remote_code=True)
+        processor = AutoImageProcessor.from_pretrained({str(directory)!r}, trust_remote_code=True)
+        pixels = torch.from_numpy(np.load({str(directory.parent / "pixels.npy")!r}))
+        with torch.no_grad():
+            out = model(pixel_values=pixels)
+        extractor = pipeline("image-feature-extraction", model={str(directory)!r}, trust_remote_code=True)
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+        print(json.dumps({{"model": type(model).__module__, "processor": type(processor).__name__,
+                          "codes": out.last_hidden_state.tolist(), "pipeline": type(extractor.model).__name__}}))
+    """)
+    assert "transformers_modules" in result["model"] and result["processor"] == "GHFeatImageProcessor"
+    assert result["pipeline"] == "GHFeatModel"
+    np.testing.assert_allclose(np.array(result["codes"]), out.last_hidden_state.numpy(), atol=1e-6)
+
+
+def test_loading_from_a_populated_hub_cache(saved, tmp_path):
+    """Offline from_pretrained("org/name") for transformers, the backbone helper and timm's hf-hub: loader."""
+    directory, _, pixels, out = saved
+    cache = tmp_path / "hub"
+    snapshot = cache / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    shutil.copytree(directory, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    result = _run(f"""
+        import json, numpy as np, torch, timm, ghfeat_hf
+        from transformers import AutoModel
+        from ghfeat_hf.hub import load_backbone
+        pixels = torch.from_numpy(np.load({str(directory.parent / "pixels.npy")!r}))
+        model = AutoModel.from_pretrained({REPO_ID!r})
+        backbone = load_backbone({REPO_ID!r}, out_indices=[1])
+        timm_model = timm.create_model("hf-hub:{REPO_ID}", pretrained=True).eval()
+        with torch.no_grad():
+            print(json.dumps({{"codes": model(pixel_values=pixels).last_hidden_state.tolist(),
+                              "p5": backbone(pixels).feature_maps[0].tolist(),
+                              "timm": timm_model.forward_features(pixels).tolist()}}))
+    """, env={"HF_HUB_CACHE": str(cache)})
+    np.testing.assert_allclose(np.array(result["codes"]), out.last_hidden_state.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.array(result["timm"]), out.last_hidden_state.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.array(result["p5"]), out.pyramid_features[1].numpy(), atol=1e-6)
+
+
+class RecordingApi:
+    """Stands in for huggingface_hub.HfApi: records the calls that would go over HTTP."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+        return type("Commit", (), {"commit_url": f"https://hub.example/{kwargs['repo_id']}/commit/1"})()
+
+
+def test_push_to_hub_renders_cards_and_uploads_the_folder(saved, tmp_path):
+    directory, *_ = saved
+    target = tmp_path / "upload"
+    shutil.copytree(directory, target)
+    api = RecordingApi()
+    url = push_to_hub(target, REPO_ID, metrics={"parity (max relative error)": "1.4e-05"}, api=api)
+    assert url.endswith("/commit/1")
+    (_, repo, create), (_, repo2, upload) = api.calls
+    assert repo == repo2 == REPO_ID and create["exist_ok"] is True
+    assert upload["folder_path"] == str(target) and "checkpoints/*" in upload["ignore_patterns"]
+    card = (target / "README.md").read_text()
+    assert f'AutoModel.from_pretrained("{REPO_ID}")' in card and "| parity (max relative error) | 1.4e-05 |" in card
+    assert "| reconstruction PSNR | 12.5 |" in card  # earlier metrics are kept
+    with pytest.raises(FileNotFoundError):
+        push_to_hub(tmp_path, REPO_ID, api=api)
