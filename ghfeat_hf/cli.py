@@ -1,10 +1,110 @@
-"""The ``ghfeat`` command line: thin argument parsing over library functions."""
+"""The ``ghfeat`` command line: thin argument parsing over library functions.
+
+    ghfeat extract photos/ -o feats.parquet --model org/ghfeat-ffhq [--layers coarse] [--keep-codes] [--resume]
+    ghfeat extract --dataset user/faces --split train --image-column image --streaming -o feats.parquet --model M
+    ghfeat reconstruct a.jpg b.png --model org/ghfeat-ffhq -o grid.png
+    ghfeat demo [-o ghfeat-demo] [--model M]
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from . import __version__
+
+
+def _default_num_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="Hub id or local model directory (default: $GHFEAT_MODEL).")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps, ...")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="compute dtype (autocast); outputs are stored as float32.")
+
+
+def _add_extract_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "extract",
+        help="extract GH-Feat vectors of an image collection into a Parquet/Arrow/npy/safetensors file",
+        description="Extract GH-Feat vectors, one row per image. Unreadable images are skipped and listed (also in "
+                    "the output's metadata, key ghfeat_skipped). The output is written atomically; an interrupted "
+                    "run keeps its rows in <output>.partial/ and continues with --resume.",
+    )
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="image folders (recursive), glob patterns, text lists (.txt/.lst, one path per line) "
+                             "or image files")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output file: .parquet, .arrow (datasets-loadable), .safetensors or .npy")
+    _add_model_arguments(parser)
+    group = parser.add_argument_group("datasets input")
+    group.add_argument("--dataset", help="a datasets Hub name, data folder or save_to_disk folder (instead of INPUT)")
+    group.add_argument("--dataset-config", help="dataset configuration name")
+    group.add_argument("--split", default="train", help="dataset split (default: train)")
+    group.add_argument("--image-column", default="image", help="column holding the images (default: image)")
+    group.add_argument("--id-column", help="column used as the row id (default: the row position)")
+    group.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model batch (default: 32)")
+    parser.add_argument("--num-workers", type=int, default=_default_num_workers(),
+                        help="decoding workers (default: %(default)s)")
+    parser.add_argument("--layers", help="keep a subset of generator layers: e.g. 0-3,8 or coarse|middle|fine")
+    parser.add_argument("--keep-codes", action="store_true", help="also store one style_code_XX column per layer")
+    parser.add_argument("--keep-tiled", action="store_true", help="also store the official tiled [L, 1024] array")
+    parser.add_argument("--reconstructions", metavar="DIR", help="also save every reconstruction as a PNG in DIR")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output or discard an interrupted run")
+    parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    parser.set_defaults(handler=_run_extract)
+
+
+def _add_reconstruct_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reconstruct",
+        help="encode and decode images; save an input | reconstruction grid and print MSE/PSNR",
+        description="Encode and decode images with a GH-Feat model, print per-image MSE and PSNR (pixels scaled to "
+                    "[0, 1], at the model resolution) and save a side-by-side PNG grid.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders, glob patterns or lists")
+    parser.add_argument("-o", "--output", default="reconstructions.png", help="grid image (default: %(default)s)")
+    _add_model_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: 16)")
+    parser.add_argument("--cell-size", type=int, help="grid cell size in pixels (default: the model resolution "
+                                                      "enlarged to at least 128)")
+    parser.set_defaults(handler=_run_reconstruct)
+
+
+def _add_demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="reconstruct, mix styles and interpolate bundled images; write the pictures and features",
+        description="Run GH-Feat on the bundled real test images, offline: an input | reconstruction grid, a "
+                    "style-mixing grid (coarse/middle/fine layers from a second image), an interpolation strip "
+                    "and the features as a Parquet file loadable with datasets.",
+    )
+    parser.add_argument("-o", "--output-dir", default="ghfeat-demo", help="output folder (default: %(default)s)")
+    parser.add_argument("--model", help="Hub id or local model directory (default: the embedded model).")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .extraction import UsageError
+
+    try:
+        result = run_demo(args.output_dir, model=args.model, device=args.device)
+    except UsageError as error:
+        return _error("demo", str(error))
+    print(result.table)
+    print(f"\nmean reconstruction PSNR: {result.mean_psnr:.2f} dB")
+    for label, path in (("input | reconstruction", result.reconstruction), ("style mixing", result.style_mixing),
+                        ("interpolation", result.interpolation), ("features (parquet)", result.features)):
+        print(f"{label:>24}: {path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,8 +113,106 @@ def build_parser() -> argparse.ArgumentParser:
         description="GH-Feat (Generative Hierarchical Features) for PyTorch, transformers and timm.",
     )
     parser.add_argument("--version", action="version", version=f"ghfeat-hf {__version__}")
-    parser.add_subparsers(dest="command", title="commands", metavar="<command>")
+    subparsers = parser.add_subparsers(dest="command", title="commands", metavar="<command>")
+    _add_extract_parser(subparsers)
+    _add_reconstruct_parser(subparsers)
+    _add_demo_parser(subparsers)
     return parser
+
+
+def _error(command: str, message: str) -> int:
+    print(f"ghfeat {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from .extraction import (
+        UsageError,
+        dataset_source,
+        extract_features,
+        file_sources,
+        load_model,
+        output_format,
+        partial_path,
+        read_partial_progress,
+        resolve_device,
+        resolve_model_path,
+    )
+
+    try:
+        if args.dataset and args.inputs:
+            raise UsageError("pass either INPUT paths or --dataset, not both.")
+        if args.resume and args.overwrite:
+            raise UsageError("--resume and --overwrite exclude each other.")
+        if args.batch_size < 1 or args.num_workers < 0:
+            raise UsageError("--batch-size must be positive and --num-workers non-negative.")
+        fmt = output_format(args.output)
+        if fmt == "npy" and (args.keep_codes or args.keep_tiled):
+            raise UsageError("a .npy output holds only the compact matrix; use .parquet, .arrow or .safetensors "
+                             "with --keep-codes/--keep-tiled.")
+        model_path = resolve_model_path(args.model)
+        device = resolve_device(args.device)
+        if args.dataset:
+            source = dataset_source(args.dataset, args.split, args.image_column, args.id_column, args.streaming,
+                                    args.dataset_config)
+        else:
+            source = file_sources(args.inputs)
+        model, processor = load_model(model_path)
+        result = extract_features(
+            model, processor, source, args.output, batch_size=args.batch_size, device=device, dtype=args.dtype,
+            num_workers=args.num_workers, layers=args.layers, keep_codes=args.keep_codes,
+            keep_tiled=args.keep_tiled, reconstructions_dir=args.reconstructions, resume=args.resume,
+            overwrite=args.overwrite, progress=not args.no_progress,
+        )
+    except UsageError as error:
+        return _error("extract", str(error))
+    except KeyboardInterrupt:
+        state = read_partial_progress(args.output) or {"rows": 0, "skipped": []}
+        print(f"\ninterrupted: {state['rows']} rows and {len(state['skipped'])} skipped items are saved in "
+              f"{partial_path(args.output)}; run the same command with --resume to continue.", file=sys.stderr)
+        return 130
+    resumed = f" ({result.num_resumed} from the interrupted run)" if result.num_resumed else ""
+    print(f"wrote {result.num_rows} rows to {result.output}{resumed}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable items (also in the output metadata):")
+        for item in result.skipped:
+            print(f"  {item.id}: {item.error}")
+    return 0
+
+
+def _run_reconstruct(args: argparse.Namespace) -> int:
+    from .extraction import UsageError, decode_image, file_sources, image_extensions, load_model, open_image
+    from .reconstruction import format_metrics_table, reconstruct_images, reconstruction_grid
+
+    try:
+        suffix = os.path.splitext(args.output)[1].lower()
+        if suffix not in image_extensions():
+            raise UsageError(f"unknown image extension {suffix or '(none)'!r} for --output {args.output!r}; "
+                             "use .png (or .jpg, .webp, ...).")
+        if args.batch_size < 1:
+            raise UsageError("--batch-size must be positive.")
+        source = file_sources(args.inputs)
+        model, processor = load_model(args.model, device=args.device)
+    except UsageError as error:
+        return _error("reconstruct", str(error))
+    names, images = [], []
+    for item in source.items():
+        _, error = decode_image(item.payload, processor)
+        if error is not None:
+            print(f"skipping {item.id}: {error}", file=sys.stderr)
+            continue
+        names.append(item.id)
+        images.append(open_image(item.payload))
+    if not images:
+        return _error("reconstruct", "none of the inputs could be read as an image.")
+    result = reconstruct_images(model, processor, images, batch_size=args.batch_size, dtype=args.dtype)
+    print(format_metrics_table(names, result.metrics))
+    grid_kwargs = {"cell_size": args.cell_size} if args.cell_size else {}
+    grid = reconstruction_grid(result, names, **grid_kwargs)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    grid.save(args.output)
+    print(f"saved the input | reconstruction grid ({grid.width}x{grid.height}) to {args.output}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

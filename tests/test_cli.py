@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import ghfeat_hf
 from ghfeat_hf.cli import main
 
@@ -12,3 +14,63 @@ def test_version_and_help(capsys):
     assert "GH-Feat" in capsys.readouterr().out
     result = subprocess.run([sys.executable, "-m", "ghfeat_hf.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == f"ghfeat-hf {ghfeat_hf.__version__}"
+
+
+def test_subcommands_are_registered(capsys):
+    for command, options in (("extract", ["--resume", "--layers", "--dataset", "--streaming", "--keep-tiled",
+                                          "--num-workers", "--dtype", "--reconstructions"]),
+                             ("reconstruct", ["--model", "--output", "--cell-size"])):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert all(option in text for option in options)
+    with pytest.raises(SystemExit):
+        main(["extract", "photos"])  # -o is required
+    assert "--output" in capsys.readouterr().err
+
+
+def test_extract_argument_errors(tmp_path, capsys, monkeypatch):
+    import PIL.Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    PIL.Image.new("RGB", (8, 8)).save(images / "a.png")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.delenv("GHFEAT_MODEL", raising=False)
+    cases = [
+        (["extract", str(images), "-o", str(tmp_path / "f.csv"), "--model", "m"], "unknown output extension '.csv'"),
+        (["extract", str(tmp_path / "empty"), "-o", str(tmp_path / "f.parquet"), "--model", "m"], "no images found"),
+        (["extract", str(tmp_path / "nothing*.png"), "-o", str(tmp_path / "f.parquet"), "--model", "m"],
+         "no files match"),
+        (["extract", str(tmp_path / "missing"), "-o", str(tmp_path / "f.parquet"), "--model", "m"],
+         "no such file, folder or glob match"),
+        (["extract", str(images), "-o", str(tmp_path / "f.parquet"), "--model", str(tmp_path / "no-model")],
+         "does not exist"),
+        (["extract", str(images), "-o", str(tmp_path / "f.parquet")], "no default model yet, pass --model"),
+        (["extract", str(images), "--dataset", "x", "-o", str(tmp_path / "f.parquet"), "--model", "m"],
+         "either INPUT paths or --dataset"),
+        (["extract", str(images), "-o", str(tmp_path / "f.npy"), "--model", "m", "--keep-codes"], "compact matrix"),
+        (["extract", str(images), "-o", str(tmp_path / "f.parquet"), "--model", "m", "--resume", "--overwrite"],
+         "exclude each other"),
+        (["reconstruct", str(images / "a.png"), "--model", str(tmp_path / "no-model"), "-o", str(tmp_path / "g.png")],
+         "does not exist"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert not any(path.suffix == ".partial" for path in tmp_path.iterdir())
+
+
+def test_default_model_hook(monkeypatch):
+    from ghfeat_hf import extraction
+
+    monkeypatch.delenv("GHFEAT_MODEL", raising=False)
+    assert extraction.default_model_path() is None
+    monkeypatch.setenv("GHFEAT_MODEL", "org/from-env")
+    assert extraction.resolve_model_path(None) == "org/from-env"
+    assert extraction.resolve_model_path("given") == "given"
+    monkeypatch.delenv("GHFEAT_MODEL")
+    monkeypatch.setattr(extraction, "default_model_path", lambda: "org/shipped")
+    assert extraction.resolve_model_path(None) == "org/shipped"

@@ -1,0 +1,102 @@
+"""Batch GH-Feat feature extraction over image collections (the library behind ``ghfeat extract``).
+
+Data path: source items (files or `datasets` rows) -> decoding in DataLoader workers (PIL; unreadable items become
+skip records, never errors) -> [`GHFeatImageProcessor`] -> batched [`GHFeatModel`] under `torch.inference_mode()`
+(autocast for bf16/fp16) -> rows committed batch by batch to a partial run directory (`<output>.partial/`) -> one
+output file, written to a temporary name and moved into place with `os.replace`.
+
+`resume=True` reads the committed rows, skips the ids already done (rows and skipped items) and continues in a
+new part file; the final file is a merge of all parts, ordered by source position. Because a resumed session
+restarts at a batch boundary with the same batch size, it sees the same batches and gives identical rows.
+
+Output layouts (by extension):
+    `.parquet` / `.arrow` (Arrow IPC stream, `datasets`' own cache format): columns `id` (string), `ghfeat`
+        (fixed-size list, the compact vector of the kept layers), optionally `style_code_XX` (one per kept layer),
+        `tiled_codes` (`[L_kept, max_style_dim]`, the official layout) and `reconstruction` (PNG path relative to
+        the reconstructions directory). Schema metadata: `ghfeat_skipped` (JSON list of `{"id", "error"}`),
+        `ghfeat_layers`, `ghfeat_style_dims`, `ghfeat_model`, `ghfeat_source`, `ghfeat_version`.
+        Both load with `datasets.load_dataset("parquet"|"arrow", data_files=...)`.
+    `.safetensors`: tensors `ghfeat` `[N, D]` (+ `style_code_XX`, `tiled_codes`); `__metadata__` holds `ids`,
+        `skipped`, `layers`, ... as JSON strings.
+    `.npy`: the compact matrix `[N, D]`; everything else goes to the sidecar `<output>.json`.
+All vectors are stored as float32 whatever the compute dtype.
+
+Modules: [`runtime`] (models, devices, dtypes, layers), [`sources`] (inputs and decoding), [`storage`] (partial
+state and output files), [`extract`] (the loop). Everything public is re-exported here.
+"""
+
+from .errors import UsageError
+from .extract import BatchProgress, ExtractionResult, extract_features
+from .runtime import (
+    MODEL_ENV_VAR,
+    autocast_context,
+    default_model_path,
+    load_model,
+    model_fingerprint,
+    parse_layers,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_path,
+)
+from .sources import (
+    LIST_FILE_SUFFIXES,
+    DatasetSource,
+    FileSource,
+    ImageSource,
+    SourceItem,
+    dataset_source,
+    decode_image,
+    file_sources,
+    folder_source,
+    glob_source,
+    image_extensions,
+    list_file_source,
+    open_image,
+    resolve_source,
+)
+from .storage import (
+    OUTPUT_FORMATS,
+    SkippedImage,
+    output_format,
+    partial_path,
+    read_extraction_metadata,
+    read_partial_progress,
+    reconstruction_names,
+)
+
+__all__ = [
+    "LIST_FILE_SUFFIXES",
+    "MODEL_ENV_VAR",
+    "OUTPUT_FORMATS",
+    "BatchProgress",
+    "DatasetSource",
+    "ExtractionResult",
+    "FileSource",
+    "ImageSource",
+    "SkippedImage",
+    "SourceItem",
+    "UsageError",
+    "autocast_context",
+    "dataset_source",
+    "decode_image",
+    "default_model_path",
+    "extract_features",
+    "file_sources",
+    "folder_source",
+    "glob_source",
+    "image_extensions",
+    "list_file_source",
+    "load_model",
+    "model_fingerprint",
+    "open_image",
+    "output_format",
+    "parse_layers",
+    "partial_path",
+    "read_extraction_metadata",
+    "read_partial_progress",
+    "reconstruction_names",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_model_path",
+    "resolve_source",
+]

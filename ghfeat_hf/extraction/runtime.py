@@ -1,0 +1,206 @@
+"""Models, devices, dtypes and layer selection for extraction: everything resolved before the first batch."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Sequence
+
+import torch
+
+from ..configuration_ghfeat import HEAD_NAMES
+from ..image_processing_ghfeat import GHFeatImageProcessor
+from ..modeling_ghfeat import GHFeatModel
+from .errors import UsageError
+
+MODEL_ENV_VAR = "GHFEAT_MODEL"
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def default_model_path() -> str | None:
+    """The model used when neither `--model` nor `$GHFEAT_MODEL` is given. The project ships no default model yet;
+    this is the one place to return it (a Hub id or a directory) once it does."""
+    return None
+
+
+def resolve_model_path(model: str | os.PathLike | None = None) -> str:
+    """`model`, else `$GHFEAT_MODEL`, else [`default_model_path`]; a [`UsageError`] when none is set.
+
+    The hook is read from the package (`ghfeat_hf.extraction.default_model_path`) at call time, so replacing it
+    there (a deployment, a test) takes effect."""
+    from . import default_model_path as hook
+
+    for candidate in (model, os.environ.get(MODEL_ENV_VAR), hook()):
+        if candidate:
+            return os.fspath(candidate)
+    raise UsageError(
+        f"no default model yet, pass --model (a Hub id or a local model directory) or set ${MODEL_ENV_VAR}."
+    )
+
+
+def _looks_like_local_path(name: str) -> bool:
+    if name.startswith((".", "/", "~", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return True
+    return name.replace("\\", "/").count("/") > 1
+
+
+def load_model(
+    model: str | os.PathLike | None = None, device: str | torch.device | None = None
+) -> tuple[GHFeatModel, GHFeatImageProcessor]:
+    """Load a [`GHFeatModel`] (eval mode) and its [`GHFeatImageProcessor`] from a Hub id or a local directory.
+
+    A directory without `preprocessor_config.json` gets the default processor at the model's `image_size`.
+    Raises [`UsageError`] for a missing directory or a model that cannot be loaded.
+    """
+    path = resolve_model_path(model)
+    expanded = os.path.expanduser(path)
+    if os.path.exists(expanded):
+        if not os.path.isdir(expanded):
+            raise UsageError(f"--model {path!r} is a file; pass a model directory (with config.json) or a Hub id.")
+        path = os.path.abspath(expanded)
+    elif _looks_like_local_path(path):
+        raise UsageError(f"model directory {path!r} does not exist.")
+    try:
+        loaded = GHFeatModel.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as error:
+        where = "the local directory" if os.path.isdir(path) else "the Hub id (not a local directory)"
+        raise UsageError(f"could not load a GH-Feat model from {where} {path!r}: {error}") from error
+    try:
+        processor = GHFeatImageProcessor.from_pretrained(path)
+    except OSError:
+        size = loaded.config.image_size
+        processor = GHFeatImageProcessor(size={"height": size, "width": size})
+    loaded.eval()
+    if device is not None:
+        loaded.to(resolve_device(device))
+    return loaded, processor
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of the model's configuration and of its first and last parameters: a resumed run must use the
+    same model, wherever its directory now lives."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode("utf-8"))
+    parameters = list(model.parameters())
+    for parameter in (parameters[0], parameters[-1]) if parameters else ():
+        digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def processor_size(processor) -> tuple[int | None, int | None]:
+    """`(height, width)` a processor resizes to (`None`s when it does not say)."""
+    size = getattr(processor, "size", None)
+    if size is None:
+        return None, None
+    if isinstance(size, dict):
+        return size.get("height"), size.get("width")
+    return getattr(size, "height", None), getattr(size, "width", None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Devices and dtypes
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """`"auto"`/`None` -> CUDA when available, else MPS, else CPU; anything else is passed to `torch.device`."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(f"invalid device {device!r}: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu.")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """`"fp32"`, `"bf16"`, `"fp16"` (or a `torch.dtype`) -> the compute dtype."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise UsageError(f"unsupported compute dtype {dtype}; use float32, bfloat16 or float16.")
+        return dtype
+    if str(dtype).lower() not in _DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16.")
+    return _DTYPES[str(dtype).lower()]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype):
+    """`torch.autocast` for bf16/fp16 compute (weights stay float32), a no-op for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layer selection
+
+
+def parse_layers(spec: str | Sequence[int] | None, config) -> list[int]:
+    """Parse a layer selection into sorted, unique generator layer indices.
+
+    `spec` is `None` (all layers), a sequence of ints, or a string of comma-separated items, each an index (`8`),
+    an inclusive range (`0-3`) or a head name (`coarse`, `middle`, `fine`, the config's `head_layers`); `|` works
+    as a separator too (`coarse|fine`).
+    """
+    num_layers = config.num_layers
+    if spec is None:
+        return list(range(num_layers))
+    if isinstance(spec, str):
+        items = [item.strip() for item in spec.replace("|", ",").split(",")]
+        if not any(items):
+            raise UsageError("empty --layers selection.")
+        layers: set[int] = set()
+        for item in filter(None, items):
+            if item.lower() in HEAD_NAMES:
+                layers.update(config.head_layers[HEAD_NAMES.index(item.lower())])
+            else:
+                layers.update(_parse_layer_item(item))
+    else:
+        layers = {int(layer) for layer in spec}
+    bad = sorted(layer for layer in layers if not 0 <= layer < num_layers)
+    if bad or not layers:
+        raise UsageError(f"layers {bad or '[]'} out of range: the model has layers 0-{num_layers - 1}.")
+    return sorted(layers)
+
+
+def _parse_layer_item(item: str) -> range:
+    """`"8"` -> `range(8, 9)`, `"0-3"` -> `range(0, 4)`."""
+    try:
+        start, stop = (int(part) for part in item.split("-")) if "-" in item else (int(item), int(item))
+    except ValueError:
+        raise UsageError(
+            f"invalid --layers item {item!r}: use indices (8), ranges (0-3) or {', '.join(HEAD_NAMES)}."
+        ) from None
+    if start > stop:
+        raise UsageError(f"invalid layer range {item!r}: start is after stop.")
+    return range(start, stop + 1)
+
+
+__all__ = [
+    "MODEL_ENV_VAR",
+    "autocast_context",
+    "default_model_path",
+    "load_model",
+    "model_fingerprint",
+    "parse_layers",
+    "processor_size",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_model_path",
+]

@@ -1,0 +1,393 @@
+"""Extraction sources (files, folders, globs, text lists, `datasets` datasets) and their decoding in workers.
+
+Finite sources are decoded in DataLoader worker processes, streaming datasets in threads; an unreadable item
+becomes an error string next to its [`SourceItem`], never an exception.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import io
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from ..image_processing_ghfeat import GHFeatImageProcessor
+from .errors import UsageError
+
+LIST_FILE_SUFFIXES = (".txt", ".lst", ".list")
+
+DecodedItem = tuple["SourceItem", "torch.Tensor | None", "str | None"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image of a source: its position in the source order, its id (the output's `id`) and a payload that
+    [`ImageSource.load`] turns into something [`open_image`] reads."""
+
+    position: int
+    id: str
+    payload: Any
+
+
+class ImageSource:
+    """Base class of extraction sources. `finite` sources enumerate cheaply up front and support `load` in
+    DataLoader worker processes; streaming sources are iterated once, in order."""
+
+    description: str = ""
+    finite: bool = True
+
+    def items(self, start: int = 0) -> Iterator[SourceItem]:
+        raise NotImplementedError
+
+    def load(self, payload: Any) -> Any:
+        return payload
+
+    def num_items(self) -> int | None:
+        return None
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file extensions (with the dot) PIL can open."""
+    PIL.Image.init()
+    return frozenset(extension.lower() for extension in PIL.Image.registered_extensions())
+
+
+class FileSource(ImageSource):
+    """Image files: `paths[i]` is read, `ids[i]` is its id."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], ids: Sequence[str] | None = None, description: str = ""):
+        self.paths = [os.fspath(path) for path in paths]
+        self.ids = [str(i) for i in ids] if ids is not None else [Path(p).as_posix() for p in self.paths]
+        if len(self.ids) != len(self.paths):
+            raise ValueError("paths and ids must have the same length.")
+        self.description = description or f"{len(self.paths)} files"
+
+    def items(self, start: int = 0) -> Iterator[SourceItem]:
+        for position in range(start, len(self.paths)):
+            yield SourceItem(position, self.ids[position], self.paths[position])
+
+    def num_items(self) -> int:
+        return len(self.paths)
+
+
+def folder_source(root: str | os.PathLike, id_prefix: str = "") -> FileSource:
+    """All image files under `root`, recursively (hidden files and folders excluded), sorted by relative path.
+    Ids are the POSIX paths relative to `root`, prefixed by `id_prefix`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"{os.fspath(root)!r} is not a directory.")
+    extensions = image_extensions()
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [name for name in subdirs if not name.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
+                found.append((Path(directory, name).relative_to(root).as_posix(), os.path.join(directory, name)))
+    if not found:
+        raise UsageError(f"no images found in {os.fspath(root)!r} (looked recursively for files PIL can open).")
+    found.sort()
+    return FileSource([path for _, path in found], [id_prefix + rel for rel, _ in found], f"folder {os.fspath(root)}")
+
+
+def glob_source(pattern: str) -> FileSource:
+    """Files matching a glob pattern (`**` recurses), sorted. Ids are the matched paths as written."""
+    matches = sorted(path for path in globlib.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(path))
+    if not matches:
+        raise UsageError(f"no files match {pattern!r}.")
+    return FileSource(matches, [Path(path).as_posix() for path in matches], f"glob {pattern}")
+
+
+def list_file_source(list_file: str | os.PathLike) -> FileSource:
+    """A text file with one image path per line (blank lines and `#` comments ignored), kept in file order.
+    Relative paths are relative to the list file's folder; ids are the lines as written."""
+    list_file = Path(list_file)
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise UsageError(f"cannot read the list file {os.fspath(list_file)!r}: {error}") from error
+    entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not entries:
+        raise UsageError(f"the list file {os.fspath(list_file)!r} names no images.")
+    paths = [entry if os.path.isabs(entry) else os.fspath(list_file.parent / entry) for entry in entries]
+    return FileSource(paths, entries, f"list {os.fspath(list_file)}")
+
+
+def file_sources(inputs: Sequence[str | os.PathLike]) -> FileSource:
+    """Resolve command-line inputs: folders (recursive), globs, text lists (`.txt`, `.lst`, `.list`) and image
+    files. A single folder gives ids relative to it; otherwise folder ids keep the folder as written."""
+    inputs = [os.fspath(item) for item in inputs]
+    if not inputs:
+        raise UsageError("no inputs: pass image files, folders, glob patterns or a text list (or --dataset).")
+    if len(inputs) == 1 and os.path.isdir(inputs[0]):
+        return folder_source(inputs[0])
+    parts: list[FileSource] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            parts.append(folder_source(item, id_prefix=Path(item).as_posix().rstrip("/") + "/"))
+        elif os.path.isfile(item) and item.lower().endswith(LIST_FILE_SUFFIXES):
+            parts.append(list_file_source(item))
+        elif os.path.isfile(item):
+            parts.append(FileSource([item], [Path(item).as_posix()]))
+        elif globlib.has_magic(item):
+            parts.append(glob_source(item))
+        else:
+            raise UsageError(f"{item!r}: no such file, folder or glob match.")
+    if len(parts) == 1:
+        return parts[0]
+    return FileSource([path for part in parts for path in part.paths], [i for part in parts for i in part.ids],
+                      ", ".join(part.description for part in parts))
+
+
+class DatasetSource(ImageSource):
+    """Rows of a `datasets.Dataset` (map-style, decoded in DataLoader workers) or `datasets.IterableDataset`
+    (streaming: read in order in the main process, decoded in `num_workers` threads). Ids come from `id_column`,
+    else the row position. `datasets.Image` columns are read undecoded, so a corrupt image is a skip record."""
+
+    def __init__(self, dataset, image_column: str = "image", id_column: str | None = None, description: str = ""):
+        import datasets
+
+        self.image_column, self.id_column = image_column, id_column
+        self.finite = isinstance(dataset, datasets.Dataset)
+        if not self.finite and not isinstance(dataset, datasets.IterableDataset):
+            raise TypeError(f"expected a datasets.Dataset or IterableDataset, got {type(dataset).__name__}.")
+        columns = dataset.column_names
+        if columns is not None:
+            for role, name in (("image", image_column), ("id", id_column)):
+                if name is not None and name not in columns:
+                    raise UsageError(f"the dataset has no {role} column {name!r}; its columns are {columns}.")
+            dataset = dataset.select_columns([c for c in dict.fromkeys((image_column, id_column)) if c is not None])
+        features = dataset.features
+        if features is not None and isinstance(features.get(image_column), datasets.Image):
+            dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        self.dataset = dataset
+        self._ids = None
+        if self.finite:
+            if id_column is None:
+                self._ids = [str(index) for index in range(len(dataset))]
+            else:
+                self._ids = [str(value) for value in dataset.select_columns([id_column])[:][id_column]]
+        self.description = description or ("dataset" if self.finite else "streaming dataset")
+
+    def items(self, start: int = 0) -> Iterator[SourceItem]:
+        if self.finite:
+            for position in range(start, len(self._ids)):
+                yield SourceItem(position, self._ids[position], position)
+            return
+        dataset = self.dataset.skip(start) if start else self.dataset
+        for position, row in enumerate(dataset, start=start):
+            if self.image_column not in row:
+                raise UsageError(f"the dataset has no image column {self.image_column!r}; its columns are {list(row)}.")
+            item_id = str(row[self.id_column]) if self.id_column is not None else str(position)
+            yield SourceItem(position, item_id, row[self.image_column])
+
+    def load(self, payload: Any) -> Any:
+        return self.dataset[int(payload)][self.image_column] if self.finite else payload
+
+    def num_items(self) -> int | None:
+        return len(self._ids) if self.finite else None
+
+
+def dataset_source(
+    name_or_path: str,
+    split: str = "train",
+    image_column: str = "image",
+    id_column: str | None = None,
+    streaming: bool = False,
+    config_name: str | None = None,
+) -> DatasetSource:
+    """A [`DatasetSource`] from a `save_to_disk` folder (`load_from_disk`) or anything `load_dataset` takes (a Hub
+    name, a data folder, a builder such as `imagefolder`); `streaming=True` iterates without downloading it all."""
+    import datasets
+
+    try:
+        if os.path.isdir(name_or_path) and any(
+            os.path.isfile(os.path.join(name_or_path, name)) for name in ("state.json", "dataset_dict.json")
+        ):
+            dataset = datasets.load_from_disk(name_or_path)
+            if isinstance(dataset, datasets.DatasetDict):
+                if split not in dataset:
+                    raise UsageError(f"split {split!r} not in {name_or_path!r}; it has {list(dataset)}.")
+                dataset = dataset[split]
+            if streaming:
+                dataset = dataset.to_iterable_dataset()
+        else:
+            dataset = datasets.load_dataset(name_or_path, config_name, split=split, streaming=streaming)
+    except UsageError:
+        raise
+    except (OSError, ValueError, KeyError) as error:
+        raise UsageError(f"could not load the dataset {name_or_path!r} (split {split!r}): {error}") from error
+    kind = "streaming dataset" if streaming else "dataset"
+    return DatasetSource(dataset, image_column, id_column, f"{kind} {name_or_path} [{split}]")
+
+
+def resolve_source(source) -> ImageSource:
+    """An [`ImageSource`] from a source object, a `datasets` dataset, a path/glob/list file, or a list of those."""
+    if isinstance(source, ImageSource):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return file_sources([source])
+    if isinstance(source, (list, tuple)):
+        return file_sources(source)
+    import datasets
+
+    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)):
+        return DatasetSource(source)
+    raise TypeError(f"unsupported source type {type(source).__name__}.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def open_image(raw: Any) -> PIL.Image.Image | np.ndarray | torch.Tensor:
+    """Open one image from a path, a `datasets` `{"bytes", "path"}` record, bytes, a PIL image or an array; the
+    pixels are fully decoded (so truncated files fail here) and EXIF orientation is applied."""
+    if isinstance(raw, (np.ndarray, torch.Tensor, PIL.Image.Image)):
+        return raw
+    if isinstance(raw, dict):
+        if raw.get("bytes") is not None:
+            raw = raw["bytes"]
+        elif raw.get("path"):
+            raw = raw["path"]
+        else:
+            raise ValueError("empty image record (no bytes and no path).")
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = io.BytesIO(bytes(raw))
+    elif raw is None:
+        raise ValueError("missing image (None).")
+    elif not isinstance(raw, (str, os.PathLike)):
+        raise ValueError(f"unsupported image value of type {type(raw).__name__}.")
+    with PIL.Image.open(raw) as opened:
+        opened.load()
+        image = PIL.ImageOps.exif_transpose(opened)
+        return opened.copy() if image is opened else image
+
+
+def decode_image(raw: Any, processor: GHFeatImageProcessor) -> tuple[torch.Tensor | None, str | None]:
+    """`(pixel_values [3, H, W], None)` or `(None, "ErrorType: message")`: never raises for a bad image."""
+    try:
+        image = open_image(raw)
+        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return pixel_values.float().contiguous(), None
+    except Exception as error:  # noqa: BLE001 - any failure of one image is a skip record
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return None, f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+class _DecodeDataset(TorchDataset):
+    """Map-style torch dataset over pending items: `(index, pixel_values | None, error | None)`."""
+
+    def __init__(self, source: ImageSource, items: Sequence[SourceItem], processor: GHFeatImageProcessor):
+        self.source, self.items, self.processor = source, items, processor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        try:
+            raw = self.source.load(self.items[index].payload)
+        except Exception as error:  # noqa: BLE001
+            return index, None, f"{type(error).__name__}: {error}"
+        return (index, *decode_image(raw, self.processor))
+
+
+def _collate_records(records):
+    return records
+
+
+def _batched(iterable: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` elements (the last one may be shorter)."""
+    chunk: list = []
+    for element in iterable:
+        chunk.append(element)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _threaded_map(function: Callable, iterable: Iterable, num_workers: int, window: int) -> Iterator:
+    """`map(function, iterable)` in order, computed by `num_workers` threads with at most `window` in flight."""
+    executor = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="ghfeat-decode")
+    futures: deque = deque()
+    try:
+        for element in iterable:
+            futures.append(executor.submit(function, element))
+            if len(futures) >= window:
+                yield futures.popleft().result()
+        while futures:
+            yield futures.popleft().result()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def decoded_chunks(
+    source: ImageSource, pending: Iterable[SourceItem], processor, batch_size: int, num_workers: int
+) -> Iterator[list[DecodedItem]]:
+    """Yield consecutive chunks of `batch_size` pending items with their decoded pixels or error, in order."""
+    if source.finite:
+        items = list(pending)
+        loader = DataLoader(
+            _DecodeDataset(source, items, processor), batch_size=batch_size, shuffle=False,
+            num_workers=num_workers, collate_fn=_collate_records,
+            prefetch_factor=2 if num_workers > 0 else None,
+        )
+        iterator = iter(loader)
+        try:
+            for records in iterator:
+                yield [(items[index], pixels, error) for index, pixels, error in records]
+        finally:
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+        return
+
+    def decode(item: SourceItem) -> DecodedItem:
+        return item, *decode_image(item.payload, processor)
+
+    if num_workers <= 0:
+        decoded: Iterator[DecodedItem] = map(decode, pending)
+    else:
+        decoded = _threaded_map(decode, pending, num_workers, window=max(2 * batch_size, 4 * num_workers))
+    try:
+        yield from _batched(decoded, batch_size)
+    finally:
+        close = getattr(decoded, "close", None)
+        if close is not None:
+            close()
+
+
+__all__ = [
+    "LIST_FILE_SUFFIXES",
+    "DatasetSource",
+    "FileSource",
+    "ImageSource",
+    "SourceItem",
+    "dataset_source",
+    "decode_image",
+    "decoded_chunks",
+    "file_sources",
+    "folder_source",
+    "glob_source",
+    "image_extensions",
+    "list_file_source",
+    "open_image",
+    "resolve_source",
+]
