@@ -1,0 +1,190 @@
+"""training/train_stylegan.py: end-to-end run, exports, exact resume after a kill, bf16, two CPU processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from accelerate.test_utils import get_launch_command
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+import ghfeat_hf  # noqa: F401  (registers the Auto classes)
+from ghfeat_hf import StyleGANDiscriminator, StyleGANGenerator
+from tests.test_data import photo_crops, write_saved_dataset
+from training import train_stylegan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def reset_accelerate_singletons():
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.fixture(scope="module")
+def photo_dataset(tmp_path_factory):
+    """24 readable scikit-image crops (RGB, L, RGBA, P; 40-56 px) and 2 unreadable rows, saved with save_to_disk."""
+    return write_saved_dataset(tmp_path_factory.mktemp("data") / "photos", photo_crops(24), corrupt=2)
+
+
+def tiny_args(dataset, output_dir, *extra):
+    return [
+        "--dataset", str(dataset), "--output_dir", str(output_dir), "--resolution", "16", "--fmap_base", "64",
+        "--fmap_max", "16", "--latent_size", "16", "--mapping_layers", "2", "--batch_size", "8",
+        "--num_samples", "8", "--grid_columns", "4", "--log_every", "1", "--seed", "5", *extra,
+    ]
+
+
+def test_end_to_end_exports_samples_and_tensorboard(tmp_path, photo_dataset):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train_stylegan.main(tiny_args(photo_dataset, tmp_path, "--max_steps", "4", "--checkpointing_steps", "2",
+                                           "--sample_every", "2"))
+    assert result["step"] == 4 and result["images_seen"] == 32
+    history = result["history"]
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert all(np.isfinite(list(h.values())).all() for h in history)
+    assert all(h["r1_penalty"] > 0 and h["grad_norm_G"] > 0 and h["grad_norm_D"] > 0 for h in history)
+    assert history[0]["loss_D"] == pytest.approx(history[0]["loss_D_real"] + history[0]["loss_D_fake"]
+                                                 + 5.0 * history[0]["r1_penalty"], rel=1e-5)
+    # 26 rows with 2 unreadable ones, batches of 8 (drop_last): epoch 0 consumed 3 batches
+    assert result["epoch"] == 1 and result["skipped_samples"] >= 1
+
+    generator = AutoModel.from_pretrained(tmp_path / "stylegan-generator")
+    discriminator = AutoModel.from_pretrained(tmp_path / "stylegan-discriminator")
+    assert isinstance(generator, StyleGANGenerator) and isinstance(discriminator, StyleGANDiscriminator)
+    assert generator.config.resolution == 16 and generator.config.style_mixing_prob == 0.9
+    assert generator.mapping.w_avg.abs().sum() > 0  # the tracked average w is exported
+    with torch.no_grad():
+        assert discriminator(generator(torch.randn(4, 16))).shape == (4, 1)
+    # The export is the EMA generator: close to, but not equal to, the raw generator of the last checkpoint.
+    raw = load_file(tmp_path / "checkpoints" / "checkpoint_4" / "model.safetensors")
+    exported = load_file(tmp_path / "stylegan-generator" / "model.safetensors")
+    key = "synthesis.layers.1.conv.weight"
+    assert not torch.equal(raw["generator." + key], exported[key])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint_2", "checkpoint_4"]
+
+    grids = sorted((tmp_path / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["step_0000002.png", "step_0000004.png"]
+    grid = PIL.Image.open(grids[-1])
+    assert grid.width > 4 * 64 and grid.height > 2 * 64 and np.asarray(grid).std() > 5
+    events = EventAccumulator(str(tmp_path / "logs" / "train_stylegan")).Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("train/loss_D", "train/loss_G", "train/r1_penalty", "train/D_real", "train/D_fake", "train/lr_G",
+                "train/grad_norm_G", "train/grad_norm_D", "perf/images_per_second", "data/skipped_samples"):
+        assert tag in scalars, tag
+    assert [e.step for e in events.Scalars("train/loss_G")] == [1, 2, 3, 4]
+    assert events.Scalars("train/loss_G")[-1].value == pytest.approx(history[-1]["loss_G"], rel=1e-6)
+    assert events.Tags()["images"] == ["samples/ema"]
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["images_seen"] == 32 and summary["num_processes"] == 1
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path, photo_dataset, monkeypatch):
+    common = ("--max_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2", "--sample_every", "0")
+    full = train_stylegan.main(tiny_args(photo_dataset, tmp_path / "full", *common))
+    AcceleratorState._reset_state(True)
+
+    original = train_stylegan.g_step
+
+    def killed_at_step_5(ctx, batch_size, step):
+        if step == 4:  # the 5th update: checkpoint_4 is the newest one on disk
+            raise KeyboardInterrupt("simulated kill")
+        return original(ctx, batch_size, step)
+
+    monkeypatch.setattr(train_stylegan, "g_step", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_stylegan.main(tiny_args(photo_dataset, tmp_path / "cut", *common))
+    monkeypatch.setattr(train_stylegan, "g_step", original)
+    AcceleratorState._reset_state(True)
+    checkpoints = tmp_path / "cut" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint_2", "checkpoint_4"]
+
+    resumed = train_stylegan.main(tiny_args(photo_dataset, tmp_path / "cut", *common,
+                                            "--resume_from_checkpoint", "latest"))
+    assert resumed["resumed_from"].endswith("checkpoint_4") and resumed["steps_run"] == 2
+    assert [h["step"] for h in resumed["history"]] == [5, 6]
+    assert resumed["history"] == full["history"][4:]  # every loss term, bit for bit
+    assert resumed["images_seen"] == full["images_seen"] and resumed["epoch"] == full["epoch"]
+    for name in ("stylegan-generator", "stylegan-discriminator"):
+        a = load_file(tmp_path / "full" / name / "model.safetensors")
+        b = load_file(tmp_path / "cut" / name / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # The checkpoint counter continued after the resume: 6 was written, 2 retired, nothing stale remains.
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint_4", "checkpoint_6"]
+    state = json.loads((checkpoints / "checkpoint_6" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["images_seen"] == 48
+    a = load_file(tmp_path / "full" / "checkpoints" / "checkpoint_6" / "model_1.safetensors")
+    b = load_file(checkpoints / "checkpoint_6" / "model_1.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tmp_path, photo_dataset):
+    result = train_stylegan.main(tiny_args(photo_dataset, tmp_path, "--max_steps", "2", "--mixed_precision", "bf16",
+                                           "--report_to", "none", "--checkpointing_steps", "0", "--num_workers", "1"))
+    assert result["step"] == 2
+    assert all(np.isfinite(list(h.values())).all() for h in result["history"])
+    generator = StyleGANGenerator.from_pretrained(tmp_path / "stylegan-generator")
+    assert generator.dtype == torch.float32  # autocast only: the weights stay fp32
+
+
+def test_streaming_grayscale_resume_is_exact(tmp_path, photo_dataset):
+    """Streaming data (IterableDataset, position-based flips) and 1-channel images also resume bit for bit."""
+    common = ("--streaming", "--num_channels", "1", "--max_steps", "4", "--checkpointing_steps", "2",
+              "--sample_every", "0", "--report_to", "none")
+    full = train_stylegan.main(tiny_args(photo_dataset, tmp_path / "full", *common))
+    AcceleratorState._reset_state(True)
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "checkpoint_4")  # as if killed after checkpoint_2
+    resumed = train_stylegan.main(tiny_args(photo_dataset, tmp_path / "cut", *common, "--resume_from_checkpoint",
+                                            "latest"))
+    assert resumed["history"] == full["history"][2:] and resumed["steps_run"] == 2
+    generator = StyleGANGenerator.from_pretrained(tmp_path / "cut" / "stylegan-generator")
+    assert generator.config.num_channels == 1 and generator(torch.randn(2, 16)).shape == (2, 1, 16, 16)
+
+
+def test_help_documents_every_option_with_default(capsys):
+    with pytest.raises(SystemExit):
+        train_stylegan.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for option in ("--dataset", "--image_column", "--image-column", "--resolution", "--num_channels", "--fmap_base",
+                   "--fmap_max", "--latent_size", "--mapping_layers", "--r1_gamma", "--r1_interval", "--ema_kimg",
+                   "--learning_rate", "--adam_beta1", "--adam_beta2", "--adam_epsilon", "--mixed_precision",
+                   "--gradient_accumulation_steps", "--report_to", "--seed", "--output_dir", "--logging_dir",
+                   "--checkpointing_steps", "--checkpoints_total_limit", "--resume_from_checkpoint", "--max_steps",
+                   "--batch_size", "--sample_every", "--num_workers", "--compile", "--channels_last"):
+        assert option in text, option
+    assert "(default: 0.001)" in text and "(default: 10.0)" in text and "(default: tensorboard)" in text
+
+
+def test_two_cpu_processes(tmp_path, photo_dataset):
+    """A real 2-process gloo run (accelerate launch --multi_gpu with ACCELERATE_USE_CPU=1)."""
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(ROOT))
+    command = get_launch_command(multi_gpu=True, num_processes=2, main_process_port=29000 + os.getpid() % 1000)
+    command += [str(ROOT / "training" / "train_stylegan.py"),
+                *tiny_args(photo_dataset, tmp_path, "--max_steps", "3", "--checkpointing_steps", "2",
+                           "--sample_every", "0", "--batch_size", "4")]
+    start = time.perf_counter()
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "[rank 0/2]" in text and "[rank 1/2]" in text
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["global_batch_size"] == 8
+    assert summary["images_seen"] == 3 * 4 * 2  # the batches of both ranks were counted
+    first, second = summary["rank_checksums"]
+    assert first == second  # both ranks hold the same generator after DDP updates
+    assert (tmp_path / "checkpoints" / "checkpoint_2" / "random_states_1.pkl").is_file()
+    assert AutoModel.from_pretrained(tmp_path / "stylegan-generator").config.resolution == 16
+    print(f"two-process run: {time.perf_counter() - start:.1f} s", file=sys.stderr)
