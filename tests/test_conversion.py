@@ -242,3 +242,62 @@ def test_timm_features_only_on_the_converted_directory(parity, converted):
     assert [tuple(level.shape[1:]) for level in levels] == [(512, 16, 16), (512, 8, 8), (512, 4, 4)]
     for level, reference in zip(levels, expected):
         torch.testing.assert_close(level, reference, rtol=0, atol=1e-6)
+
+
+def test_every_loader_matches_on_the_converted_directory(parity, converted, tmp_path):
+    """Backbone, pipeline (pooled and not), hf-hub: from a populated cache and trust_remote_code without the
+    package all give GHFeatModel's outputs on the converter's own directory."""
+    from transformers import pipeline
+
+    from ghfeat_hf.hub import load_backbone
+    from tests.test_hub import _run
+
+    _, model = parity
+    output = converted["output"]
+    pixels = torch.from_numpy(np.load(OFFICIAL_FIXTURES / "inputs.npz")["images"][:1])
+    np.save(tmp_path / "pixels.npy", pixels.numpy())
+    with torch.no_grad():
+        expected = model(pixel_values=pixels)
+        maps = load_backbone(output, out_indices=[0, 1, 2])(pixels).feature_maps
+    for level, reference in zip(maps, expected.pyramid_features):
+        torch.testing.assert_close(level, reference, rtol=0, atol=1e-6)
+
+    extractor = pipeline("image-feature-extraction", model=str(output))
+    image = extractor.image_processor.postprocess(pixels)[0]
+    pixel_values = extractor.image_processor(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        reference = model(pixel_values=pixel_values)
+    torch.testing.assert_close(extractor(image, return_tensors=True), reference.last_hidden_state, rtol=0, atol=1e-6)
+    torch.testing.assert_close(extractor(image, pool=True, return_tensors=True), reference.pooler_output,
+                               rtol=0, atol=1e-6)
+
+    repo = "ghfeat-test/converted"
+    snapshot = tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for path in output.iterdir():  # links, not copies: the weights are 680 MB
+        (snapshot / path.name).symlink_to(path)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    pixels_file = str(tmp_path / "pixels.npy")
+    hub = _run(f"""
+        import json, numpy as np, torch, timm, ghfeat_hf
+        from transformers import AutoModel
+        pixels = torch.from_numpy(np.load({pixels_file!r}))
+        with torch.no_grad():
+            codes = AutoModel.from_pretrained({repo!r})(pixel_values=pixels).last_hidden_state
+            timm_codes = timm.create_model("hf-hub:{repo}", pretrained=True).eval().forward_features(pixels)
+        print(json.dumps({{"codes": codes.tolist(), "timm": timm_codes.tolist()}}))
+    """, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
+    remote = _run(f"""
+        import json, sys
+        sys.modules["ghfeat_hf"] = None
+        import numpy as np, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True)
+        with torch.no_grad():
+            codes = model(pixel_values=torch.from_numpy(np.load({pixels_file!r}))).last_hidden_state
+        print(json.dumps({{"module": type(model).__module__, "codes": codes.tolist()}}))
+    """)
+    assert "transformers_modules" in remote["module"]
+    for codes in (hub["codes"], hub["timm"], remote["codes"]):
+        np.testing.assert_allclose(np.array(codes), expected.last_hidden_state.numpy(), rtol=0, atol=1e-6)
