@@ -241,9 +241,12 @@ def _bn_sync_worker(tmp):
 
 
 def test_cross_process_batchnorm_matches_batchnorm_over_the_global_batch(tmp_path):
-    from accelerate import debug_launcher
-
-    debug_launcher(_bn_sync_worker, args=(str(tmp_path),), num_processes=2)
+    # a fresh process forks the two ranks: forking the pytest process itself (after other tests started torch's
+    # thread pools and DataLoader workers) can deadlock
+    code = ("from accelerate import debug_launcher; from tests.test_train_encoder import _bn_sync_worker; "
+            f"debug_launcher(_bn_sync_worker, args=({str(tmp_path)!r},), num_processes=2)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["world"] == 2
