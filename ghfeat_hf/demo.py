@@ -21,7 +21,7 @@ import torch
 from .editing import interpolate_style_codes, layer_groups, mix_style_codes
 from .extraction import extract_features, load_model
 from .reconstruction import format_metrics_table, reconstruct_images, reconstruction_grid
-from .visualization import make_grid
+from .visualization import enlarged_cell_size, make_grid
 
 DEMO_IMAGES = Path(__file__).resolve().parent / "assets" / "demo_images"
 
@@ -44,12 +44,6 @@ def demo_image_paths(directory: str | Path = DEMO_IMAGES) -> list[Path]:
     if not paths:
         raise FileNotFoundError(f"No demo images in {directory}.")
     return paths
-
-
-def _cell(image: PIL.Image.Image, minimum: int = 96) -> int:
-    """Grid cell size: the image enlarged by an integer factor to at least ``minimum`` pixels."""
-    size = max(image.size)
-    return size * max(1, -(-minimum // size))
 
 
 def _to_pil(images: torch.Tensor, processor) -> list[PIL.Image.Image]:
@@ -90,17 +84,18 @@ def run_demo(
         )
         strip = _to_pil(torch.cat([ghfeat.decode(step) for step in path]), processor)
 
+    cell = enlarged_cell_size(max(result.inputs[0].size), 96)
     style_image = result.inputs[style]
     rows = [[result.inputs[i], style_image] + [mixed[name][row] for name in groups] for row, i in enumerate(contents)]
     columns = ["content", "style"] + [f"{name} <- style\nlayers {layers[0]}-{layers[-1]}"
                                       for name, layers in groups.items()]
     style_mixing = output_dir / "style_mixing.png"
-    make_grid(rows, columns, [names[i] for i in contents], cell_size=_cell(result.inputs[0])).save(style_mixing)
+    make_grid(rows, columns, [names[i] for i in contents], cell_size=cell).save(style_mixing)
 
     labels = [f"t={t:.2f}" for t in np.linspace(0, 1, interpolation_steps)]
     interpolation = output_dir / "interpolation.png"
     make_grid([[result.inputs[0], *strip, result.inputs[1]]], [names[0], *labels, names[1]],
-              cell_size=_cell(result.inputs[0])).save(interpolation)
+              cell_size=cell).save(interpolation)
 
     features = output_dir / "features.parquet"
     extract_features(ghfeat, processor, [str(p) for p in paths], features, device=device, progress=False,

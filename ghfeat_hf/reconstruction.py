@@ -11,7 +11,7 @@ import PIL.Image
 import torch
 
 from .extraction import autocast_context, resolve_device, resolve_dtype
-from .visualization import make_grid, to_rgb
+from .visualization import enlarged_cell_size, make_grid, to_rgb
 
 
 class ReconstructionResult(NamedTuple):
@@ -84,7 +84,7 @@ def reconstruction_grid(
     enlarged by an integer factor (nearest neighbour) until a cell is at least `min_cell_size` pixels."""
     names = list(names) if names is not None else [f"#{index}" for index in range(len(result.inputs))]
     size = max(max(image.size) for image in (*result.inputs, *result.reconstructions))
-    cell = size * max(1, math.ceil(min_cell_size / size))
+    cell = enlarged_cell_size(size, min_cell_size)
     labels = [f"{name}\nPSNR {metric['psnr']:.2f} dB" for name, metric in zip(names, result.metrics)]
     rows = [[a, b] for a, b in zip(result.inputs, result.reconstructions)]
     grid_kwargs.setdefault("cell_size", cell)

@@ -67,6 +67,11 @@ def _fitted(image: PIL.Image.Image, cell: tuple[int, int], resample) -> PIL.Imag
     return image.resize(size, resample=resample)
 
 
+def enlarged_cell_size(size: int, minimum: int = 128) -> int:
+    """``size`` enlarged by the smallest integer factor that reaches ``minimum`` pixels (nearest-neighbour friendly)."""
+    return size * max(1, -(-minimum // size))
+
+
 def make_grid(
     rows: Sequence[Sequence[PIL.Image.Image | np.ndarray | None]],
     column_labels: Sequence[str] | None = None,
