@@ -1,15 +1,16 @@
 """Model cards (README.md with Hub metadata) for GH-Feat and StyleGAN directories.
 
 A card is rendered from the directory itself: ``config.json`` gives the architecture, ``provenance.json``
-(written by the converter or a trainer: source, domain, license notice, summary) the history, and
-``metrics.json`` (parity or evaluation numbers, when measured) the results table. Templates live in the
-repository's ``model_cards/`` folder.
+(written by the converter or a trainer: source, domain, license notice, summary) the history, ``metrics.json``
+(parity or evaluation numbers, when measured) the table of measured numbers, and ``evaluation.json`` (the
+``ghfeat evaluate`` reports, one per task) the evaluation results section. Templates live in the repository's
+``model_cards/`` folder.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from huggingface_hub import ModelCard, ModelCardData
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
 PROVENANCE_FILE = "provenance.json"
 METRICS_FILE = "metrics.json"
+EVALUATION_FILE = "evaluation.json"
 CARD_TAGS = ["ghfeat", "timm", "stylegan", "gan-inversion", "image-feature-extraction"]
 DEFAULT_LICENSE_NOTICE = (
     "The weights keep the terms of the checkpoint or data they come from; check them before any use. The official "
@@ -75,16 +77,23 @@ def _stylegan_fields(directory: Path, config: Mapping[str, Any]) -> dict[str, An
     }
 
 
+def _report_dict(report: Any) -> dict[str, Any]:
+    return report.to_dict() if hasattr(report, "to_dict") else dict(report)
+
+
 def render_model_card(
     directory: str | Path,
     repo_id: str | None = None,
     metrics: Mapping[str, Any] | None = None,
     subfolder: str | None = None,
+    evaluation: Sequence[Any] | None = None,
 ) -> Path:
     """Write ``directory/README.md`` for a saved GH-Feat or StyleGAN directory; returns its path.
 
     ``repo_id`` (and ``subfolder`` for a directory inside a repo) fill the usage snippet; ``metrics`` are
-    merged into ``metrics.json`` first, so later renders keep them.
+    merged into ``metrics.json`` first, and ``evaluation`` reports (``EvaluationReport`` objects or their JSON
+    dicts) into ``evaluation.json`` (one per task, a newer report replacing an older one), so later renders keep
+    them. The evaluation reports fill the card's results section.
     """
     directory = Path(directory)
     config = _read_json(directory / "config.json")
@@ -96,6 +105,10 @@ def render_model_card(
         raise ValueError(f"{directory} holds no GH-Feat or StyleGAN model (config model_type {config.get('model_type')!r}).")
     if metrics:
         (directory / METRICS_FILE).write_text(json.dumps({**_read_json(directory / METRICS_FILE), **metrics}, indent=2) + "\n")
+    if evaluation:
+        reports = {**_read_json(directory / EVALUATION_FILE),
+                   **{payload["task"]: payload for payload in map(_report_dict, evaluation)}}
+        (directory / EVALUATION_FILE).write_text(json.dumps(reports, indent=2) + "\n")
     provenance = {"summary": "", "source": "Not recorded.", "domain": "the training data",
                   "license_notice": DEFAULT_LICENSE_NOTICE, "datasets": None, **_read_json(directory / PROVENANCE_FILE)}
     card_data = ModelCardData(
@@ -113,6 +126,7 @@ def render_model_card(
         template_path=str(template),
         load_args=f'"{repo_id or "<org>/" + directory.name}"' + (f', subfolder="{subfolder}"' if subfolder else ""),
         metrics=_read_json(directory / METRICS_FILE),
+        results=_results_section(directory),
         **provenance,
         **fields,
     )
@@ -121,4 +135,20 @@ def render_model_card(
     return path
 
 
-__all__ = ["CARD_TAGS", "render_model_card", "write_provenance"]
+def _results_section(directory: Path) -> str:
+    """The Markdown of the evaluation reports stored in ``evaluation.json`` ("" when there are none)."""
+    reports = _read_json(directory / EVALUATION_FILE)
+    if not reports:
+        return ""
+    from .evaluation.report import results_markdown
+
+    return results_markdown(list(reports.values()))
+
+
+def add_evaluation_report(directory: str | Path, report: Any) -> Path:
+    """Store an evaluation report (an ``EvaluationReport`` or its JSON dict) in a model directory's
+    ``evaluation.json`` and render its model card again; returns the card's path."""
+    return render_model_card(directory, evaluation=[report])
+
+
+__all__ = ["CARD_TAGS", "add_evaluation_report", "render_model_card", "write_provenance"]

@@ -5,7 +5,10 @@ Registered architectures (random init unless a pretrained tag / file is given), 
 
 * ``ghfeat_resnet50_256``: the official encoder (``GHFeatConfig()`` defaults), with pretrained tags
   ``.ffhq``, ``.lsun_tower`` and ``.lsun_bedroom`` pointing at the converted Hub repos;
-* ``ghfeat_resnet18_256``: the same with a ResNet-18 trunk.
+* ``ghfeat_resnet18_256``: the same with a ResNet-18 trunk;
+* ``ghfeat_resnet18_32``: a narrow ResNet-18 encoder for a 32 px generator (8 style codes, 896 values), with the
+  pretrained tag ``.fmnist32``: the project's own Fashion-MNIST model, shipped inside the package
+  ([`ghfeat_hf.embedded`]), so ``pretrained=True`` needs no network.
 
 Any other converted or trained architecture (a 32 px narrow model, another depth) is built from a preset plus
 ``ghfeat_config=dict(...)`` (or a [`GHFeatConfig`]); [`timm_config_fields`] writes exactly that into a
@@ -47,6 +50,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .configuration_ghfeat import GHFeatConfig
 from .configuration_stylegan import StyleGANGeneratorConfig
+from .embedded import PRETRAINED_DIR
 from .modeling_ghfeat import GHFeatEncoder
 from .modeling_stylegan import as_style_code_tuple, compact_style_codes, tile_style_codes
 
@@ -55,6 +59,12 @@ GLOBAL_POOLS = ("compact", "avg", "")
 PRESETS: dict[str, dict[str, Any]] = {
     "ghfeat_resnet50_256": {},  # GHFeatConfig() is the released FFHQ-256 model
     "ghfeat_resnet18_256": {"depth": 18},
+    "ghfeat_resnet18_32": {  # the embedded ghfeat-fmnist32 model
+        "depth": 18, "base_width": 32, "extra_stage_channels": 256, "pyramid_channels": 128, "stem_stride": 1,
+        "stem_pool": False, "image_size": 32,
+        "generator_config": {"resolution": 32, "fmap_base": 512, "fmap_max": 64, "latent_size": 128,
+                             "dlatent_size": 128, "mapping_fmaps": 128, "mapping_layers": 4},
+    },
 }
 DEFAULT_ARCHITECTURE = "ghfeat_resnet50_256"
 HUB_FILENAME = "model.safetensors"
@@ -108,7 +118,12 @@ def resolve_ghfeat_config(
 
 
 def _architecture_name(config: GHFeatConfig) -> str:
-    """The registered preset of the same depth (``model_args`` carry every other difference)."""
+    """The registered preset with exactly this architecture, else the 256 px one of the same depth (``model_args``
+    carry every other difference)."""
+    fields = ghfeat_config_dict(config)
+    for name, preset in PRESETS.items():
+        if ghfeat_config_dict(GHFeatConfig(**preset)) == fields:
+            return name
     name = f"ghfeat_resnet{config.depth}_256"
     return name if name in PRESETS else DEFAULT_ARCHITECTURE
 
@@ -194,6 +209,10 @@ default_cfgs = generate_default_cfgs({
     "ghfeat_resnet50_256.lsun_tower": _hub_cfg("ghfeat-hf/ghfeat-tower-256"),
     "ghfeat_resnet50_256.lsun_bedroom": _hub_cfg("ghfeat-hf/ghfeat-bedroom-256"),
     "ghfeat_resnet18_256": _cfg(),
+    "ghfeat_resnet18_32.fmnist32": _cfg(
+        file=str(PRETRAINED_DIR / "ghfeat-fmnist32" / HUB_FILENAME), input_size=(3, 32, 32), license="mit",
+        paper_ids=None, origin_url="https://github.com/zalandoresearch/fashion-mnist",
+    ),
 })
 
 
@@ -439,6 +458,12 @@ def _create_ghfeat(variant: str, pretrained: bool = False, **kwargs) -> GHFeatTi
 def ghfeat_resnet50_256(pretrained: bool = False, **kwargs) -> GHFeatTimm:
     """GH-Feat, official architecture: ResNet-50 trunk, 256 px, 14 style codes (9,984 values)."""
     return _create_ghfeat("ghfeat_resnet50_256", pretrained, **kwargs)
+
+
+@register_model
+def ghfeat_resnet18_32(pretrained: bool = False, **kwargs) -> GHFeatTimm:
+    """GH-Feat, narrow ResNet-18 trunk for a 32 px StyleGAN: 8 style codes (896 values)."""
+    return _create_ghfeat("ghfeat_resnet18_32", pretrained, **kwargs)
 
 
 @register_model

@@ -6,7 +6,9 @@ import sys
 import pytest
 
 import ghfeat_hf
+from ghfeat_hf import extraction
 from ghfeat_hf.cli import main
+from ghfeat_hf.embedded import embedded_model_path, embedded_models
 
 
 def test_version_and_help(capsys):
@@ -38,6 +40,7 @@ def test_extract_argument_errors(tmp_path, capsys, monkeypatch):
     PIL.Image.new("RGB", (8, 8)).save(images / "a.png")
     (tmp_path / "empty").mkdir()
     monkeypatch.delenv("GHFEAT_MODEL", raising=False)
+    monkeypatch.setattr(extraction, "default_model_path", lambda: None)  # an installation without the default
     cases = [
         (["extract", str(images), "-o", str(tmp_path / "f.csv"), "--model", "m"], "unknown output extension '.csv'"),
         (["extract", str(tmp_path / "empty"), "-o", str(tmp_path / "f.parquet"), "--model", "m"], "no images found"),
@@ -47,7 +50,7 @@ def test_extract_argument_errors(tmp_path, capsys, monkeypatch):
          "no such file, folder or glob match"),
         (["extract", str(images), "-o", str(tmp_path / "f.parquet"), "--model", str(tmp_path / "no-model")],
          "does not exist"),
-        (["extract", str(images), "-o", str(tmp_path / "f.parquet")], "no default model yet, pass --model"),
+        (["extract", str(images), "-o", str(tmp_path / "f.parquet")], "no default model installed, pass --model"),
         (["extract", str(images), "--dataset", "x", "-o", str(tmp_path / "f.parquet"), "--model", "m"],
          "either INPUT paths or --dataset"),
         (["extract", str(images), "-o", str(tmp_path / "f.npy"), "--model", "m", "--keep-codes"], "compact matrix"),
@@ -64,10 +67,8 @@ def test_extract_argument_errors(tmp_path, capsys, monkeypatch):
 
 
 def test_default_model_hook(monkeypatch):
-    from ghfeat_hf import extraction
-
     monkeypatch.delenv("GHFEAT_MODEL", raising=False)
-    assert extraction.default_model_path() is None
+    assert extraction.default_model_path() == (str(embedded_model_path()) if embedded_models() else None)
     monkeypatch.setenv("GHFEAT_MODEL", "org/from-env")
     assert extraction.resolve_model_path(None) == "org/from-env"
     assert extraction.resolve_model_path("given") == "given"

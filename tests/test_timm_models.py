@@ -89,9 +89,9 @@ def assert_matches_reference(model, reference):
 
 
 def test_registration_and_pretrained_cfgs():
-    assert {"ghfeat_resnet50_256", "ghfeat_resnet18_256"} <= set(timm.list_models("ghfeat*"))
+    assert {"ghfeat_resnet50_256", "ghfeat_resnet18_256", "ghfeat_resnet18_32"} <= set(timm.list_models("ghfeat*"))
     assert timm.list_pretrained("ghfeat*") == [  # ghfeat_resnet18_256 has no released weights
-        "ghfeat_resnet50_256.ffhq", "ghfeat_resnet50_256.lsun_bedroom", "ghfeat_resnet50_256.lsun_tower"]
+        "ghfeat_resnet18_32.fmnist32", "ghfeat_resnet50_256.ffhq", "ghfeat_resnet50_256.lsun_bedroom", "ghfeat_resnet50_256.lsun_tower"]
     cfg = get_pretrained_cfg("ghfeat_resnet50_256.ffhq").to_dict()
     assert cfg["hf_hub_id"] == "ghfeat-hf/ghfeat-ffhq-256" and cfg["hf_hub_filename"] == "model.safetensors"
     assert cfg["mean"] == cfg["std"] == (0.5, 0.5, 0.5)

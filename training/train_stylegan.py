@@ -36,7 +36,6 @@ if __package__ in (None, ""):  # run as a script: make `training` and `ghfeat_hf
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ghfeat_hf import StyleGANDiscriminator, StyleGANDiscriminatorConfig, StyleGANGenerator, StyleGANGeneratorConfig
@@ -60,6 +59,7 @@ from training.engine import (
     shard_iterable_dataset,
     tensor_to_pil,
 )
+from training.losses import discriminator_logistic_loss, generator_nonsaturating_loss, r1_penalty
 
 GENERATOR_DIR = "stylegan-generator"
 DISCRIMINATOR_DIR = "stylegan-discriminator"
@@ -177,13 +177,11 @@ def d_step(ctx: dict, micro_batches: list[torch.Tensor], step: int) -> dict[str,
         with _maybe_no_sync(accelerator, discriminator, index == len(micro_batches) - 1), accelerator.autocast():
             fake_scores = discriminator(fakes.detach()).float()
             real_scores = discriminator(reals).float()
-            loss_fake = F.softplus(fake_scores).mean()
-            loss_real = F.softplus(-real_scores).mean()
+            loss_real, loss_fake = discriminator_logistic_loss(real_scores, fake_scores)
             loss = loss_fake + loss_real
             r1 = torch.zeros((), device=loss.device)
             if do_r1:
-                (grad,) = torch.autograd.grad(real_scores.sum(), reals, create_graph=True)
-                r1 = grad.float().square().sum(dim=[1, 2, 3]).mean()
+                r1 = r1_penalty(real_scores, reals)
                 loss = loss + r1 * (args.r1_gamma * 0.5 * args.r1_interval)
             accelerator.backward(loss)
         for key, value in (("loss_D", loss), ("loss_D_real", loss_real), ("loss_D_fake", loss_fake),
@@ -207,7 +205,7 @@ def g_step(ctx: dict, batch_size: int, step: int) -> dict[str, torch.Tensor]:
             z, z_mix, cutoff = sample_latents(batch_size, ctx["g_config"], accelerator.device)
             with _maybe_no_sync(accelerator, g_train, index == args.gradient_accumulation_steps - 1), accelerator.autocast():
                 fakes, w_mean = g_train(z, z_mix, cutoff)
-                loss = F.softplus(-d_module(fakes).float()).mean()
+                loss = generator_nonsaturating_loss(d_module(fakes))
                 accelerator.backward(loss)
             update_w_avg(accelerator, g_module.generator, w_mean)
             total += loss.detach() / args.gradient_accumulation_steps

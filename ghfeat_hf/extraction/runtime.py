@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 
 import torch
 
 from ..configuration_ghfeat import HEAD_NAMES
+from ..embedded import embedded_model_path, embedded_models
 from ..image_processing_ghfeat import GHFeatImageProcessor
 from ..modeling_ghfeat import GHFeatModel
+from ..timm_models import ghfeat_config_dict
 from .errors import UsageError
 
 MODEL_ENV_VAR = "GHFEAT_MODEL"
@@ -28,13 +31,17 @@ _DTYPES = {
 
 
 def default_model_path() -> str | None:
-    """The model used when neither `--model` nor `$GHFEAT_MODEL` is given. The project ships no default model yet;
-    this is the one place to return it (a Hub id or a directory) once it does."""
-    return None
+    """The model used when neither `--model` nor `$GHFEAT_MODEL` is given: the embedded default model
+    ([`ghfeat_hf.embedded`]), or `None` in an installation without it."""
+    try:
+        return str(embedded_model_path())
+    except FileNotFoundError:
+        return None
 
 
 def resolve_model_path(model: str | os.PathLike | None = None) -> str:
-    """`model`, else `$GHFEAT_MODEL`, else [`default_model_path`]; a [`UsageError`] when none is set.
+    """`model`, else `$GHFEAT_MODEL`, else [`default_model_path`]; a [`UsageError`] when none is set. The name of
+    an embedded model (e.g. `"ghfeat-fmnist32"`) resolves to its directory.
 
     The hook is read from the package (`ghfeat_hf.extraction.default_model_path`) at call time, so replacing it
     there (a deployment, a test) takes effect."""
@@ -42,9 +49,10 @@ def resolve_model_path(model: str | os.PathLike | None = None) -> str:
 
     for candidate in (model, os.environ.get(MODEL_ENV_VAR), hook()):
         if candidate:
-            return os.fspath(candidate)
+            candidate = os.fspath(candidate)
+            return str(embedded_model_path(candidate)) if candidate in embedded_models() else candidate
     raise UsageError(
-        f"no default model yet, pass --model (a Hub id or a local model directory) or set ${MODEL_ENV_VAR}."
+        f"no default model installed, pass --model (a Hub id or a local model directory) or set ${MODEL_ENV_VAR}."
     )
 
 
@@ -89,7 +97,8 @@ def load_model(
 def model_fingerprint(model) -> str:
     """A short hash of the model's configuration and of its first and last parameters: a resumed run must use the
     same model, wherever its directory now lives."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode("utf-8"))
+    architecture = json.dumps(ghfeat_config_dict(model.config), sort_keys=True)  # no paths, dtypes or versions
+    digest = hashlib.sha256(architecture.encode("utf-8"))
     parameters = list(model.parameters())
     for parameter in (parameters[0], parameters[-1]) if parameters else ():
         digest.update(parameter.detach().float().cpu().numpy().tobytes())

@@ -1,0 +1,166 @@
+"""Style-code algebra: layer selections, style mixing, interpolation, and batched encoding / decoding.
+
+Codes are tuples of ``[N, 2C_l]`` tensors (``GHFeatModelOutput.style_codes``), one per generator layer. Layer
+selections are lists of generator-layer indices, or specs such as ``"coarse"``, ``"middle|fine"``, ``"0-3,8"`` or
+``"all"`` resolved against the model configuration (coarse / middle / fine are the layers of the encoder's three
+heads). Images are ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1], as the image processor returns them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..configuration_ghfeat import HEAD_NAMES, GHFeatConfig
+from ..extraction import parse_layers
+from ..modeling_stylegan import StyleCodes
+
+ALL_LAYERS = "all"
+
+
+def layer_groups(config: GHFeatConfig) -> dict[str, list[int]]:
+    """``{"coarse": [...], "middle": [...], "fine": [...]}``: the generator layers of each encoder head."""
+    return dict(zip(HEAD_NAMES, config.head_layers))
+
+
+def resolve_layers(spec: str | Sequence[int] | None, config: GHFeatConfig) -> list[int]:
+    """Sorted generator-layer indices of a selection: ``None`` or ``"all"`` (every layer), a list of indices, or a
+    spec of indices, inclusive ranges and head names (``"0-3,8"``, ``"coarse|fine"``). Raises ``UsageError``."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == ALL_LAYERS):
+        return list(range(config.num_layers))
+    return parse_layers(spec, config)
+
+
+def describe_layers(layers: Sequence[int], config: GHFeatConfig) -> str:
+    """A short label for a layer selection: ``"all layers"``, ``"coarse (0-1)"``, ``"middle+fine (2-7)"`` or
+    ``"layers 0-3,8"``."""
+    chosen = sorted(set(layers))
+    ranges, start = [], chosen[0]
+    for previous, layer in zip(chosen, chosen[1:] + [None]):
+        if layer != previous + 1:
+            ranges.append(f"{start}" if start == previous else f"{start}-{previous}")
+            start = layer
+    span = ",".join(ranges)
+    if len(chosen) == config.num_layers:
+        return "all layers"
+    names = [name for name, group in layer_groups(config).items() if group and set(group) <= set(chosen)]
+    if names and sorted(sum((layer_groups(config)[name] for name in names), [])) == chosen:
+        return f"{'+'.join(names)} ({span})"
+    return f"layers {span}"
+
+
+def select_codes(codes: StyleCodes, index: int | slice | Sequence[int] | torch.Tensor) -> StyleCodes:
+    """The rows ``index`` of every layer's codes."""
+    return tuple(code[index] for code in codes)
+
+
+def concat_codes(batches: Sequence[StyleCodes]) -> StyleCodes:
+    """Concatenate code batches along the batch dimension."""
+    return tuple(torch.cat(list(parts)) for parts in zip(*batches, strict=True))
+
+
+def flatten_codes(codes: StyleCodes, layers: Sequence[int]) -> torch.Tensor:
+    """``[N, sum_{l in layers} 2C_l]``: the codes of ``layers`` concatenated in layer order."""
+    return torch.cat([codes[layer] for layer in sorted(layers)], dim=1)
+
+
+def shift_codes(codes: StyleCodes, layers: Sequence[int], delta: torch.Tensor) -> StyleCodes:
+    """``codes`` with ``delta`` (``[D]`` or ``[N, D]``, laid out as [`flatten_codes`] of ``layers``) added."""
+    layers = sorted(layers)
+    widths = [codes[layer].shape[1] for layer in layers]
+    if delta.shape[-1] != sum(widths):
+        raise ValueError(f"delta has {delta.shape[-1]} values, layers {layers} hold {sum(widths)}.")
+    parts = dict(zip(layers, torch.split(delta, widths, dim=-1)))
+    return tuple(code + parts[index].to(code) if index in parts else code for index, code in enumerate(codes))
+
+
+def mix_style_codes(content: StyleCodes, style: StyleCodes, layers: Sequence[int]) -> StyleCodes:
+    """Codes of ``content`` with the ``layers`` taken from ``style`` (same batch size, or ``style`` of batch 1)."""
+    chosen = set(layers)
+    return tuple(
+        (s.expand_as(c) if index in chosen else c) for index, (c, s) in enumerate(zip(content, style, strict=True))
+    )
+
+
+def interpolate_style_codes(
+    start: StyleCodes, end: StyleCodes, steps: int, layers: Sequence[int] | None = None
+) -> list[StyleCodes]:
+    """``steps`` codes moving linearly from ``start`` (first) to ``end`` (last); only ``layers`` move if given."""
+    if steps < 2:
+        raise ValueError(f"Interpolation needs at least 2 steps, got {steps}.")
+    moving = set(range(len(start))) if layers is None else set(layers)
+    return [
+        tuple(
+            torch.lerp(a, b, t) if index in moving else a for index, (a, b) in enumerate(zip(start, end, strict=True))
+        )
+        for t in torch.linspace(0.0, 1.0, steps).tolist()
+    ]
+
+
+def interpolate_keyframes(
+    keyframes: Sequence[StyleCodes], steps: int, layers: Sequence[int] | None = None
+) -> list[StyleCodes]:
+    """A piecewise-linear path through two or more codes: ``steps`` codes per segment, each keyframe once, so
+    ``(K - 1) * (steps - 1) + 1`` codes. With ``layers``, only those layers move; the others keep the first
+    keyframe's codes all along."""
+    if len(keyframes) < 2:
+        raise ValueError(f"Interpolation needs at least 2 keyframes, got {len(keyframes)}.")
+    path = [tuple(keyframes[0])]
+    for end in keyframes[1:]:
+        path += interpolate_style_codes(path[-1], end, steps, layers)[1:]
+    return path
+
+
+@torch.no_grad()
+def encode_images(model, pixel_values: torch.Tensor, batch_size: int = 16) -> StyleCodes:
+    """GH-Feat codes of ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1], in batches; the codes stay on the model's
+    device."""
+    device = next(model.parameters()).device
+    batches = [model.encode(pixel_values[start:start + batch_size].to(device))
+               for start in range(0, len(pixel_values), batch_size)]
+    return concat_codes(batches)
+
+
+@torch.no_grad()
+def decode_codes(model, codes: StyleCodes, batch_size: int = 16) -> torch.Tensor:
+    """Images ``[N, 3, R, R]`` (float32 on the CPU, about [-1, 1]) of codes, decoded in batches on the model's
+    device."""
+    device = next(model.parameters()).device
+    images = []
+    for start in range(0, len(codes[0]), batch_size):
+        batch = tuple(code[start:start + batch_size].to(device) for code in codes)
+        images.append(model.decode(batch).float().cpu())
+    return torch.cat(images)
+
+
+def style_mixing(
+    model, content: StyleCodes, style: StyleCodes, layers: Sequence[int], batch_size: int = 16
+) -> torch.Tensor:
+    """Every content image with ``layers`` taken from every style image: ``[N_content, N_style, 3, R, R]``.
+
+    ``out[i, j]`` decodes the codes of ``content`` row ``i`` whose ``layers`` are replaced by ``style`` row ``j``'s.
+    """
+    num_content, num_style = len(content[0]), len(style[0])
+    pairs_content = tuple(code.repeat_interleave(num_style, dim=0) for code in content)
+    pairs_style = tuple(code.repeat(num_content, *([1] * (code.ndim - 1))) for code in style)
+    images = decode_codes(model, mix_style_codes(pairs_content, pairs_style, layers), batch_size)
+    return images.view(num_content, num_style, *images.shape[1:])
+
+
+__all__ = [
+    "ALL_LAYERS",
+    "concat_codes",
+    "decode_codes",
+    "describe_layers",
+    "encode_images",
+    "flatten_codes",
+    "interpolate_keyframes",
+    "interpolate_style_codes",
+    "layer_groups",
+    "mix_style_codes",
+    "resolve_layers",
+    "select_codes",
+    "shift_codes",
+    "style_mixing",
+]

@@ -1,0 +1,209 @@
+"""Inversion refinement: a bounded number of Adam steps on the style codes, starting from the encoder's output.
+
+The encoder inverts an image in one forward pass; a few steps of optimisation of its codes against the image
+raise the fidelity of the reconstruction (at the price of codes a little off the encoder's distribution, which
+matters for editing far from the image). The loss per image is
+
+    mean((decode(codes) - x)^2)  +  perceptual_weight * perceptual(x, decode(codes))
+
+on images in [-1, 1]. The perceptual term is optional and needs a pretrained network: [`FeaturePerceptualLoss`]
+builds one from any timm model with pretrained weights (from the Hugging Face cache, the Hub or a local file) and
+refuses to run on random weights. Every image keeps its best codes, so the loss never gets worse than the
+encoder's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..extraction import UsageError
+from ..modeling_stylegan import StyleCodes
+from .codes import concat_codes, encode_images
+
+MAX_REFINEMENT_STEPS = 5000
+DEFAULT_PERCEPTUAL_MODEL = "vgg16.tv_in1k"
+
+PerceptualLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB, peak 1) ``[N]`` of images ``[N, C, H, W]`` in [-1, 1] (clamped) against a reference,
+    on pixels scaled to [0, 1]."""
+    difference = (images.float().clamp(-1, 1) - reference.float().clamp(-1, 1)) / 2
+    mse = difference.square().flatten(1).mean(dim=1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+class FeaturePerceptualLoss(nn.Module):
+    """LPIPS-style distance ``[N]`` on the feature levels of a frozen pretrained network.
+
+    Each level's features are normalised to unit length over channels; the distance is the mean over positions
+    of their squared difference, summed over levels. Inputs are images ``[N, 3, H, W]`` in [-1, 1], normalised
+    with the network's mean and std. Gradients flow to the second argument only.
+    """
+
+    def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float], source: str = ""):
+        super().__init__()
+        self.network = network.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.source = source
+
+    def train(self, mode: bool = True) -> FeaturePerceptualLoss:  # always frozen, always eval
+        return super().train(False)
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        normalized = ((images.float() + 1) / 2 - self.mean) / self.std
+        return [F.normalize(level, dim=1) for level in self.network(normalized)]
+
+    def forward(self, reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            targets = self.features(reference)
+        return sum((level - target).square().sum(dim=1).flatten(1).mean(dim=1)
+                   for level, target in zip(self.features(images), targets))
+
+
+def build_perceptual_loss(
+    model_name: str = DEFAULT_PERCEPTUAL_MODEL,
+    weights: str | os.PathLike | None = None,
+    levels: Sequence[int] = (0, 1, 2),
+) -> FeaturePerceptualLoss:
+    """A [`FeaturePerceptualLoss`] on the first ``levels`` of the timm model ``model_name`` (``features_only``)
+    with its pretrained weights: a local ``weights`` file, else the Hugging Face cache, else a download. Raises
+    ``UsageError`` when no pretrained weights can be had: a random network would make the term meaningless."""
+    import timm
+
+    overlay = {"file": os.fspath(weights)} if weights is not None else None
+    if weights is not None and not os.path.isfile(weights):
+        raise UsageError(f"perceptual weights file {os.fspath(weights)!r} does not exist.")
+    try:
+        network = timm.create_model(model_name, pretrained=True, features_only=True, out_indices=tuple(levels),
+                                    pretrained_cfg_overlay=overlay)
+    except Exception as error:  # noqa: BLE001 - unknown name, no network, missing cache, bad file: all one answer
+        raise UsageError(
+            f"no pretrained weights for the perceptual model {model_name!r} ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}). Give a local weights file, run "
+            "once online so that timm caches them, or refine with the pixel loss only."
+        ) from None
+    config = network.pretrained_cfg
+    return FeaturePerceptualLoss(network, config["mean"], config["std"], source=weights or model_name)
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters of ``model`` without gradients for the duration (restored afterwards)."""
+    flags = [parameter.requires_grad for parameter in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(model.parameters(), flags):
+            parameter.requires_grad_(flag)
+
+
+@dataclass
+class RefinementResult:
+    """``style_codes``: the refined codes (tuple of ``[N, 2C_l]``); ``initial_psnr`` / ``final_psnr``: ``[N]``
+    PSNR (dB) of the decoded codes before and after refinement against the input images; ``losses``: the mean
+    loss over the batch at every step (one list per batch)."""
+
+    style_codes: StyleCodes
+    initial_psnr: torch.Tensor
+    final_psnr: torch.Tensor
+    losses: list[list[float]]
+
+
+def _refine_batch(model, target: torch.Tensor, codes: StyleCodes, steps: int, learning_rate: float,
+                  perceptual: PerceptualLoss | None, perceptual_weight: float, bar) -> tuple[StyleCodes, list[float]]:
+    """Adam on one batch of codes; returns each image's best codes and the loss history."""
+    parameters = [code.detach().float().clone().requires_grad_(True) for code in codes]
+    best = [code.detach().float().clone() for code in codes]
+    best_loss = torch.full((len(target),), float("inf"), device=target.device)
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    history = []
+    for step in range(steps + 1):  # the last pass only evaluates the final update
+        images = model.decode(tuple(parameters))
+        loss = (images.float() - target).square().flatten(1).mean(dim=1)
+        if perceptual is not None and perceptual_weight:
+            loss = loss + perceptual_weight * perceptual(target, images)
+        improved = loss.detach() < best_loss
+        best_loss = torch.where(improved, loss.detach(), best_loss)
+        for kept, current in zip(best, parameters):
+            kept[improved] = current.detach()[improved]
+        history.append(float(loss.detach().mean()))
+        if step == steps:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimizer.step()
+        bar.update(1)
+    return tuple(best), history
+
+
+def refine_style_codes(
+    model,
+    pixel_values: torch.Tensor,
+    style_codes: StyleCodes | None = None,
+    *,
+    steps: int = 100,
+    learning_rate: float = 0.01,
+    perceptual: PerceptualLoss | None = None,
+    perceptual_weight: float = 1.0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> RefinementResult:
+    """Refine the codes of ``pixel_values`` ``[N, 3, S, S]`` (in [-1, 1]) by ``steps`` Adam steps.
+
+    Args:
+        model: a [`GHFeatModel`]; it is not changed.
+        style_codes: the starting codes (default: the encoder's).
+        steps: optimisation steps per batch, 1 to ``MAX_REFINEMENT_STEPS``.
+        perceptual: an optional ``(reference, images) -> [N]`` distance, e.g. [`build_perceptual_loss`].
+        progress: show a tqdm bar over all steps.
+
+    Returns:
+        A [`RefinementResult`]; codes on the model's device.
+    """
+    if not 1 <= steps <= MAX_REFINEMENT_STEPS:
+        raise UsageError(f"refinement steps must be between 1 and {MAX_REFINEMENT_STEPS}, got {steps}.")
+    if learning_rate <= 0:
+        raise UsageError(f"the refinement learning rate must be positive, got {learning_rate}.")
+    device = next(model.parameters()).device
+    if style_codes is None:
+        style_codes = encode_images(model, pixel_values, batch_size)
+    if perceptual is not None:
+        perceptual = perceptual.to(device) if isinstance(perceptual, nn.Module) else perceptual
+    num_batches = -(-len(pixel_values) // batch_size)
+    refined, histories, initial, final = [], [], [], []
+    with _frozen(model), tqdm(total=steps * num_batches, desc="refining codes", disable=not progress) as bar:
+        for start in range(0, len(pixel_values), batch_size):
+            target = pixel_values[start:start + batch_size].to(device).float()
+            codes = tuple(code[start:start + batch_size].to(device) for code in style_codes)
+            best, history = _refine_batch(model, target, codes, steps, learning_rate, perceptual,
+                                          perceptual_weight, bar)
+            with torch.no_grad():
+                initial.append(psnr(model.decode(codes), target).cpu())
+                final.append(psnr(model.decode(best), target).cpu())
+            refined.append(best)
+            histories.append(history)
+            bar.set_postfix(psnr=f"{float(torch.cat(final).mean()):.2f} dB")
+    return RefinementResult(concat_codes(refined), torch.cat(initial), torch.cat(final), histories)
+
+
+__all__ = [
+    "DEFAULT_PERCEPTUAL_MODEL",
+    "MAX_REFINEMENT_STEPS",
+    "FeaturePerceptualLoss",
+    "RefinementResult",
+    "build_perceptual_loss",
+    "psnr",
+    "refine_style_codes",
+]

@@ -1,0 +1,73 @@
+"""Evaluation of GH-Feat models against baselines on `datasets` data (the library behind ``ghfeat evaluate``).
+
+Tasks, one module each, all with the same shape: a list of feature extractors (the evaluated model first, then
+the baselines), the data as `datasets.Dataset` splits, task options; the result is an [`EvaluationReport`]
+(JSON + Markdown, protocol details marked as the paper's, a standard protocol or our choice):
+
+* [`evaluate_reconstruction`]: MSE, PSNR, SSIM per image and a worst / best grid (LPIPS omitted: no pretrained
+  LPIPS weights are available);
+* [`evaluate_classification`]: linear probe (C chosen on a validation split) and k-NN accuracy, 95% intervals;
+* [`evaluate_retrieval`]: mAP and recall@k with cosine similarity, queries and gallery from the labels;
+* [`evaluate_verification`]: LFW-style 10-fold pair verification accuracy, per layer group;
+* [`evaluate_landmarks`]: linear keypoint regression and its normalised mean error.
+
+Features come from [`GHFeatExtractor`] (chosen layers of the style codes), [`PixelExtractor`], a random-init encoder
+([`random_init_model`]) or [`TimmExtractor`] ([`build_baselines`] builds them by name), and are extracted once per
+model and dataset with a cached `datasets.Dataset.map` ([`extract_features`]).
+
+```python
+from ghfeat_hf.extraction import load_model
+from ghfeat_hf.evaluation import GHFeatExtractor, build_baselines, evaluate_classification, load_split
+
+model, processor = load_model("ghfeat-fmnist32")
+extractors = [GHFeatExtractor(model, processor)] + build_baselines(["pixels", "random-init"], model, processor)
+report = evaluate_classification(extractors, load_split("fashion-mnist", "train"), load_split("fashion-mnist", "test"))
+report.save("eval/")   # eval/classification.json + eval/classification.md
+```
+"""
+
+from .classification import evaluate_classification
+from .data import load_split, subsample
+from .extractors import (
+    FeatureExtractor,
+    GHFeatExtractor,
+    PixelExtractor,
+    TimmExtractor,
+    build_baselines,
+    random_init_model,
+)
+from .features import ExtractionOptions, FeatureTable, extract_features, resolve_layer_groups
+from .landmarks import evaluate_landmarks
+from .probes import knn_predict, linear_probe, ridge_regression
+from .reconstruction import LPIPS_NOTE, evaluate_reconstruction
+from .report import EvaluationReport, MetricColumn, ProtocolItem, results_markdown
+from .retrieval import evaluate_retrieval
+from .verification import evaluate_verification
+
+__all__ = [
+    "LPIPS_NOTE",
+    "EvaluationReport",
+    "ExtractionOptions",
+    "FeatureExtractor",
+    "FeatureTable",
+    "GHFeatExtractor",
+    "MetricColumn",
+    "PixelExtractor",
+    "ProtocolItem",
+    "TimmExtractor",
+    "build_baselines",
+    "evaluate_classification",
+    "evaluate_landmarks",
+    "evaluate_reconstruction",
+    "evaluate_retrieval",
+    "evaluate_verification",
+    "extract_features",
+    "knn_predict",
+    "linear_probe",
+    "load_split",
+    "random_init_model",
+    "resolve_layer_groups",
+    "results_markdown",
+    "ridge_regression",
+    "subsample",
+]

@@ -1,0 +1,138 @@
+"""Reconstruction quality of GH-Feat models over a dataset: MSE, PSNR and SSIM per image, and a grid of the worst
+and best reconstructions.
+
+Each image is compared as the model sees it (resized by the processor, 8-bit) with its 8-bit reconstruction,
+pixels scaled to `[0, 1]` (the conventions of `ghfeat reconstruct`). LPIPS is not computed: it needs pretrained
+LPIPS weights, which are not available, and LPIPS on random weights would be meaningless.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..extraction import UsageError, autocast_context
+from ..reconstruction import reconstruct_images, reconstruction_grid
+from .data import describe_data, require_columns
+from .extractors import FeatureExtractor, GHFeatExtractor
+from .features import ExtractionOptions, FeatureStore, as_pil_image, cached_image_map, numpy_columns
+from .metrics import psnr, ssim
+from .report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
+
+LPIPS_NOTE = "LPIPS omitted: no pretrained LPIPS backbone available."
+METRICS_VERSION = "mse-psnr-ssim-v1"
+
+
+def quantize(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Model-space images (about `[-1, 1]`) -> float64 in `[0, 1]` on the 8-bit grid, exactly as
+    `GHFeatImageProcessor.postprocess` rounds: `uint8(clip((x + 1) * 127.5 + 0.5, 0, 255)) / 255`."""
+    return torch.floor(((pixel_values.double() + 1) * 127.5 + 0.5).clamp(0, 255)) / 255
+
+
+@torch.inference_mode()
+def reconstruction_metrics(extractor: GHFeatExtractor, images: Sequence) -> dict[str, np.ndarray]:
+    """`{"mse", "psnr", "ssim"}`, each `[N]`, of the images and their reconstructions by `extractor.model`."""
+    pixel_values = extractor.processor(images=list(images), return_tensors="pt")["pixel_values"].to(extractor.device)
+    with autocast_context(extractor.device, extractor.dtype):
+        decoded = extractor.model.reconstruct(pixel_values)
+    if decoded.shape != pixel_values.shape:
+        raise UsageError(f"the model reconstructs {tuple(decoded.shape[-2:])} images from "
+                         f"{tuple(pixel_values.shape[-2:])} inputs; reconstruction metrics need equal sizes.")
+    reference, reconstruction = quantize(pixel_values.float().cpu()), quantize(decoded.float().cpu())
+    mse = ((reference - reconstruction) ** 2).mean(dim=(1, 2, 3)).numpy()
+    return {"mse": mse, "psnr": psnr(mse), "ssim": ssim(reference, reconstruction).numpy()}
+
+
+def save_extremes_grid(
+    extractor: GHFeatExtractor, dataset, image_column: str, psnr_values: np.ndarray, ssim_values: np.ndarray,
+    path: str | os.PathLike, count: int = 4,
+) -> str:
+    """Save an `input | reconstruction` grid of the `count` worst then the `count` best images by PSNR, each row
+    labelled with its rank, row index, SSIM and PSNR; returns the path."""
+    order = np.argsort(psnr_values, kind="stable")
+    count = min(count, len(order) // 2) or 1
+    picks = [("worst", rank, int(row)) for rank, row in enumerate(order[:count], 1)]
+    picks += [("best", rank, int(row)) for rank, row in enumerate(order[::-1][:count], 1)]
+    images = [as_pil_image(raw) for raw in dataset.select([row for _, _, row in picks])[image_column]]
+    result = reconstruct_images(extractor.model, extractor.processor, images, dtype=extractor.dtype)
+    names = [f"{kind} {rank}: row {row}\nSSIM {ssim_values[row]:.3f}" for kind, rank, row in picks]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    reconstruction_grid(result, names).save(path)
+    return os.fspath(path)
+
+
+def evaluate_reconstruction(
+    extractors: Sequence[FeatureExtractor],
+    dataset,
+    *,
+    image_column: str = "image",
+    grid_path: str | os.PathLike | None = None,
+    grid_count: int = 4,
+    options: ExtractionOptions | None = None,
+    dataset_name: str | None = None,
+) -> EvaluationReport | None:
+    """Mean MSE, PSNR and SSIM of every GH-Feat extractor's model (extractors without a decoder are skipped, with
+    a note), cached per model and dataset like the features.
+
+    Args:
+        extractors: the evaluated model first (a [`GHFeatExtractor`]), then baselines such as its random-init
+            encoder (which decodes with the same synthesis network).
+        dataset: a `datasets.Dataset` with `image_column`.
+        grid_path: where to save the worst / best grid of the first extractor (PNG); `None`: no grid.
+        grid_count: images per end of the grid.
+
+    Returns:
+        The [`EvaluationReport`] (rows with `mse`, `psnr`, `psnr_std`, `ssim`); `None` on non-main processes.
+    """
+    require_columns(dataset, image_column, role="image column")
+    decoders = [extractor for extractor in extractors if isinstance(extractor, GHFeatExtractor)]
+    if not decoders or decoders[0] is not extractors[0]:
+        raise UsageError("reconstruction needs a GH-Feat model as the first extractor.")
+    store = FeatureStore(extractors, options)
+    results = {}
+    for extractor in decoders:
+        mapped, hit = cached_image_map(
+            dataset, image_column, lambda images, e=extractor: reconstruction_metrics(e, images),
+            {"extractor": extractor.fingerprint(), "metrics": METRICS_VERSION}, store.options, prefix="reconstruction",
+            desc=f"reconstruction: {extractor.name}",
+        )
+        store.record_cache_hit(extractor, "reconstruction", hit)
+        results[extractor.name] = numpy_columns(mapped, ["mse", "psnr", "ssim"])
+    if not store.options.is_main_process:
+        return None
+
+    rows, artifacts = [], {}
+    for extractor in decoders:
+        values = results[extractor.name]
+        rows.append({"features": extractor.name, "layers": "all", "dim": extractor.describe()["dim"],
+                     "mse": float(np.mean(values["mse"])),
+                     "psnr": float(np.mean(values["psnr"])), "psnr_std": float(np.std(values["psnr"])),
+                     "ssim": float(np.mean(values["ssim"]))})
+    if grid_path is not None:
+        values = results[decoders[0].name]
+        artifacts["grid"] = save_extremes_grid(decoders[0], dataset, image_column, values["psnr"], values["ssim"],
+                                               grid_path, grid_count)
+    skipped = [extractor.name for extractor in extractors if extractor not in decoders]
+    notes = [LPIPS_NOTE] + ([f"Not applicable (no decoder): {', '.join(skipped)}."] if skipped else [])
+    protocol = [
+        ProtocolItem("task", "reconstruction through the frozen generator", PAPER),
+        ProtocolItem("images", "the input as the model sees it (processor resize, 8-bit) vs the 8-bit reconstruction, "
+                     "pixels in [0, 1]", OURS),
+        ProtocolItem("MSE / PSNR", "per image over all pixels and channels; PSNR = 10 log10(1 / MSE), averaged over "
+                     "images", OURS),
+        ProtocolItem("SSIM", "11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, valid region, mean over channels",
+                     STANDARD, "Wang et al. 2004"),
+        ProtocolItem("LPIPS", "omitted", OURS, "no pretrained LPIPS backbone is available; never computed on random "
+                     "weights"),
+    ]
+    columns = [MetricColumn("mse", "MSE", "f6"), MetricColumn("psnr", "PSNR (dB)", "db"),
+               MetricColumn("psnr_std", "PSNR std (dB)", "db"), MetricColumn("ssim", "SSIM", "f4")]
+    data = describe_data(dataset_name, {"images": dataset}, image_column=image_column)
+    return store.report("reconstruction", data=data, protocol=protocol, columns=columns, rows=rows, notes=notes,
+                        artifacts=artifacts)
+
+
+__all__ = ["LPIPS_NOTE", "evaluate_reconstruction", "quantize", "reconstruction_metrics", "save_extremes_grid"]

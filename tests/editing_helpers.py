@@ -1,0 +1,32 @@
+"""Shared inputs of the editing tests: a tiny random model and real images at the tiny model's resolution."""
+
+import PIL.Image
+import torch
+
+from ghfeat_hf import GHFeatImageProcessor, GHFeatModel
+from ghfeat_hf.demo import demo_image_paths
+from tests.conftest import tiny_ghfeat_config
+
+
+def tiny_model(seed: int = 0) -> GHFeatModel:
+    """A random 32 px GH-Feat (8 layers: coarse 0-1, middle 2-3, fine 4-7), eval mode."""
+    torch.manual_seed(seed)
+    return GHFeatModel(tiny_ghfeat_config()).eval()
+
+
+def demo_pixel_values(count: int | None = None) -> torch.Tensor:
+    """The first ``count`` bundled Fashion-MNIST images as ``pixel_values`` ``[count, 3, 32, 32]``."""
+    processor = GHFeatImageProcessor(size={"height": 32, "width": 32})
+    images = [PIL.Image.open(path) for path in demo_image_paths()[:count]]
+    return processor(images, return_tensors="pt")["pixel_values"]
+
+
+def brightness_dataset(count: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real images at random brightness: ``(pixel_values [count, 3, 32, 32], labels [count])``, label = brighter
+    than the middle of the range."""
+    base = demo_pixel_values()
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, len(base), (count,), generator=generator)
+    level = torch.rand(count, generator=generator)
+    pixel_values = ((base[index] + 1) / 2 * 0.5 + level.view(-1, 1, 1, 1) * 0.5) * 2 - 1
+    return pixel_values, level > 0.5

@@ -1,0 +1,79 @@
+"""Inversion refinement (ghfeat_hf.editing.inversion): Adam on the codes, PSNR before / after, perceptual term."""
+
+import pytest
+import torch
+
+from ghfeat_hf.editing import (
+    MAX_REFINEMENT_STEPS,
+    build_perceptual_loss,
+    decode_codes,
+    encode_images,
+    psnr,
+    refine_style_codes,
+)
+from ghfeat_hf.extraction import UsageError
+from tests.editing_helpers import demo_pixel_values, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def pixel_values():
+    return demo_pixel_values(3)
+
+
+def test_psnr():
+    a = torch.zeros(2, 3, 4, 4)
+    b = a.clone()
+    b[1] = 0.2  # a difference of 0.1 on the [0, 1] scale: PSNR 20 dB
+    torch.testing.assert_close(psnr(b, a), torch.tensor([120.0, 20.0]))
+
+
+def test_refinement_raises_the_psnr_and_leaves_the_model_alone(model, pixel_values):
+    parameters = {name: value.clone() for name, value in model.state_dict().items()}
+    flags = [parameter.requires_grad for parameter in model.parameters()]
+    codes = encode_images(model, pixel_values)
+    result = refine_style_codes(model, pixel_values, codes, steps=40, learning_rate=0.02, batch_size=2,
+                                progress=False)
+    assert result.final_psnr.shape == (3,) and len(result.losses) == 2 and len(result.losses[0]) == 41
+    torch.testing.assert_close(result.initial_psnr, psnr(decode_codes(model, codes), pixel_values))
+    torch.testing.assert_close(result.final_psnr, psnr(decode_codes(model, result.style_codes), pixel_values))
+    assert (result.final_psnr > result.initial_psnr + 0.5).all()
+    assert (result.final_psnr - result.initial_psnr).mean() > 2.0
+    assert all(history[-1] < history[0] for history in result.losses)
+    assert all(torch.equal(value, parameters[name]) for name, value in model.state_dict().items())
+    assert [parameter.requires_grad for parameter in model.parameters()] == flags
+    assert all(parameter.grad is None for parameter in model.parameters())
+    for bad in (0, MAX_REFINEMENT_STEPS + 1):
+        with pytest.raises(UsageError, match="refinement steps"):
+            refine_style_codes(model, pixel_values, steps=bad)
+
+
+def test_refinement_keeps_each_images_best_codes(model, pixel_values):
+    # a learning rate far too large makes the later steps worse: the result must still be the best step's codes
+    result = refine_style_codes(model, pixel_values, steps=5, learning_rate=50.0, progress=False)
+    best = min(result.losses[0])
+    assert result.losses[0][-1] > best
+    assert (result.final_psnr >= result.initial_psnr - 1e-4).all()
+
+
+def test_perceptual_term_from_local_weights(model, pixel_values, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "resnet10t.safetensors"
+    save_file(timm.create_model("resnet10t").state_dict(), str(weights))
+    loss = build_perceptual_loss("resnet10t", weights)
+    assert loss.source == weights and not any(parameter.requires_grad for parameter in loss.parameters())
+    distances = loss(pixel_values, pixel_values.flip(0))
+    assert distances.shape == (3,) and distances[1] == 0 and (distances[[0, 2]] > 0).all()
+    result = refine_style_codes(model, pixel_values, steps=3, perceptual=loss, perceptual_weight=0.5,
+                                progress=False)
+    assert len(result.losses[0]) == 4
+    with pytest.raises(UsageError, match="does not exist"):
+        build_perceptual_loss("resnet10t", tmp_path / "missing.safetensors")
+    with pytest.raises(UsageError, match="no pretrained weights for the perceptual model 'resnet10t'"):
+        build_perceptual_loss("resnet10t")  # HF_HUB_OFFLINE and nothing cached: refuse a random network
