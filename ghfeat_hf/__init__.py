@@ -9,6 +9,7 @@ from transformers.models.auto import image_processing_auto as _auto_image_proces
 from . import timm_models  # noqa: F401  (registers timm entry points)
 from .configuration_ghfeat import GHFeatConfig
 from .configuration_stylegan import StyleGANDiscriminatorConfig, StyleGANGeneratorConfig
+from .embedded import DEFAULT_MODEL, embedded_model_path, embedded_models
 from .image_processing_ghfeat import GHFeatImageProcessor
 from .modeling_ghfeat import GHFeatBackbone, GHFeatEncoder, GHFeatModel, GHFeatModelOutput
 from .modeling_stylegan import (
@@ -36,6 +37,7 @@ if isinstance(_pil_default, list) and GHFeatImageProcessor.__name__ not in _pil_
     _pil_default.append(GHFeatImageProcessor.__name__)
 
 __all__ = [
+    "DEFAULT_MODEL",
     "GHFeatBackbone",
     "GHFeatConfig",
     "GHFeatEncoder",
@@ -49,5 +51,7 @@ __all__ = [
     "StyleGANSynthesis",
     "__version__",
     "compact_style_codes",
+    "embedded_model_path",
+    "embedded_models",
     "tile_style_codes",
 ]

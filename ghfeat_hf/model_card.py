@@ -1,7 +1,8 @@
 """Model cards (README.md with Hub metadata) for GH-Feat and StyleGAN directories.
 
 A card is rendered from the directory itself: ``config.json`` gives the architecture, ``provenance.json``
-(written by the converter or a trainer: source, domain, license notice, summary) the history, ``metrics.json``
+(written by the converter or a trainer: source, domain, license notice, summary; optionally ``license``, an SPDX id
+for the metadata, and ``load_args``, the arguments of the usage snippet) the history, ``metrics.json``
 (parity or evaluation numbers, when measured) the table of measured numbers, and ``evaluation.json`` (the
 ``ghfeat evaluate`` reports, one per task) the evaluation results section. Templates live in the repository's
 ``model_cards/`` folder.
@@ -114,7 +115,7 @@ def render_model_card(
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=fields.pop("pipeline_tag"),
-        license="other",
+        license=provenance.pop("license", None) or "other",
         tags=list(CARD_TAGS),
         datasets=provenance.pop("datasets"),
     )
@@ -124,7 +125,8 @@ def render_model_card(
     card = ModelCard.from_template(
         card_data,
         template_path=str(template),
-        load_args=f'"{repo_id or "<org>/" + directory.name}"' + (f', subfolder="{subfolder}"' if subfolder else ""),
+        load_args=provenance.pop("load_args", None)
+        or f'"{repo_id or "<org>/" + directory.name}"' + (f', subfolder="{subfolder}"' if subfolder else ""),
         metrics=_read_json(directory / METRICS_FILE),
         results=_results_section(directory),
         **provenance,

@@ -1,0 +1,97 @@
+"""The shipped default model: packaging, lookup by name, and every loader reaching it with no network."""
+
+import json
+
+import PIL.Image
+import pytest
+import timm
+import torch
+from transformers import AutoImageProcessor, AutoModel
+
+import ghfeat_hf
+from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator, embedded
+from ghfeat_hf.demo import demo_image_paths, run_demo
+from ghfeat_hf.extraction import load_model, resolve_model_path
+from ghfeat_hf.hub import save_ghfeat_directory
+from ghfeat_hf.timm_models import PRESETS, ghfeat_config_dict, resolve_ghfeat_config, timm_config_fields
+from tests.conftest import tiny_discriminator_config, tiny_ghfeat_config
+from training.package_embedded_model import main as package_main
+
+
+def test_lookup_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(embedded, "PRETRAINED_DIR", tmp_path)
+    assert embedded.embedded_models() == []
+    with pytest.raises(FileNotFoundError, match="available: none"):
+        embedded.embedded_model_path("ghfeat-x")
+    (tmp_path / "ghfeat-x").mkdir()
+    (tmp_path / "ghfeat-x" / "config.json").write_text("{}")
+    (tmp_path / "not-a-model").mkdir()
+    assert embedded.embedded_models() == ["ghfeat-x"]
+    assert embedded.embedded_model_path("ghfeat-x") == tmp_path / "ghfeat-x"
+    monkeypatch.delenv("GHFEAT_MODEL", raising=False)
+    assert resolve_model_path("ghfeat-x") == str(tmp_path / "ghfeat-x")  # the CLI's --model ghfeat-x
+    assert resolve_model_path("org/ghfeat-x") == "org/ghfeat-x"  # Hub ids are left alone
+
+
+def test_package_embedded_model(tmp_path):
+    model = GHFeatModel(tiny_ghfeat_config()).eval()
+    save_ghfeat_directory(model, tmp_path / "encoder-run" / "ghfeat")
+    generator = StyleGANGenerator(model.config.generator_config)
+    generator.synthesis.load_state_dict(model.synthesis.state_dict(), strict=False)
+    generator.save_pretrained(tmp_path / "gan-run" / "stylegan-generator")
+    StyleGANDiscriminator(tiny_discriminator_config()).save_pretrained(tmp_path / "gan-run" / "stylegan-discriminator")
+    recipe = tmp_path / "recipe.md"
+    recipe.write_text("Trained with `python training/train_stylegan.py --resolution 32` on 2 CPU cores.\n")
+    output = tmp_path / "pretrained" / "ghfeat-tiny"
+    argv = ["--encoder-run", str(tmp_path / "encoder-run"), "--gan-run", str(tmp_path / "gan-run"),
+            "--recipe", str(recipe), "--output", str(output)]
+    assert package_main(argv) == 0
+    assert package_main(argv) == 0  # packaging again replaces the directory
+    assert not any(path.name.endswith(".py") for path in output.rglob("*"))
+    assert "auto_map" not in json.loads((output / "config.json").read_text())
+    card = (output / "README.md").read_text()
+    assert "license: mit" in card and "train_stylegan.py --resolution 32" in card
+    assert 'ghfeat_hf.embedded_model_path("ghfeat-tiny")' in card
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    loaded = AutoModel.from_pretrained(output)
+    torch.testing.assert_close(loaded(pixel_values=pixels).pooler_output, model(pixel_values=pixels).pooler_output)
+    assert StyleGANGenerator.from_pretrained(output / "stylegan-generator").config.resolution == 32
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        package_main(["--encoder-run", str(tmp_path / "missing"), *argv[2:]])
+
+
+def test_timm_preset_names_its_architecture():
+    config = resolve_ghfeat_config(None, PRESETS["ghfeat_resnet18_32"])
+    assert timm_config_fields(config)["architecture"] == "ghfeat_resnet18_32"
+    assert timm_config_fields(tiny_ghfeat_config())["architecture"] == "ghfeat_resnet18_256"  # + model_args
+    assert sum(config.style_dims) == 896 and config.num_layers == 8
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The shipped model itself (skipped in an installation without it)
+
+shipped = pytest.mark.skipif(ghfeat_hf.DEFAULT_MODEL not in embedded.embedded_models(),
+                             reason="the default model is not installed")
+
+
+@shipped
+def test_every_loader_reaches_the_shipped_model():
+    path = embedded.embedded_model_path()
+    model, processor = load_model(None)  # the default of the CLI
+    assert model.config.to_dict() == AutoModel.from_pretrained(path).config.to_dict()
+    assert ghfeat_config_dict(model.config) == ghfeat_config_dict(resolve_ghfeat_config(
+        None, PRESETS["ghfeat_resnet18_32"]))  # the timm preset describes the shipped architecture
+    images = [PIL.Image.open(p) for p in demo_image_paths()[:4]]
+    pixels = AutoImageProcessor.from_pretrained(path)(images, return_tensors="pt")["pixel_values"]
+    reference = model(pixel_values=pixels).pooler_output
+    timm_model = timm.create_model("ghfeat_resnet18_32.fmnist32", pretrained=True).eval()
+    torch.testing.assert_close(timm_model(pixels), reference)
+    assert sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) < 30 * 2**20
+
+
+@shipped
+def test_demo_runs_on_the_shipped_model(tmp_path):
+    result = run_demo(tmp_path / "demo")  # no --model: the embedded default
+    for path in (result.reconstruction, result.style_mixing, result.interpolation, result.features):
+        assert path.is_file() and path.stat().st_size > 0
+    assert result.mean_psnr > 15.0, result.mean_psnr

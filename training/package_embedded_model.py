@@ -1,0 +1,89 @@
+"""Assemble a shipped (embedded) GH-Feat model directory from a finished encoder run and its StyleGAN run.
+
+    python training/package_embedded_model.py --encoder-run runs/fmnist32-encoder \\
+        --gan-run runs/fmnist32-stylegan --recipe training/recipes/ghfeat-fmnist32.md \\
+        --output ghfeat_hf/pretrained/ghfeat-fmnist32
+
+The output holds the encoder run's [`GHFeatModel`] export (``config.json`` with the timm keys,
+``model.safetensors``, ``preprocessor_config.json``) and the frozen generator and the GAN's discriminator as
+``stylegan-generator/`` and ``stylegan-discriminator/``. The remote-code copies of the library's modules are left
+out: inside the package the library itself is importable. The recipe (exact commands, hardware, wall times)
+becomes the model card's source section. The evaluation numbers are added afterwards by
+``ghfeat evaluate <task> --model <output> --update-model-card``, which renders the card again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `ghfeat_hf` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ghfeat_hf.model_card import render_model_card, write_provenance
+
+GENERATOR_DIR = "stylegan-generator"
+DISCRIMINATOR_DIR = "stylegan-discriminator"
+MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "provenance.json", "metrics.json")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--encoder-run", type=Path, required=True, help="train_encoder.py output_dir (holds ghfeat/)")
+    parser.add_argument("--gan-run", type=Path, required=True,
+                        help="train_stylegan.py output_dir (holds stylegan-generator/ and stylegan-discriminator/)")
+    parser.add_argument("--recipe", type=Path, required=True,
+                        help="Markdown with the exact training commands, hardware and wall times")
+    parser.add_argument("--output", type=Path, required=True, help="model directory to (re)create")
+    parser.add_argument("--domain", default="Fashion-MNIST: 28x28 grayscale garment photos padded to 32x32")
+    parser.add_argument("--dataset-id", default="zalando-datasets/fashion_mnist", help="Hub id for the card metadata")
+    parser.add_argument("--license", default="mit", help="SPDX id of the weights (default: mit, as the data)")
+    return parser.parse_args(argv)
+
+
+def package(args: argparse.Namespace) -> Path:
+    """Write ``args.output`` (replacing it only once the new directory is complete); returns its path."""
+    export = args.encoder_run / "ghfeat"
+    for required in (export / "model.safetensors", args.gan_run / GENERATOR_DIR / "model.safetensors",
+                     args.gan_run / DISCRIMINATOR_DIR / "model.safetensors", args.recipe):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required} not found.")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.output.name}-", dir=args.output.parent))
+    try:
+        for name in MODEL_FILES:
+            if (export / name).is_file():
+                shutil.copy2(export / name, staging / name)
+        config = json.loads((staging / "config.json").read_text())
+        config.pop("auto_map", None)  # no remote code inside the package
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name in (GENERATOR_DIR, DISCRIMINATOR_DIR):
+            shutil.copytree(args.gan_run / name, staging / name,
+                            ignore=shutil.ignore_patterns("*.py", "README.md"))
+        load_args = f'ghfeat_hf.embedded_model_path("{args.output.name}")'
+        write_provenance(staging, source=args.recipe.read_text().strip(), domain=args.domain,
+                         datasets=[args.dataset_id], license=args.license, load_args=load_args,
+                         license_notice=f"Weights: {args.license.upper()}, like the training data. The "
+                                        "`ghfeat-hf` code is MIT licensed.")
+        render_model_card(staging)
+        if args.output.exists():
+            shutil.rmtree(args.output)
+        staging.rename(args.output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return args.output
+
+
+def main(argv: list[str] | None = None) -> int:
+    output = package(parse_args(argv))
+    size = sum(path.stat().st_size for path in output.rglob("*") if path.is_file())
+    print(f"packaged {output} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
