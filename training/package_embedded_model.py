@@ -70,6 +70,8 @@ def package(args: argparse.Namespace) -> Path:
                          license_notice=f"Weights: {args.license.upper()}, like the training data. The "
                                         "`ghfeat-hf` code is MIT licensed.")
         render_model_card(staging)
+        for path in [staging, *staging.rglob("*")]:  # readable by everyone, as installed package data
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if args.output.exists():
             shutil.rmtree(args.output)
         staging.rename(args.output)
