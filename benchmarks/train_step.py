@@ -69,6 +69,7 @@ def run_config(name: str, device: str, batch_size: int, resolution: int, iters: 
         StyleGANGeneratorConfig,
     )
     from training import train_encoder
+    from training.encoder_trainer import build_trainer
     from training.engine import seed_step
     from training.losses import VGG16PerceptualLoss
 
@@ -86,7 +87,7 @@ def run_config(name: str, device: str, batch_size: int, resolution: int, iters: 
         model = GHFeatModel(GHFeatConfig(depth=depth, image_size=resolution, generator_config=g_config.to_dict()))
         discriminator = StyleGANDiscriminator(StyleGANDiscriminatorConfig(resolution=resolution))
         perceptual = VGG16PerceptualLoss("torchvision", size=256)
-        trainer, _, e_sched, d_sched, _ = train_encoder.build_trainer(accelerator, args, model, discriminator, perceptual)
+        trainer, _, e_sched, d_sched, _ = build_trainer(accelerator, args, model, discriminator, perceptual)
         params = {"E": sum(p.numel() for p in trainer.e_module.parameters()),
                   "G": sum(p.numel() for p in trainer.synthesis_module.parameters()),
                   "D": sum(p.numel() for p in trainer.d_module.parameters()),
@@ -161,7 +162,7 @@ def markdown(results: list[dict], machine: str) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['config']} | | | | failed: {r['error'][:80]} | | | |")
+            lines.append(f"| {r['config']} | | | | failed: {r['error'][:160]} | | | |")
             continue
         ratio = f"{r['images_per_second'] / naive['images_per_second']:.2f}x" if naive else "n/a"
         lines.append(f"| {r['config']} | {r['mixed_precision'] if r['mixed_precision'] != 'no' else 'fp32'} | "
@@ -207,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, cwd=REPO)
             lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-            result = json.loads(lines[-1][7:]) if lines else {"config": name, "error": out.stderr.strip()[-300:]}
+            if lines:
+                result = json.loads(lines[-1][7:])
+            else:  # the exception's last line (e.g. "ValueError: ...") says why
+                error = out.stderr.strip().splitlines()
+                result = {"config": name, "error": error[-1] if error else f"exit code {out.returncode}"}
         except subprocess.TimeoutExpired:
             result = {"config": name, "error": f"timeout after {args.timeout} s"}
         result["wall_seconds"] = time.perf_counter() - started

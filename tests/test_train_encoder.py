@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
 from tests.conftest import tiny_discriminator_config, tiny_generator_config
-from training import train_encoder
+from training import batchnorm, encoder_trainer, train_encoder
 from training.losses import (
     CAFFE_BGR_MEAN,
     PerceptualWeightsUnavailable,
@@ -188,7 +188,7 @@ def test_official_lr_schedule_counts_two_steps_per_iteration():
     args = train_encoder.parse_args(["--generator", "g", "--dataset", "d", "--output_dir", "o", "--max_steps", "80"])
     params = [torch.nn.Parameter(torch.zeros(1))]
     e_opt, d_opt = torch.optim.Adam(params, lr=1e-4), torch.optim.Adam(params, lr=1e-4)
-    e_sched, d_sched = train_encoder.make_schedulers(args, e_opt, d_opt, train_d=True, max_steps=80)
+    e_sched, d_sched = encoder_trainer.make_schedulers(args, e_opt, d_opt, train_d=True, max_steps=80)
     lrs = []
     for _ in range(41):
         lrs.append((e_opt.param_groups[0]["lr"], d_opt.param_groups[0]["lr"]))
@@ -201,7 +201,7 @@ def test_official_lr_schedule_counts_two_steps_per_iteration():
     for schedule, train_d, expected in (("plain", True, 0.8 ** (10 / 20)), ("official", False, 0.8 ** (10 / 20)),
                                         ("constant", True, 1.0)):
         args.lr_schedule = schedule
-        e_sched, d_sched = train_encoder.make_schedulers(args, e_opt, d_opt, train_d=train_d, max_steps=80)
+        e_sched, d_sched = encoder_trainer.make_schedulers(args, e_opt, d_opt, train_d=train_d, max_steps=80)
         assert math.isclose(e_sched.lr_lambdas[0](10), expected) and math.isclose(d_sched.lr_lambdas[0](10), expected)
 
 
@@ -220,7 +220,7 @@ def _bn_sync_worker(tmp):
         with torch.no_grad():
             reference.weight.uniform_(0.5, 2.0)
             reference.bias.normal_()
-        synced = train_encoder.convert_cross_process_batchnorm(
+        synced = batchnorm.convert_cross_process_batchnorm(
             torch.nn.Sequential(type(reference)(shape[1])).train())[0]
         synced.load_state_dict(reference.state_dict())
         x_full = full.clone().requires_grad_(True)

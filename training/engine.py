@@ -35,6 +35,7 @@ temporary directory and renamed when complete, so a kill during a save never lea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -433,6 +434,12 @@ def maybe_compile(module: torch.nn.Module, enabled: bool, **compile_kwargs: Any)
     return torch.compile(module, **compile_kwargs) if enabled else module
 
 
+def maybe_no_sync(accelerator: Accelerator, model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+    """``accelerator.no_sync(model)`` except on the ``last`` micro-batch of an accumulated step (gradients all-reduce
+    once per step)."""
+    return contextlib.nullcontext() if last else accelerator.no_sync(model)
+
+
 def convert_sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:
     """``SyncBatchNorm`` for multi-process runs on accelerators (the encoder's BN statistics then span all ranks).
 
@@ -582,6 +589,6 @@ def save_image_grid(
 __all__ = [
     "CheckpointManager", "Progress", "TrainState", "add_engine_args", "atomic_directory", "build_accelerator",
     "checkpoint_step", "convert_sync_batchnorm", "export_pretrained", "flat_hparams", "grad_norm", "init_trackers",
-    "iterate_batches", "learning_rates", "log_scalars", "maybe_channels_last", "maybe_compile", "memory_stats",
-    "save_image_grid", "seed_step", "shard_iterable_dataset", "tensor_to_pil",
+    "iterate_batches", "learning_rates", "log_scalars", "maybe_channels_last", "maybe_compile", "maybe_no_sync",
+    "memory_stats", "save_image_grid", "seed_step", "shard_iterable_dataset", "tensor_to_pil",
 ]

@@ -41,7 +41,7 @@ Both use Adam(lr 1e-4, betas (0.9, 0.99), eps 1e-8). Official details reproduced
   counted (``train/skipped_nonfinite_E`` / ``_D``). Under fp16 the GradScaler makes that decision.
 * **BatchNorm is synchronised across processes** (the official multi-GPU encoder normalises over the global batch of
   96 = 8 x 12): ``torch.nn.SyncBatchNorm`` on GPUs and, on the CPU (where PyTorch's SyncBatchNorm cannot run), the
-  gloo-capable :class:`CrossProcessBatchNorm` below. One process uses plain BatchNorm.
+  gloo-capable :class:`CrossProcessBatchNorm` of ``training/batchnorm.py``. One process uses plain BatchNorm.
 * Batch: 12 images per process at 256 px (official ``minibatch_per_gpu_train = {128: 16, 256: 12, 512: 8, 1024: 4}``,
   8 GPUs); length ``total_kimg = {128: 12000, 256: 14000, 512: 16000, 1024: 18000}`` thousand images
   (``--total_kimg``). Use a global batch of 96 (processes x ``--batch_size`` x ``--gradient_accumulation_steps``)
@@ -71,7 +71,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -85,13 +84,12 @@ if __package__ in (None, ""):  # run as a script: make `training` and `ghfeat_hf
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ghfeat_hf import GHFeatConfig, GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
 from ghfeat_hf.data import load_fashion_mnist, load_image_dataset, make_image_dataloader
 from ghfeat_hf.hub import push_to_hub, save_ghfeat_directory
+from training.encoder_trainer import EncoderTrainer, build_trainer, save_reconstruction_grid
 from training.engine import (
     CheckpointManager,
     Progress,
@@ -99,28 +97,19 @@ from training.engine import (
     add_engine_args,
     atomic_directory,
     build_accelerator,
-    convert_sync_batchnorm,
     export_pretrained,
-    grad_norm,
     init_trackers,
     iterate_batches,
     log_scalars,
-    maybe_channels_last,
-    maybe_compile,
     memory_stats,
-    save_image_grid,
     seed_step,
     shard_iterable_dataset,
-    tensor_to_pil,
 )
 from training.losses import (
     DEFAULT_PERCEPTUAL_MODEL,
     PerceptualWeightsUnavailable,
     VGG16PerceptualLoss,
     build_perceptual_loss,
-    discriminator_logistic_loss,
-    generator_nonsaturating_loss,
-    r1_penalty,
 )
 
 GENERATOR_DIR = "stylegan-generator"
@@ -285,130 +274,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# BatchNorm synchronised across processes on any device (gloo on the CPU)
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Differentiable ``all_reduce(SUM)``: the backward all-reduces the gradients (gradient of the summed losses)."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.clone()
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
-
-
-class CrossProcessBatchNorm(_BatchNorm):
-    """BatchNorm (1d/2d/3d) whose training-mode statistics span every process of the default group.
-
-    Works with any backend, gloo included, so it also runs on the CPU where ``torch.nn.SyncBatchNorm`` refuses.
-    Per-channel sums and sums of squares (float64) and the sample count are all-reduced in one differentiable
-    collective; the running statistics use the unbiased global variance, as ``BatchNorm`` does. Outside
-    training mode, or without an initialised multi-process group, it is exactly ``BatchNorm``. Parameters and buffers
-    have BatchNorm's names, so state dicts are interchangeable.
-    """
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(input)
-        self._check_input_dim(input)
-        channels = input.shape[1]
-        dims = [0, *range(2, input.dim())]
-        x = input.float()
-        count = torch.full((1,), x.numel() // channels, dtype=torch.float64, device=x.device)
-        local = torch.cat([x.sum(dims, dtype=torch.float64), x.square().sum(dims, dtype=torch.float64), count])
-        total = _AllReduceSum.apply(local)
-        n = total[-1]
-        mean64 = total[:channels] / n
-        var64 = (total[channels:2 * channels] / n - mean64.square()).clamp_min(0)
-        mean, var = mean64.float(), var64.float()
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                unbiased = var64 * (n / (n - 1).clamp_min(1))
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        shape = [1, channels] + [1] * (input.dim() - 2)
-        y = (x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape).float() + self.bias.view(shape).float()
-        return y.to(input.dtype)
-
-
-def convert_cross_process_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every ``BatchNorm*d`` of ``module`` by a :class:`CrossProcessBatchNorm` sharing its tensors."""
-    converted = module
-    if isinstance(module, _BatchNorm) and not isinstance(module, CrossProcessBatchNorm):
-        converted = CrossProcessBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                          module.track_running_stats)
-        if module.affine:
-            converted.weight, converted.bias = module.weight, module.bias
-        if module.track_running_stats:
-            converted.running_mean, converted.running_var = module.running_mean, module.running_var
-            converted.num_batches_tracked = module.num_batches_tracked
-        converted.train(module.training)
-    for name, child in module.named_children():
-        converted.add_module(name, convert_cross_process_batchnorm(child))
-    return converted
-
-
-def synchronize_batchnorm(module: nn.Module, accelerator, enabled: bool = True) -> tuple[nn.Module, str]:
-    """BatchNorm over the global batch when several processes run; returns ``(module, description)``."""
-    if accelerator.num_processes <= 1:
-        return module, "BatchNorm (one process)"
-    if not enabled:
-        return module, "BatchNorm per process (--no-sync_batchnorm)"
-    if accelerator.device.type == "cpu":
-        return convert_cross_process_batchnorm(module), "CrossProcessBatchNorm (all_reduce over gloo)"
-    return convert_sync_batchnorm(module, accelerator), "torch.nn.SyncBatchNorm"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Learning-rate schedule
-
-
-class ExponentialDecay:
-    """``lr_factor(iteration) = rate ** ((steps_per_iteration * iteration + offset) / decay_steps)`` (picklable).
-
-    The official schedule is ``steps_per_iteration=2`` with offset 0 for E and 1 for D (see the module docstring).
-    """
-
-    def __init__(self, rate: float, decay_steps: int, steps_per_iteration: int = 1, offset: int = 0,
-                 constant: bool = False):
-        self.rate, self.decay_steps = float(rate), max(int(decay_steps), 1)
-        self.steps_per_iteration, self.offset, self.constant = int(steps_per_iteration), int(offset), bool(constant)
-
-    def __call__(self, iteration: int) -> float:
-        if self.constant:
-            return 1.0
-        return self.rate ** ((self.steps_per_iteration * iteration + self.offset) / self.decay_steps)
-
-
-def make_schedulers(args: argparse.Namespace, e_opt, d_opt, train_d: bool, max_steps: int):
-    """``(E scheduler, D scheduler)``: ``LambdaLR`` stepped once per iteration (never through accelerate, which would
-    step them once per process)."""
-    decay_steps = args.lr_decay_steps or max(max_steps // 4, 1)
-    constant = args.lr_schedule == "constant"
-    official = args.lr_schedule == "official"
-    per_iteration = 2 if official and train_d else 1
-    e_lambda = ExponentialDecay(args.lr_decay_rate, decay_steps, per_iteration, 0, constant)
-    d_lambda = ExponentialDecay(args.lr_decay_rate, decay_steps, per_iteration, per_iteration - 1, constant)
-    return (torch.optim.lr_scheduler.LambdaLR(e_opt, e_lambda),
-            torch.optim.lr_scheduler.LambdaLR(d_opt, d_lambda))
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Networks
 
 
@@ -527,217 +392,6 @@ def load_validation_images(args, dataset, resolution: int, num_channels: int) ->
     images = [batch["pixel_values"] for batch in loader if len(batch["pixel_values"])]
     return torch.cat(images)[: args.num_validation_images] if images else None
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Training
-
-
-def _maybe_no_sync(accelerator, model, last: bool):
-    return contextlib.nullcontext() if last else accelerator.no_sync(model)
-
-
-class EncoderTrainer:
-    """The networks, optimizers and the two updates of one GH-Feat iteration (also used by the benchmark).
-
-    ``encoder`` and ``discriminator`` are what ``accelerator.prepare`` returned (DDP-wrapped when several processes
-    run, possibly compiled); ``e_module`` / ``d_module`` are the plain modules sharing their parameters.
-    """
-
-    def __init__(self, accelerator, args, encoder, discriminator, synthesis, perceptual, e_opt, d_opt,
-                 e_module, d_module, d_for_encoder=None):
-        self.accelerator, self.args = accelerator, args
-        self.encoder, self.discriminator = encoder, discriminator
-        self.e_module, self.d_module = e_module, d_module
-        self.d_for_encoder = d_for_encoder if d_for_encoder is not None else d_module
-        self.synthesis, self.perceptual = synthesis, perceptual
-        self.synthesis_module = getattr(synthesis, "_orig_mod", synthesis)  # the plain module when compiled
-        self.e_opt, self.d_opt = e_opt, d_opt
-        self.train_d = args.adversarial_weight > 0
-        self.skipped = {"E": 0, "D": 0}
-
-    def _zeros(self, *keys: str) -> dict[str, torch.Tensor]:
-        return {key: torch.zeros((), device=self.accelerator.device) for key in keys}
-
-    def _apply(self, optimizer, parameters, name: str) -> tuple[float, bool]:
-        """Optimizer step unless a gradient is non-finite (then skipped and counted); returns (grad norm, stepped)."""
-        accelerator = self.accelerator
-        parameters = [p for p in parameters if p.requires_grad]
-        if accelerator.scaler is not None:  # fp16: the GradScaler skips inf/NaN steps and adapts its scale
-            accelerator.unscale_gradients(optimizer)
-            norm = grad_norm(parameters)
-            optimizer.step()
-            stepped = not optimizer.step_was_skipped
-        else:
-            norm = grad_norm(parameters)
-            stepped = math.isfinite(norm) or not self.args.skip_nonfinite
-            if stepped:
-                optimizer.step()
-        if not stepped:
-            self.skipped[name] += 1
-        optimizer.zero_grad(set_to_none=True)
-        return norm, stepped
-
-    def reconstruct(self, encoder, images: torch.Tensor) -> torch.Tensor:
-        codes, _ = encoder(images)
-        return self.synthesis(style_codes=codes)
-
-    def encoder_step(self, micro_batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        accelerator, args = self.accelerator, self.args
-        active = ("loss_E", "loss_pix") + (("loss_feat",) if self.perceptual is not None else ()) + (
-            ("loss_adv", "D_fake_E") if args.adversarial_weight > 0 else ())
-        totals = self._zeros(*active)
-        self.d_module.requires_grad_(False)
-        try:
-            for index, reals in enumerate(micro_batches):
-                last = index == len(micro_batches) - 1
-                with _maybe_no_sync(accelerator, self.encoder, last), accelerator.autocast():
-                    fakes = self.reconstruct(self.encoder, reals)
-                    loss_pix = (fakes.float() - reals.float()).square().mean()
-                    loss = args.pixel_weight * loss_pix
-                    parts = {"loss_pix": loss_pix}
-                    if self.perceptual is not None:
-                        parts["loss_feat"] = self.perceptual(reals, fakes)
-                        loss = loss + args.perceptual_weight * parts["loss_feat"]
-                    if args.adversarial_weight > 0:
-                        fake_scores = self.d_for_encoder(fakes)
-                        parts["loss_adv"] = generator_nonsaturating_loss(fake_scores)
-                        parts["D_fake_E"] = fake_scores.float().mean()
-                        loss = loss + args.adversarial_weight * parts["loss_adv"]
-                    accelerator.backward(loss)
-                parts["loss_E"] = loss
-                for key, value in parts.items():
-                    totals[key] += value.detach().float() / len(micro_batches)
-        finally:
-            self.d_module.requires_grad_(True)
-        norm, stepped = self._apply(self.e_opt, self.e_module.parameters(), "E")
-        totals["grad_norm_E"] = torch.tensor(norm)
-        return totals
-
-    def mirror_redraw(self, reals: torch.Tensor) -> torch.Tensor:
-        """Mirror each image again with p = 0.5 (global RNG, seeded per step): an independent official flip."""
-        mask = torch.rand(reals.shape[0], device=reals.device) < 0.5
-        return torch.where(mask.view(-1, 1, 1, 1), reals.flip(-1), reals)
-
-    def discriminator_step(self, micro_batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        accelerator, args = self.accelerator, self.args
-        totals = self._zeros("loss_D", "loss_D_real", "loss_D_fake", "r1_penalty", "D_real", "D_fake")
-        do_r1 = args.r1_gamma > 0
-        for index, reals in enumerate(micro_batches):
-            if args.mirror_augment and args.d_mirror_redraw:
-                reals = self.mirror_redraw(reals)
-            # Second encoder call in training mode (official D_logistic_simplegp): BN statistics update again.
-            with torch.no_grad(), accelerator.autocast():
-                fakes = self.reconstruct(self.encoder, reals)
-            reals = reals.detach().requires_grad_(do_r1)
-            last = index == len(micro_batches) - 1
-            with _maybe_no_sync(accelerator, self.discriminator, last), accelerator.autocast():
-                fake_scores = self.discriminator(fakes.detach())
-                real_scores = self.discriminator(reals)
-                loss_real, loss_fake = discriminator_logistic_loss(real_scores, fake_scores)
-                loss = loss_real + loss_fake
-                r1 = torch.zeros((), device=loss.device)
-                if do_r1:
-                    r1 = r1_penalty(real_scores, reals)
-                    loss = loss + r1 * (args.r1_gamma * 0.5)
-                accelerator.backward(loss)
-            for key, value in (("loss_D", loss), ("loss_D_real", loss_real), ("loss_D_fake", loss_fake),
-                               ("r1_penalty", r1), ("D_real", real_scores.float().mean()),
-                               ("D_fake", fake_scores.float().mean())):
-                totals[key] += value.detach().float() / len(micro_batches)
-        norm, stepped = self._apply(self.d_opt, self.d_module.parameters(), "D")
-        totals["grad_norm_D"] = torch.tensor(norm)
-        return totals
-
-    def iteration(self, micro_batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One official iteration: the E update, then (adversarial weight > 0) the D update, on the same images."""
-        metrics = self.encoder_step(micro_batches)
-        if self.train_d:
-            metrics.update(self.discriminator_step(micro_batches))
-        return metrics
-
-    @torch.no_grad()
-    def evaluate(self, images: torch.Tensor, batch_size: int) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Validation MSE (on [-1, 1], like the pixel loss) and mean PSNR (peak 1 on [0, 1], reconstructions clipped)
-        of ``images`` in eval mode, split across processes. Returns ``(metrics, reconstructions of this process's
-        first images)``."""
-        accelerator = self.accelerator
-        rank, world = accelerator.process_index, accelerator.num_processes
-        mine = images[rank::world]
-        was_training = self.e_module.training
-        self.e_module.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # squared error, psnr, images
-        outputs = []
-        try:
-            for start in range(0, len(mine), batch_size):
-                x = mine[start:start + batch_size].to(accelerator.device)
-                if self.args.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with accelerator.autocast():
-                    rec = self.reconstruct(self.e_module, x).float()
-                error = (rec - x.float()).square().flatten(1).mean(1)
-                error01 = ((rec.clamp(-1, 1) - x.float()) / 2).square().flatten(1).mean(1).clamp_min(1e-10)
-                sums += torch.stack([error.sum().double(), (-10 * torch.log10(error01)).sum().double(),
-                                     torch.tensor(float(len(x)), dtype=torch.float64, device=x.device)])
-                outputs.append(rec.cpu())
-        finally:
-            self.e_module.train(was_training)
-        if world > 1:
-            sums = accelerator.reduce(sums, reduction="sum")
-        count = max(float(sums[2]), 1.0)
-        metrics = {"val/mse": float(sums[0]) / count, "val/psnr": float(sums[1]) / count, "val/num_images": count}
-        return metrics, (torch.cat(outputs) if outputs else None)
-
-
-def build_trainer(accelerator, args, model: GHFeatModel, discriminator: StyleGANDiscriminator,
-                  perceptual: VGG16PerceptualLoss | None, dataloader=None, prepare_dataloader: bool = True):
-    """Freeze the synthesis and VGG, synchronise BatchNorm, apply channels_last / torch.compile, build both Adam
-    optimizers and LR schedules, and ``accelerator.prepare`` E, D, the optimizers (and the map-style dataloader).
-
-    Returns ``(trainer, dataloader, e_scheduler, d_scheduler, batchnorm_description)``.
-    """
-    synthesis = model.synthesis.requires_grad_(False).eval().to(accelerator.device)
-    e_module = model.encoder.train()
-    e_module, bn_kind = synchronize_batchnorm(e_module, accelerator, args.sync_batchnorm)
-    d_module = discriminator.train()
-    for module in (e_module, d_module, synthesis) + ((perceptual,) if perceptual is not None else ()):
-        maybe_channels_last(module, args.channels_last)
-    if perceptual is not None:
-        perceptual.to(accelerator.device)
-    adam = dict(betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-    e_opt = torch.optim.Adam(e_module.parameters(), lr=args.learning_rate, **adam)
-    d_opt = torch.optim.Adam(d_module.parameters(), lr=args.d_learning_rate or args.learning_rate, **adam)
-    encoder = maybe_compile(e_module, args.compile)
-    synthesis_run = maybe_compile(synthesis, args.compile)
-    if perceptual is not None and args.compile:
-        perceptual.features = maybe_compile(perceptual.features, True)
-    if dataloader is not None and prepare_dataloader:
-        encoder, d_prepared, e_opt, d_opt, dataloader = accelerator.prepare(encoder, d_module, e_opt, d_opt, dataloader)
-    else:
-        encoder, d_prepared, e_opt, d_opt = accelerator.prepare(encoder, d_module, e_opt, d_opt)
-    d_module.to(accelerator.device)
-    d_for_encoder = maybe_compile(d_module, args.compile)  # E step only: D's own step needs double backward (R1)
-    e_sched, d_sched = make_schedulers(args, e_opt, d_opt, args.adversarial_weight > 0, args.max_steps)
-    trainer = EncoderTrainer(accelerator, args, encoder, d_prepared, synthesis_run, perceptual, e_opt, d_opt,
-                             e_module, d_module, d_for_encoder)
-    return trainer, dataloader, e_sched, d_sched, bn_kind
-
-
-def save_reconstruction_grid(trainer: EncoderTrainer, images: torch.Tensor, path: Path, step: int) -> None:
-    """Fixed validation images (top row) over their reconstructions (bottom row), as the official snapshots."""
-    accelerator = trainer.accelerator
-    if accelerator.is_main_process and images is not None and len(images):
-        was_training = trainer.e_module.training
-        trainer.e_module.eval()
-        try:
-            with torch.no_grad(), accelerator.autocast():
-                x = images.to(accelerator.device)
-                rec = trainer.reconstruct(trainer.e_module, x).float()
-        finally:
-            trainer.e_module.train(was_training)
-        rows = [tensor_to_pil(images), tensor_to_pil(rec.clamp(-1, 1))]
-        save_image_grid(accelerator, rows, path, step, tag="reconstructions/validation",
-                        row_labels=["input", f"step {step}"], cell_size=max(images.shape[-1], 64))
-    accelerator.wait_for_everyone()
 
 
 def _rank_checksum(module: nn.Module, buffers: bool = False) -> float:

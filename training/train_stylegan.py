@@ -22,7 +22,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -53,6 +52,7 @@ from training.engine import (
     log_scalars,
     maybe_channels_last,
     maybe_compile,
+    maybe_no_sync,
     memory_stats,
     save_image_grid,
     seed_step,
@@ -157,10 +157,6 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
         b_ema.copy_(b)
 
 
-def _maybe_no_sync(accelerator, model, last: bool):
-    return contextlib.nullcontext() if last else accelerator.no_sync(model)
-
-
 def d_step(ctx: dict, micro_batches: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
     """One discriminator update: logistic loss on G's fakes and the reals, plus R1 on the reals."""
     accelerator, args = ctx["accelerator"], ctx["args"]
@@ -174,7 +170,7 @@ def d_step(ctx: dict, micro_batches: list[torch.Tensor], step: int) -> dict[str,
             fakes, w_mean = g_module(z, z_mix, cutoff)
         update_w_avg(accelerator, g_module.generator, w_mean)
         reals = reals.detach().requires_grad_(do_r1)
-        with _maybe_no_sync(accelerator, discriminator, index == len(micro_batches) - 1), accelerator.autocast():
+        with maybe_no_sync(accelerator, discriminator, index == len(micro_batches) - 1), accelerator.autocast():
             fake_scores = discriminator(fakes.detach()).float()
             real_scores = discriminator(reals).float()
             loss_real, loss_fake = discriminator_logistic_loss(real_scores, fake_scores)
@@ -203,7 +199,7 @@ def g_step(ctx: dict, batch_size: int, step: int) -> dict[str, torch.Tensor]:
     try:
         for index in range(args.gradient_accumulation_steps):
             z, z_mix, cutoff = sample_latents(batch_size, ctx["g_config"], accelerator.device)
-            with _maybe_no_sync(accelerator, g_train, index == args.gradient_accumulation_steps - 1), accelerator.autocast():
+            with maybe_no_sync(accelerator, g_train, index == args.gradient_accumulation_steps - 1), accelerator.autocast():
                 fakes, w_mean = g_train(z, z_mix, cutoff)
                 loss = generator_nonsaturating_loss(d_module(fakes))
                 accelerator.backward(loss)
