@@ -16,6 +16,7 @@ name, so local directories and offline caches fail with ``HFValidationError`` / 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,21 @@ AUTO_MAP = {
 UPLOAD_IGNORE = ["checkpoints/*", "*.partial", "logs/*", "__pycache__/*"]
 
 
+def restore_default_file_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or every ``*.safetensors`` below a directory) the mode ``open`` gives a new file
+    (``0o666 & ~umask``, usually ``0644``).
+
+    safetensors >= 0.8 writes through a temporary file created ``0600`` (safetensors/safetensors#782), so weights
+    saved by ``save_pretrained`` or ``save_file`` would be unreadable to other users, containers and file servers
+    while every other file of the directory is readable.
+    """
+    path = Path(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]:
+        file.chmod(0o666 & ~umask)
+
+
 def _update_json(path: Path, fields: dict[str, Any]) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **fields}, indent=2, sort_keys=True) + "\n")
 
@@ -66,6 +82,7 @@ def save_ghfeat_directory(
 
     directory = Path(directory)
     model.save_pretrained(directory)
+    restore_default_file_mode(directory)
     size = model.config.image_size
     processor = processor or GHFeatImageProcessor(size={"height": size, "width": size})
     processor.save_pretrained(directory)
@@ -88,6 +105,7 @@ def save_stylegan_directory(
     """Save a [`StyleGANGenerator`] or [`StyleGANDiscriminator`] with its model card."""
     directory = Path(directory)
     model.save_pretrained(directory)
+    restore_default_file_mode(directory)
     if provenance:
         write_provenance(directory, **provenance)
     render_model_card(directory, repo_id=repo_id)

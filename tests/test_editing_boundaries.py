@@ -52,6 +52,8 @@ def test_boundary_on_encoded_images_separates_held_out_brightness(model, tmp_pat
 
     path = tmp_path / "bright.safetensors"
     save_boundary(boundary, path)
+    (tmp_path / "plain.txt").write_text("an ordinary new file")
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
     loaded = load_boundary(path)
     assert torch.equal(loaded.normal, boundary.normal)
     for name in ("layers", "style_dims", "attribute", "offset", "std", "accuracy", "balanced_accuracy", "method",

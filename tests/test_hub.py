@@ -13,7 +13,7 @@ import torch
 from transformers import pipeline
 
 from ghfeat_hf import GHFeatModel
-from ghfeat_hf.hub import load_backbone, push_to_hub, save_ghfeat_directory
+from ghfeat_hf.hub import load_backbone, push_to_hub, restore_default_file_mode, save_ghfeat_directory
 from ghfeat_hf.modeling_ghfeat import GHFeatBackbone
 from tests.conftest import tiny_ghfeat_config
 
@@ -44,6 +44,33 @@ def test_directory_layout_and_dual_config(saved):
     assert config["model_type"] == "ghfeat" and config["auto_map"]["AutoBackbone"] == "modeling_ghfeat.GHFeatBackbone"
     assert config["architecture"].startswith("ghfeat") and "pretrained_cfg" in config
     assert config["auto_map"]["AutoImageProcessor"] == "image_processing_ghfeat.GHFeatImageProcessor"
+
+
+def test_weights_are_as_readable_as_the_other_files(saved):
+    directory, *_ = saved
+    mode = (directory / "config.json").stat().st_mode & 0o777
+    assert (directory / "model.safetensors").stat().st_mode & 0o777 == mode
+
+
+def test_restore_default_file_mode_follows_the_umask(tmp_path):
+    from safetensors.torch import save_file
+
+    previous = os.umask(0o027)
+    try:
+        save_file({"x": torch.zeros(2)}, str(tmp_path / "a.safetensors"))
+        (tmp_path / "sub").mkdir()
+        save_file({"x": torch.zeros(2)}, str(tmp_path / "sub" / "b.safetensors"))
+        (tmp_path / "notes.txt").write_text("plain file")
+        os.chmod(tmp_path / "notes.txt", 0o600)
+        restore_default_file_mode(tmp_path)  # a directory: every *.safetensors below it, nothing else
+        assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "sub" / "b.safetensors").stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "notes.txt").stat().st_mode & 0o777 == 0o600
+        os.umask(0o022)
+        restore_default_file_mode(tmp_path / "a.safetensors")  # a single file
+        assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(previous)
 
 
 def test_model_card_metadata(saved):

@@ -108,6 +108,9 @@ def test_checkpoint_counter_and_retention(tmp_path):
     assert second.accelerator.project_configuration.iteration == 11
     names = [p.name for p in second.manager.checkpoints()]
     assert names == ["checkpoint_8", "checkpoint_10"]  # the counter continued: nothing stale survives
+    weights = second.manager.checkpoints()[-1] / "model.safetensors"
+    state_file = second.manager.checkpoints()[-1] / engine.TRAINER_STATE_NAME
+    assert weights.stat().st_mode & 0o777 == state_file.stat().st_mode & 0o777  # readable like the JSON next to it
     assert [engine.checkpoint_step(p) for p in second.manager.checkpoints()] == [8, 10]
 
 
@@ -155,6 +158,17 @@ def test_atomic_directory_keeps_old_on_failure(tmp_path):
         (temporary / "b.txt").write_text("three")
     assert sorted(os.listdir(target)) == ["b.txt"]
     assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_export_pretrained_writes_readable_weights(tmp_path):
+    from accelerate import Accelerator
+
+    from ghfeat_hf import GHFeatModel
+    from tests.conftest import tiny_ghfeat_config
+
+    engine.export_pretrained(Accelerator(cpu=True), GHFeatModel(tiny_ghfeat_config()), tmp_path / "export")
+    files = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "export").iterdir()}
+    assert files["model.safetensors"] == files["config.json"]
 
 
 def test_image_grid_png_and_tensorboard(tmp_path):

@@ -35,7 +35,6 @@ temporary directory and renamed when complete, so a kill during a save never lea
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -46,7 +45,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, send_to_device, set_seed
+
+from ghfeat_hf.hub import restore_default_file_mode
 
 logger = get_logger(__name__)
 
@@ -251,6 +252,7 @@ class CheckpointManager:
         accelerator.save_state(str(temporary))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            restore_default_file_mode(temporary)
             payload = {**state.state_dict(), "time": time.time(), "num_processes": accelerator.num_processes}
             (temporary / TRAINER_STATE_NAME).write_text(json.dumps(payload, indent=2, default=str))
             os.replace(temporary, final)
@@ -341,6 +343,7 @@ def export_pretrained(accelerator: Accelerator, model: torch.nn.Module, path: st
     if accelerator.is_main_process:
         with atomic_directory(path) as temporary:
             accelerator.unwrap_model(model).save_pretrained(str(temporary), **kwargs)
+            restore_default_file_mode(temporary)
     accelerator.wait_for_everyone()
 
 
@@ -434,10 +437,10 @@ def maybe_compile(module: torch.nn.Module, enabled: bool, **compile_kwargs: Any)
     return torch.compile(module, **compile_kwargs) if enabled else module
 
 
-def maybe_no_sync(accelerator: Accelerator, model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+def maybe_no_sync(accelerator: Accelerator, model: torch.nn.Module, last: bool) -> AbstractContextManager:
     """``accelerator.no_sync(model)`` except on the ``last`` micro-batch of an accumulated step (gradients all-reduce
     once per step)."""
-    return contextlib.nullcontext() if last else accelerator.no_sync(model)
+    return nullcontext() if last else accelerator.no_sync(model)
 
 
 def convert_sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> torch.nn.Module:

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ghfeat_hf.hub import restore_default_file_mode
+
 # ----------------------------------------------------------------------------------------------------------------
 # GAN losses
 
@@ -268,6 +270,7 @@ def save_vgg16_features_state_dict(module: nn.Module, path: str | os.PathLike) -
     weights, _ = normalize_vgg16_state_dict(module.state_dict() if isinstance(module, nn.Module) else module)
     weights = OrderedDict((k, v.detach().contiguous().cpu()) for k, v in weights.items())
     save_file(weights, str(path))
+    restore_default_file_mode(path)
     return Path(path)
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..extraction import UsageError, model_fingerprint
+from ..hub import restore_default_file_mode
 from ..modeling_stylegan import StyleCodes
 from .codes import concat_codes, encode_images, flatten_codes, shift_codes
 
@@ -199,6 +200,7 @@ def save_boundary(boundary: Boundary, path: str | os.PathLike) -> None:
     }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file({"normal": boundary.normal.detach().float().cpu().contiguous()}, os.fspath(path), metadata=metadata)
+    restore_default_file_mode(path)
 
 
 def load_boundary(path: str | os.PathLike) -> Boundary:
