@@ -8,15 +8,16 @@ from ghfeat_hf.demo import demo_image_paths
 from tests.conftest import tiny_ghfeat_config
 
 
-def tiny_model(seed: int = 0) -> GHFeatModel:
-    """A random 32 px GH-Feat (8 layers: coarse 0-1, middle 2-3, fine 4-7), eval mode."""
+def tiny_model(seed: int = 0, image_size: int = 32) -> GHFeatModel:
+    """A random GH-Feat with a 32 px generator (8 layers: coarse 0-1, middle 2-3, fine 4-7) and an encoder taking
+    ``image_size`` px (a multiple of 16), eval mode."""
     torch.manual_seed(seed)
-    return GHFeatModel(tiny_ghfeat_config()).eval()
+    return GHFeatModel(tiny_ghfeat_config(image_size=image_size)).eval()
 
 
-def demo_pixel_values(count: int | None = None) -> torch.Tensor:
-    """The first ``count`` bundled Fashion-MNIST images as ``pixel_values`` ``[count, 3, 32, 32]``."""
-    processor = GHFeatImageProcessor(size={"height": 32, "width": 32})
+def demo_pixel_values(count: int | None = None, size: int = 32) -> torch.Tensor:
+    """The first ``count`` bundled Fashion-MNIST images as ``pixel_values`` ``[count, 3, size, size]``."""
+    processor = GHFeatImageProcessor(size={"height": size, "width": size})
     images = [PIL.Image.open(path) for path in demo_image_paths()[:count]]
     return processor(images, return_tensors="pt")["pixel_values"]
 

@@ -83,21 +83,23 @@ def verification_pairs(
     return datasets.Dataset.from_dict(rows, features=features)
 
 
-def astronaut_landmarks(count: int = 60, size: int = 32, seed: int = 0) -> datasets.Dataset:
-    """Crops of the astronaut photo with the named points moved along (`<name>_x`, `<name>_y` columns, pixels of
-    the stored `size` x `size` image). Crops keep every point inside and are not flipped."""
+def astronaut_landmarks(count: int = 60, size: int | tuple[int, int] = 32, seed: int = 0) -> datasets.Dataset:
+    """Square crops of the astronaut photo resized to `size` (`(width, height)` stretches them) with the named
+    points moved along (`<name>_x`, `<name>_y` columns, pixels of the stored image). Crops keep every point inside
+    and are not flipped."""
     rng = np.random.default_rng(seed)
     photo = _photo("astronaut")
     points = np.array(list(ASTRONAUT_POINTS.values()))
+    width, height = (size, size) if isinstance(size, int) else size
     rows = {"image": [], **{f"{name}_{axis}": [] for name in ASTRONAUT_POINTS for axis in "xy"}}
     while len(rows["image"]) < count:
         side = int(rng.uniform(0.8, 1.0) * photo.width)
         left, top = int(rng.integers(0, photo.width - side + 1)), int(rng.integers(0, photo.height - side + 1))
-        moved = (points - [left, top]) * size / side
-        if not ((moved >= 0) & (moved < size)).all():
+        moved = (points - [left, top]) * [width / side, height / side]
+        if not ((moved >= 0) & (moved < [width, height])).all():
             continue
         crop = photo.crop((left, top, left + side, top + side))
-        rows["image"].append(crop.resize((size, size), PIL.Image.Resampling.BILINEAR))
+        rows["image"].append(crop.resize((width, height), PIL.Image.Resampling.BILINEAR))
         for (name, _), (x, y) in zip(ASTRONAUT_POINTS.items(), moved):
             rows[f"{name}_x"].append(float(x))
             rows[f"{name}_y"].append(float(y))

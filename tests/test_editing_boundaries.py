@@ -144,3 +144,61 @@ def test_check_boundary_against_the_model(model, tmp_path):
         load_boundary(not_a_boundary)
     with pytest.raises(UsageError, match="cannot read a boundary"):
         load_boundary(tmp_path / "missing.safetensors")
+
+
+def test_dependent_conditions_count_once_and_a_conditioned_boundary_has_no_offset(tmp_path):
+    generator = torch.Generator().manual_seed(1)
+    n, u, v = (torch.nn.functional.normalize(torch.randn(6, generator=generator), dim=0) for _ in range(3))
+    primary = Boundary(normal=n, layers=(0, 1), style_dims=(4, 2), attribute="smile", offset=0.3, std=1.5)
+    age, glasses = (Boundary(normal=d, layers=(0, 1), style_dims=(4, 2), attribute=a)
+                    for d, a in ((u, "age"), (v, "glasses")))
+    mixed = Boundary(normal=torch.nn.functional.normalize(u + v, dim=0), layers=(0, 1), style_dims=(4, 2))
+    once = condition_boundary(primary, [age])
+    torch.testing.assert_close(condition_boundary(primary, [age, age]).normal, once.normal)
+    torch.testing.assert_close(condition_boundary(primary, [age, glasses, mixed]).normal,
+                               condition_boundary(primary, [age, glasses]).normal)
+
+    assert once.offset is None and once.std == primary.std
+    codes = tuple(torch.randn(3, width, generator=generator) for width in (4, 2))
+    with pytest.raises(UsageError, match="no decision offset"):
+        once.distance(codes)
+    (moved,) = manipulate_codes(codes, once, [2.0])  # strength 2 moves as far as unconditioned: 2 * std
+    step = torch.cat([moved[0] - codes[0], moved[1] - codes[1]], dim=1)
+    torch.testing.assert_close(step.norm(dim=1), torch.full((3,), 2 * 1.5))
+    path = tmp_path / "conditioned.safetensors"
+    save_boundary(once, path)
+    loaded = load_boundary(path)
+    assert loaded.offset is None and loaded.conditioned_on == ("age",)
+
+
+def test_too_few_codes_for_a_held_out_split():
+    for labels, needed in (([True, True, False, False], 4), ([True, True, False, False, False], 5)):
+        codes = tuple(torch.randn(len(labels), 4) for _ in range(2))
+        with pytest.raises(UsageError, match=f"too few to hold out 0.2 of them.*at least {needed} codes of each"):
+            learn_boundary(codes, labels)
+        balanced = np.arange(2 * needed) < needed  # what the message asks for is enough
+        learn_boundary(tuple(torch.randn(2 * needed, 4) for _ in range(2)), balanced)
+        learn_boundary(codes, labels, test_fraction=0)  # nothing held out: 2 of each class suffice
+    labels = np.array([True] * 5 + [False] * 7)
+    boundary = learn_boundary(tuple(torch.randn(12, 4) for _ in range(2)), labels)
+    assert boundary.num_test == 3 and boundary.balanced_accuracy is not None
+
+
+def test_load_boundary_refuses_incomplete_or_inconsistent_files(tmp_path):
+    from safetensors.torch import load_file, safe_open, save_file
+
+    path = tmp_path / "good.safetensors"
+    save_boundary(Boundary(normal=torch.ones(6) / 6**0.5, layers=(0, 1), style_dims=(4, 2)), path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    normal = load_file(str(path))["normal"]
+    broken = tmp_path / "broken.safetensors"
+    save_file({"normal": normal}, str(broken), metadata={k: v for k, v in metadata.items() if k != "std"})
+    with pytest.raises(UsageError, match="lacks the metadata 'std'"):
+        load_boundary(broken)
+    save_file({"normal": normal}, str(broken), metadata={**metadata, "layers": "[0, 1"})
+    with pytest.raises(UsageError, match="malformed metadata"):
+        load_boundary(broken)
+    save_file({"normal": normal[:5].contiguous()}, str(broken), metadata=metadata)
+    with pytest.raises(UsageError, match=r"inconsistent: a normal of shape \(5,\) for layers \[0, 1\]"):
+        load_boundary(broken)

@@ -66,6 +66,21 @@ def test_image_operations_write_their_pictures(model_dir, images, tmp_path, caps
     assert code == 0 and out.count("dB ->") == 3 and (tmp_path / "refined.png").is_file()
 
 
+def test_operations_when_the_encoder_input_size_is_not_the_generator_resolution(images, tmp_path, capsys):
+    directory = tmp_path / "model16"
+    save_ghfeat_directory(tiny_model(image_size=16), directory)  # 16 px in, 32 px out
+    common = ["--model", str(directory), "--device", "cpu", "--min-cell-size", "32", "--refine-steps", "2"]
+    masks = []
+    for index in range(3):
+        masks.append(str(tmp_path / f"mask{index}.png"))
+        PIL.Image.new("L", (32, 32), 255 * (index % 2)).save(masks[-1])
+    code, out, err = run(["harmonize", "--base", images[0], "--source", *images[1:4], "--mask", *masks,
+                          "-o", str(tmp_path / "harmonized.png"), *common], capsys)
+    assert code == 0 and "harmonization grid" in out, err
+    code, out, err = run(["refine", *images[:2], "-o", str(tmp_path / "refined.png"), *common], capsys)
+    assert code == 0 and out.count("dB ->") == 3, err
+
+
 def test_learn_boundary_then_manipulate(model_dir, images, tmp_path, capsys):
     pixel_values, labels = brightness_dataset(120)
     pictures = [PIL.Image.fromarray(np.asarray((x.permute(1, 2, 0) + 1) * 127.5, dtype=np.uint8)) for x in pixel_values]
@@ -98,6 +113,9 @@ def test_learn_boundary_then_manipulate(model_dir, images, tmp_path, capsys):
 
 def test_usage_errors(model_dir, images, tmp_path, capsys):
     PIL.Image.new("L", (16, 16)).save(tmp_path / "small_mask.png")
+    masks = [str(tmp_path / f"mask{index}.png") for index in range(3)]
+    for mask in masks:
+        PIL.Image.new("L", (32, 32)).save(mask)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     (tmp_path / "boundary.safetensors").write_bytes(b"nonsense")
     out = str(tmp_path / "out.png")
@@ -116,6 +134,13 @@ def test_usage_errors(model_dir, images, tmp_path, capsys):
          "empty or outside the 32x32 image"),
         (["harmonize", "--base", *images[:2], "--source", *images[1:4], "--box", "0,0,8,8", "-o", out],
          "give as many of each"),
+        (["harmonize", "--base", images[0], "--source", images[1], "--mask", *masks, "-o", out],
+         "got 3 masks for 1 pair."),
+        (["harmonize", "--base", images[0], "--source", *images[1:4], "--mask", *masks[:2], "-o", out],
+         "got 2 masks for 3 pairs."),
+        (["refine", images[0], "--perceptual-weight", "0.5", "-o", out], "--perceptual-weight needs a perceptual"),
+        (["refine", images[0], "--perceptual-model", "resnet10t", "--perceptual-weight", "-1", "-o", out],
+         "--perceptual-weight must be at least 0"),
         (["learn-boundary", "--dataset", "fashion-mnist", "--attribute-column", "label", "-o", out],
          "use .safetensors"),
         (["learn-boundary", "--dataset", str(tmp_path / "no-data"), "--attribute-column", "smile",

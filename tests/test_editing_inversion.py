@@ -10,6 +10,7 @@ from ghfeat_hf.editing import (
     encode_images,
     psnr,
     refine_style_codes,
+    resize_images,
 )
 from ghfeat_hf.extraction import UsageError
 from tests.editing_helpers import demo_pixel_values, tiny_model
@@ -50,6 +51,21 @@ def test_refinement_raises_the_psnr_and_leaves_the_model_alone(model, pixel_valu
     for bad in (0, MAX_REFINEMENT_STEPS + 1):
         with pytest.raises(UsageError, match="refinement steps"):
             refine_style_codes(model, pixel_values, steps=bad)
+    with pytest.raises(UsageError, match="perceptual weight must be at least 0"):
+        refine_style_codes(model, pixel_values, steps=1, perceptual_weight=-0.5)
+
+
+@pytest.mark.parametrize("image_size", [16, 64])
+def test_refinement_when_the_encoder_input_size_is_not_the_generator_resolution(image_size):
+    model = tiny_model(image_size=image_size)  # the generator renders 32 px
+    pixel_values = demo_pixel_values(2, size=image_size)
+    result = refine_style_codes(model, pixel_values, steps=10, learning_rate=0.02, progress=False)
+    target = resize_images(pixel_values, 32)  # the input as the generator's resolution sees it
+    assert target.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(result.initial_psnr, psnr(decode_codes(model, encode_images(model, pixel_values)),
+                                                         target))
+    torch.testing.assert_close(result.final_psnr, psnr(decode_codes(model, result.style_codes), target))
+    assert result.losses[0][-1] < result.losses[0][0]
 
 
 def test_refinement_keeps_each_images_best_codes(model, pixel_values):

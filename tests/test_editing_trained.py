@@ -2,6 +2,7 @@
 ignores what its encoder sees). They run with the default model (or ``$GHFEAT_MODEL``) and are skipped in an
 installation without one."""
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -12,6 +13,7 @@ from ghfeat_hf.editing import (
     decode_codes,
     encode_images,
     harmonize,
+    image_mask,
     labelled_codes,
     learn_boundary,
     manipulate_codes,
@@ -44,6 +46,31 @@ def test_harmonization_keeps_pixels_far_from_the_region(trained):
     far = change[:, :8, :]  # at least 12 rows above the region
     inside = change[:, 20:30, 10:22]
     assert far.mean() < 0.15 and far.mean() < inside.mean() / 3
+
+
+def test_a_mask_image_harmonizes_its_region_and_leaves_the_rest_close_to_the_base(trained):
+    # the path of `ghfeat edit harmonize --mask`: an opaque RGBA mask file (white = from the source), read at the
+    # base image's size, resized to the model, pasted, encoded and decoded
+    model, processor = trained
+    paths = demo_image_paths()
+    base = processor([PIL.Image.open(paths[i]) for i in (0, 4, 13)], return_tensors="pt")["pixel_values"]
+    source = processor([PIL.Image.open(paths[i]) for i in (14, 12, 2)], return_tensors="pt")["pixel_values"]
+    region = np.zeros((32, 32), np.uint8)
+    region[18:, 8:24] = 255
+    mask = masks_at_resolution(image_mask(PIL.Image.fromarray(region).convert("RGBA"), size=(32, 32)), 32)
+    result = harmonize(model, base, source, mask)
+    inside = torch.from_numpy(region == 255).expand_as(base)
+    assert torch.equal(result.pasted[inside], source[inside]) and torch.equal(result.pasted[~inside], base[~inside])
+
+    far = (..., slice(0, 8), slice(None))  # at least 10 rows above the region
+
+    def far_error(images: torch.Tensor) -> torch.Tensor:  # [N] mean absolute difference to the base, far away
+        return (images - base)[far].abs().flatten(1).mean(dim=1)
+
+    # far from the region, as close to the base as the base's own reconstruction (the encoder's fidelity)
+    assert (far_error(result.harmonized) < far_error(result.base_reconstruction) + 0.05).all()
+    change = (result.harmonized - result.base_reconstruction).abs()
+    assert change[..., 18:, 8:24].mean() > 3 * change[far].mean()
 
 
 def test_footwear_boundary_separates_held_out_fashion_mnist(trained):

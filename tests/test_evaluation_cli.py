@@ -6,8 +6,10 @@ import json
 import datasets
 import pytest
 
+from ghfeat_hf import GHFeatModel
 from ghfeat_hf.cli import main
 from ghfeat_hf.data import find_fashion_mnist
+from ghfeat_hf.evaluation import PixelExtractor
 from ghfeat_hf.hub import save_ghfeat_directory
 from tests.evaluation_data import astronaut_landmarks, augmented_copies, lfw_faces, tiny_model, verification_pairs
 
@@ -53,7 +55,7 @@ def test_evaluate_is_registered(capsys):
                                              "--label-column", "--cache-dir", "--update-model-card"))
 
 
-def test_fashion_mnist_classification_with_baselines_and_cache(model_dir, tmp_path, capsys):
+def test_fashion_mnist_classification_with_baselines_and_cache(model_dir, tmp_path, capsys, monkeypatch):
     try:
         find_fashion_mnist()
     except FileNotFoundError:
@@ -75,13 +77,17 @@ def test_fashion_mnist_classification_with_baselines_and_cache(model_dir, tmp_pa
 
     # the second run, repeated from the settings the report recorded: every feature comes from the cache
     assert report["settings"]["max_train_samples"] == 300 and report["settings"]["baselines"] is None
+    calls, encode, pixels = [], GHFeatModel.encode, PixelExtractor.__call__  # the second run computes no feature
+    monkeypatch.setattr(GHFeatModel, "encode", lambda self, x: calls.append(len(x)) or encode(self, x))
+    monkeypatch.setattr(PixelExtractor, "__call__", lambda self, images: calls.append(len(images)) or pixels(
+        self, images))
     assert main(_argv_from_settings({**report["settings"], "update_model_card": False})) == 0
     again = json.loads((tmp_path / "eval" / "classification.json").read_text())
-    assert all(all(record["cache_hits"].values()) for record in again["extractors"])
+    assert calls == [] and all(all(record["cache_hits"].values()) for record in again["extractors"])
     assert again["rows"] == report["rows"]
 
 
-def test_every_task_from_the_command_line(model_dir, data_dirs, tmp_path, capsys):
+def test_every_task_from_the_command_line(model_dir, data_dirs, tmp_path, capsys, monkeypatch):
     common = ["--model", str(model_dir), "-o", str(tmp_path / "eval")]
     _run(["classification", "--dataset", str(data_dirs / "faces"), "--baselines", "pixels:8", "--layers", "all",
           "fine", *common], tmp_path, capsys)
@@ -98,6 +104,12 @@ def test_every_task_from_the_command_line(model_dir, data_dirs, tmp_path, capsys
     out = _run(["reconstruction", "--dataset", str(data_dirs / "copies"), "--grid-count", "2", *common], tmp_path,
                capsys).out
     assert "LPIPS omitted: no pretrained LPIPS backbone available" in out
+    calls, reconstruct = [], GHFeatModel.reconstruct  # again: every metric from the cache (the grid uses decode)
+    monkeypatch.setattr(GHFeatModel, "reconstruct", lambda self, pixels: calls.append(len(pixels)) or reconstruct(
+        self, pixels))
+    _run(["reconstruction", "--dataset", str(data_dirs / "copies"), "--grid-count", "2", *common], tmp_path, capsys)
+    report = json.loads((tmp_path / "eval" / "reconstruction.json").read_text())
+    assert sum(calls) == 0 and all(all(record["cache_hits"].values()) for record in report["extractors"])
     assert (tmp_path / "eval" / "reconstruction_grid.png").is_file()
     assert {path.name for path in (tmp_path / "eval").iterdir()} >= {
         f"{task}.{ext}" for task in ("classification", "verification", "retrieval", "landmarks", "reconstruction")
@@ -116,6 +128,9 @@ def test_argument_errors(model_dir, data_dirs, tmp_path, capsys):
         (["verification", "--model", str(model_dir), "--dataset", str(data_dirs / "faces"), "--split", "test"],
          "Column 'image_a' not found"),
         (["landmarks", "--model", str(model_dir), "--dataset", str(data_dirs / "faces")], "no keypoints"),
+        ([*faces, "--max-train-samples", "1"], "all of one class; the linear probe needs two classes or more"),
+        (["retrieval", "--model", str(model_dir), "--dataset", str(data_dirs / "copies"), "--gallery-split", "test",
+          "--max-samples", "8"], "--gallery-split test is the query split"),  # a subset of the gallery as queries
     ]
     for argv, message in cases:
         err = _run(argv, tmp_path, capsys, code=2).err

@@ -1,5 +1,7 @@
 """Feature extractors, baselines, layer groups and the cached `datasets.map` extraction."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import datasets
@@ -18,7 +20,7 @@ from ghfeat_hf.evaluation import (
     extract_features,
     resolve_layer_groups,
 )
-from ghfeat_hf.evaluation.features import feature_views
+from ghfeat_hf.evaluation.features import feature_views, numpy_columns
 from ghfeat_hf.extraction import UsageError
 from tests.evaluation_data import augmented_copies, lfw_faces, tiny_model
 
@@ -117,13 +119,6 @@ def test_timm_extractor_loads_a_weights_file(tmp_path, photos):
     assert extractor.fingerprint() != TimmExtractor("test_resnet", "random").fingerprint()
 
 
-class _CountingState(SimpleNamespace):
-    """A stand-in for accelerate's PartialState, for one rank of a simulated multi-process run."""
-
-    def wait_for_everyone(self):
-        pass
-
-
 def _disk_dataset(tmp_path, dataset):
     dataset.save_to_disk(tmp_path / "data")
     return datasets.load_from_disk(tmp_path / "data")
@@ -148,36 +143,93 @@ def test_extraction_is_cached_once_per_model_and_dataset(tiny, tmp_path, monkeyp
                               options=options)
     assert second.cache_hit and sum(calls) == 40
     np.testing.assert_array_equal(second.features, first.features)
+    datasets.disable_caching()  # datasets' own switch does not turn the feature cache off
+    try:
+        third = extract_features(faces, GHFeatExtractor(reloaded, processor), options=options)
+    finally:
+        datasets.enable_caching()
+    assert third.cache_hit and sum(calls) == 40
+    # a hit means nothing was recomputed: a map that ignores the existing file is reported as a miss
+    map_ = datasets.Dataset.map
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets.Dataset, "map", lambda self, *args, **kwargs: map_(
+            self, *args, **{**kwargs, "load_from_cache_file": False}))
+        recomputed = extract_features(faces, GHFeatExtractor(reloaded, processor), options=options)
+    assert not recomputed.cache_hit and sum(calls) == 80
 
     other_data = extract_features(faces.select(range(20)), GHFeatExtractor(reloaded, processor), options=options)
-    assert not other_data.cache_hit and sum(calls) == 60
+    assert not other_data.cache_hit and sum(calls) == 100
     uncached = extract_features(faces, PixelExtractor(8), options=ExtractionOptions(use_cache=False, progress=False))
     assert not uncached.cache_hit and uncached.features.shape == (40, 192)
     assert len(list((tmp_path / "cache").glob("features-*.arrow"))) == 2
 
 
+class _Recording(PixelExtractor):
+    """8x8 grayscale pixels that keeps every feature row it computes."""
+
+    def __init__(self):
+        super().__init__(8, "L")
+        self.rows: list[np.ndarray] = []
+
+    def __call__(self, images):
+        features = super().__call__(images)
+        self.rows += list(features)
+        return features
+
+
+class _RankState(SimpleNamespace):
+    """accelerate's PartialState for one rank (a thread) of a simulated multi-process run: `wait_for_everyone`
+    checks that the rank's `extractor` has computed exactly the rows `expected` (its shard, or none when cached),
+    then waits for the other ranks at `barrier`."""
+
+    def wait_for_everyone(self):
+        if not np.array_equal(np.reshape(self.extractor.rows, (-1, 64)), self.expected):
+            self.barrier.abort()  # so that the other ranks stop waiting
+            raise AssertionError(f"rank {self.process_index} computed {len(self.extractor.rows)} rows before the "
+                                 f"barrier, not its {len(self.expected)}")
+        self.barrier.wait(timeout=60)
+
+
 def test_multi_process_extraction_shares_shards(tmp_path):
     faces = lfw_faces().select(range(30))
-    processed = []
-
-    class Counting(PixelExtractor):
-        def __call__(self, images):
-            processed.append(len(images))
-            return super().__call__(images)
-
-    cache = tmp_path / "cache"
-    tables = []
-    for rank in (1, 0):  # rank 1 finishes first; rank 0 then finds its shard in the cache
-        state = _CountingState(num_processes=2, process_index=rank, is_main_process=rank == 0)
-        options = ExtractionOptions(batch_size=8, cache_dir=cache, progress=False, process_state=state)
-        tables.append(extract_features(faces, Counting(8, "L"), options=options))
-    assert sum(processed) == 30  # each row extracted once over both ranks
     single = extract_features(faces, PixelExtractor(8, "L"), options=ExtractionOptions(use_cache=False, progress=False))
-    for table in tables:
-        np.testing.assert_array_equal(table.features, single.features)
-    assert not tables[0].cache_hit and tables[1].cache_hit
-    assert ExtractionOptions(process_state=_CountingState(num_processes=2, process_index=1,
-                                                          is_main_process=False)).is_main_process is False
+    cache = tmp_path / "cache"
+
+    def run_ranks(cached: bool):
+        """Both ranks at once, each in a thread; returns their feature tables and extractors."""
+        barrier = threading.Barrier(2)
+
+        def rank(index: int):
+            extractor = _Recording()
+            expected = single.features[15 * index:15 * (index + 1)][:0 if cached else None]
+            state = _RankState(num_processes=2, process_index=index, is_main_process=index == 0, barrier=barrier,
+                               extractor=extractor, expected=expected)
+            options = ExtractionOptions(batch_size=8, cache_dir=cache, progress=False, process_state=state)
+            return extract_features(faces, extractor, options=options), extractor
+
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(rank, (0, 1)))
+
+    for cached in (False, True):
+        for table, extractor in run_ranks(cached):
+            np.testing.assert_array_equal(table.features, single.features)  # both shards, read back in order
+            assert len(extractor.rows) == (0 if cached else 15)  # nothing computed after the barrier
+            assert table.cache_hit == cached
+    assert sorted(path.name.rsplit("-", 1)[1] for path in cache.glob("features-*.arrow")) == ["0of2.arrow",
+                                                                                              "1of2.arrow"]
+    assert ExtractionOptions(process_state=_RankState(num_processes=2, process_index=1,
+                                                      is_main_process=False)).is_main_process is False
+
+
+def test_numpy_columns_refuses_lists_of_different_lengths():
+    rows = {"flat": [[1, 2, 3, 4], [5, 6]], "nested": [[[1, 2], [3, 4]], [[5, 6], [7]]],
+            "missing": [[1.0, 2.0], None], "even": [[1, 2], [3, 4]]}
+    data = datasets.Dataset.from_dict(rows)
+    np.testing.assert_array_equal(numpy_columns(data, ["even"])["even"], [[1, 2], [3, 4]])
+    for column, found in (("flat", "2 to 4"), ("nested", "1 to 2"), ("missing", "2 to 2 and 1 missing")):
+        with pytest.raises(UsageError, match=f"column '{column}' must hold lists of one length in every row; found "
+                                             f"lengths {found}"):
+            numpy_columns(data, [column])
 
 
 def test_unreadable_image_is_a_usage_error(tmp_path):

@@ -25,6 +25,7 @@ from ghfeat_hf.evaluation.metrics import (
     wilson_interval,
 )
 from ghfeat_hf.evaluation.probes import fit_with_validation, knn_predict, linear_probe, validation_split
+from ghfeat_hf.extraction import UsageError
 
 
 def test_ssim_matches_scikit_image_on_a_real_photo():
@@ -160,3 +161,14 @@ def test_fit_with_validation_stops_after_patience():
     _, chosen, best = fit_with_validation(Recorder(), "value", [1, 2, 3, 4, 5], (x, y), (x, y),
                                           lambda fitted, *_: score[fitted.value], patience=2)
     assert Recorder.tried == [1, 2, 3, 4] and chosen == 2 and best == 0.9
+
+
+def test_validation_split_row_counts():
+    with pytest.raises(UsageError, match="holding out 10% of 1 training rows for validation leaves none to fit on"):
+        validation_split(1, 0.1, 0)
+    labels = np.repeat([0, 1, 2], 4)
+    _, val_rows = validation_split(12, 0.5, 0, labels)
+    assert sorted(np.bincount(labels[val_rows])) == [2, 2, 2]  # stratified
+    # 10 of 12 held out: the 2 rows left cannot hold the 3 classes, so the split is not stratified (no error)
+    fit_rows, val_rows = validation_split(12, 0.8, 0, labels)
+    assert len(fit_rows) == 2 and len(val_rows) == 10

@@ -3,20 +3,24 @@ computation (scikit-learn, scikit-image, the reconstruction helpers of the packa
 
 import math
 
+import datasets
 import numpy as np
 import PIL.Image
 import pytest
+from scipy.stats import norm
 from skimage.metrics import structural_similarity
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import average_precision_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
+from ghfeat_hf import GHFeatModel
 from ghfeat_hf.evaluation import (
     LPIPS_NOTE,
     EvaluationReport,
     ExtractionOptions,
     GHFeatExtractor,
+    PixelExtractor,
     build_baselines,
     evaluate_classification,
     evaluate_landmarks,
@@ -25,8 +29,9 @@ from ghfeat_hf.evaluation import (
     evaluate_verification,
     extract_features,
 )
+from ghfeat_hf.evaluation.data import encode_labels
 from ghfeat_hf.evaluation.landmarks import eye_points
-from ghfeat_hf.evaluation.metrics import wilson_interval
+from ghfeat_hf.evaluation.probes import validation_split
 from ghfeat_hf.evaluation.report import OURS
 from ghfeat_hf.evaluation.retrieval import query_gallery_split
 from ghfeat_hf.evaluation.verification import assign_folds
@@ -61,8 +66,22 @@ def _by_name(extractors):
     return {extractor.name: extractor for extractor in extractors}
 
 
+def _wilson_95(successes: int, total: int) -> list[float]:
+    """The 95% Wilson score interval, written out from its closed form."""
+    z, p = norm.ppf(0.975), successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z / (1 + z * z / total) * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def _with_labels(dataset, labels, feature=None):
+    """`dataset` with its label column replaced by `labels` (of type `feature`, default: inferred)."""
+    return dataset.remove_columns("label").add_column("label", labels, feature=feature)
+
+
 def test_classification(extractors, options, tmp_path):
-    faces = lfw_faces()
+    # a ClassLabel that names a third class, absent from the data: the report lists the classes present
+    faces = lfw_faces().cast_column("label", datasets.ClassLabel(names=["other", "face", "cartoon"]))
     train, test = faces.select(range(120)), faces.select(range(120, 200))
     report = evaluate_classification(extractors, train, test, layer_groups=["all", "coarse"], options=options,
                                      dataset_name="lfw_subset")
@@ -80,11 +99,13 @@ def test_classification(extractors, options, tmp_path):
         probe = LogisticRegression(C=row["probe_C"], max_iter=5000, tol=1e-8).fit(train_x, train_y)
         assert abs(row["linear_probe"] - np.mean(probe.predict(test_x) == test_y)) <= 2 / 80
         for key in ("linear_probe", "knn"):
-            assert row[f"{key}_ci95"] == pytest.approx(list(wilson_interval(round(row[key] * 80), 80)))
+            assert row[f"{key}_ci95"] == pytest.approx(_wilson_95(round(row[key] * 80), 80))
     pixels = report.rows[2]
     assert pixels["linear_probe"] > 0.85 and pixels["knn"] > 0.7  # faces vs other photos: easy on raw pixels
     assert report.data["num_classes"] == 2 and report.data["class_names"] == ["other", "face"]
     assert any(item.source == OURS and item.name == "k-NN" for item in report.protocol)
+    probe = next(item.value for item in report.protocol if item.name == "linear probe")
+    assert probe.startswith("binary logistic regression")  # two classes: scikit-learn fits one coefficient vector
     baselines = next(item for item in report.protocol if item.name == "baselines")
     assert baselines.source == OURS and "bilinear resize to 32x32" in baselines.value and "(seed 0)" in baselines.value
 
@@ -96,6 +117,37 @@ def test_classification(extractors, options, tmp_path):
         evaluate_classification(extractors, train, test, label_column="class", options=options)
     with pytest.raises(UsageError, match="invalid --layers item 'top'"):
         evaluate_classification(extractors, train, test, layer_groups=["top"], options=options)
+
+
+def test_classification_usage_errors(options):
+    """Data a probe cannot use is refused before any extraction, with the split named."""
+    faces = lfw_faces().select(range(40))
+    train, test = faces.select(range(30)), faces.select(range(30, 40))
+    pixels = [PixelExtractor(8)]
+    label = faces.features["label"]
+    hidden = _with_labels(test, [-1, -1, -1] + test["label"][3:], label)  # the Hub's hidden test labels
+    with pytest.raises(UsageError, match=r"the test split has 3 of 10 rows without a label in 'label' \(0 null, 3 -1"):
+        evaluate_classification(pixels, train, hidden, options=options)
+    unlabelled = _with_labels(train, [None] + train["label"][1:], label)
+    with pytest.raises(UsageError, match=r"the validation split has 1 of 30 rows without a label .*\(1 null, 0 -1"):
+        evaluate_classification(pixels, train, test, validation=unlabelled, options=options)
+    with pytest.raises(UsageError, match="the queries split has 3 of 10 rows without a label"):
+        evaluate_retrieval(pixels, hidden, options=options)
+    # -1 is only a missing label in a ClassLabel column; plain integers may use it (-1 / +1)
+    _, classes = encode_labels({"train": _with_labels(train, [-1, 1] * 15)}, "label")
+    assert classes.tolist() == [-1, 1]
+
+    faces_only = train.filter(lambda row: row["label"] == 1)
+    for one_class in (faces_only, train.select([0])):
+        for validation in (None, test):
+            with pytest.raises(UsageError, match=r"row\(s\) are all of one class; the linear probe needs two"):
+                evaluate_classification(pixels, one_class, test, validation=validation, options=options)
+    pair = train.select([int(np.argmax(np.array(train["label"]) == value)) for value in (0, 1)])
+    with pytest.raises(UsageError, match="the 1 rows left to fit on are all of one class"):
+        evaluate_classification(pixels, pair, test, options=options)  # 10% held out of 2 rows: 1 left
+    with pytest.raises(UsageError, match="leaves none to fit on"):
+        evaluate_classification(pixels, train, test, validation_fraction=0.99, options=options)
+    assert not options.cache_dir.exists()  # every error came before any extraction
 
 
 def test_retrieval(extractors, options):
@@ -119,6 +171,13 @@ def test_retrieval(extractors, options):
             assert row[f"recall@{k}"] == pytest.approx(np.mean(np.take_along_axis(relevant, top, 1).any(1)))
         assert row["num_queries"] == 16
     assert report.rows[1]["map"] > 0.5  # raw pixels find crops of the same photo
+
+    # a gallery that is the query split itself (every query would retrieve its own image) is refused
+    named = datasets.Dataset.from_dict(copies.to_dict(), split="test",
+                                       info=datasets.DatasetInfo(dataset_name="copies", features=copies.features))
+    for queries, gallery in ((copies, copies), (named.select(range(10)), named)):
+        with pytest.raises(UsageError, match="the gallery is the query split itself"):
+            evaluate_retrieval(extractors, queries, gallery=gallery, options=options)
 
 
 def test_verification(extractors, options):
@@ -149,43 +208,74 @@ def test_verification(extractors, options):
     assert report.rows[4]["accuracy"] >= 0.7  # raw pixels tell crops of one photo from crops of two
     with pytest.raises(UsageError, match="both same and different pairs"):
         evaluate_verification(extractors, pairs.select(range(40)), options=options)
+    same = pairs["same"]
+    for values, found in (([str(value) for value in same], "'False', 'True'"),
+                          ([1 if value else -1 for value in same], "-1, 1"), ([None, *same[1:]], "False, None, True")):
+        with pytest.raises(UsageError, match=f"column 'same' must hold booleans or 0 / 1 .*; found {found}\\."):
+            evaluate_verification(extractors, pairs.remove_columns("same").add_column("same", values),
+                                  options=options)
+    as_integers = evaluate_verification(extractors[1:2], pairs.remove_columns("same").add_column(
+        "same", [int(value) for value in same]), layer_groups=None, options=options)
+    assert as_integers.rows[0]["fold_accuracies"] == report.rows[4]["fold_accuracies"]
 
 
 def test_landmarks(extractors, options):
-    data = astronaut_landmarks(count=60)
+    data = astronaut_landmarks(count=60, size=(40, 32))  # not square: relative and pixel errors differ
     train, test = data.select(range(45)), data.select(range(45, 60))
     report = evaluate_landmarks(extractors, train, test, options=options)
     assert report.data["keypoints"] == ["left_eye", "right_eye", "flag"]
     assert "inter-ocular" in next(item.value for item in report.protocol if item.name == "NME normaliser")
-    points = {split: np.stack([np.stack([np.array(ds[f"{n}_x"]), np.array(ds[f"{n}_y"])], 1)
-                                for n in ("left_eye", "right_eye", "flag")], 1) for split, ds in (("train", train),
-                                                                                                  ("test", test))}
+    names = ("left_eye", "right_eye", "flag")
+    points = {split: np.stack([np.stack([np.array(ds[f"{n}_x"]), np.array(ds[f"{n}_y"])], 1) for n in names], 1)
+              for split, ds in (("train", train), ("test", test))}
+    scale = np.array([40.0, 32.0])
+
+    def nme(predicted, target):  # pixels, divided by the inter-ocular distance
+        interocular = np.linalg.norm(target[:, 0] - target[:, 1], axis=-1)
+        return (np.linalg.norm(predicted - target, axis=-1).mean(1) / interocular).mean()
+
+    fit_rows, held_out = validation_split(45, 0.1, 0)
     for row in report.rows:
         extractor = _by_name(extractors)[row["features"]]
         scaler = StandardScaler().fit(_features(train, extractor, options, row))
-        ridge = Ridge(alpha=row["ridge_alpha"]).fit(scaler.transform(_features(train, extractor, options, row)),
-                                                    (points["train"] / 32).reshape(45, -1))
-        predicted = ridge.predict(scaler.transform(_features(test, extractor, options, row))).reshape(15, 3, 2) * 32
-        target = points["test"]
-        interocular = np.linalg.norm(target[:, 0] - target[:, 1], axis=-1)
-        errors = np.linalg.norm(predicted - target, axis=-1).mean(1) / interocular
-        assert row["nme"] == pytest.approx(errors.mean(), rel=1e-4)
+        train_x = scaler.transform(_features(train, extractor, options, row))
+        relative = (points["train"] / scale).reshape(45, -1)
+        ridge = Ridge(alpha=row["ridge_alpha"]).fit(train_x, relative)
+        predicted = ridge.predict(scaler.transform(_features(test, extractor, options, row))).reshape(15, 3, 2)
+        assert row["nme"] == pytest.approx(nme(predicted * scale, points["test"]), rel=1e-4)
+        # the penalty was chosen by the same pixel NME, on the held-out training rows
+        ridge = Ridge(alpha=row["ridge_alpha"]).fit(train_x[fit_rows], relative[fit_rows])
+        predicted = ridge.predict(train_x[held_out]).reshape(-1, 3, 2) * scale
+        assert row["ridge_validation_nme"] == pytest.approx(nme(predicted, points["train"][held_out]), rel=1e-4)
     assert report.rows[1]["nme"] < 0.1  # raw pixels follow a translated crop
+
+    # the test split is read with the training split's point names, whatever its column order
+    reordered = test.select_columns(["image", *(f"{n}_{axis}" for n in reversed(names) for axis in "xy")])
+    again = evaluate_landmarks(extractors[1:2], train, reordered, options=options)
+    assert again.rows[0]["nme"] == pytest.approx(report.rows[1]["nme"])
+    with pytest.raises(UsageError, match=r"test split: the dataset has no keypoint column 'flag_x', 'flag_y'"):
+        evaluate_landmarks(extractors, train, test.remove_columns(["flag_x", "flag_y"]), options=options)
 
     # the same keypoints as one [K, 2] column with names: the same numbers
     def as_column(ds):
-        return ds.map(lambda r: {"points": [[r[f"{n}_x"], r[f"{n}_y"]] for n in ("left_eye", "right_eye", "flag")]},
+        return ds.map(lambda r: {"points": [[r[f"{n}_x"], r[f"{n}_y"]] for n in names]},
                       remove_columns=[c for c in ds.column_names if c != "image"])
 
     again = evaluate_landmarks(extractors[:2], as_column(train), as_column(test), keypoints_column="points",
-                               keypoint_names=["left_eye", "right_eye", "flag"], options=options)
+                               keypoint_names=list(names), options=options)
     assert [row["nme"] for row in again.rows] == pytest.approx([row["nme"] for row in report.rows[:2]])
+    # rows of different lengths are refused, even when their total would fill a [N, 2K] array
+    ragged = as_column(train).map(lambda r, i: {"points": r["points"][:2] if i == 0 else r["points"] + [[1, 1]]
+                                                if i == 1 else r["points"]}, with_indices=True)
+    with pytest.raises(UsageError, match="train split: column 'points' must hold lists of one length in every row; "
+                                         "found lengths 2 to 4"):
+        evaluate_landmarks(extractors, ragged, as_column(test), keypoints_column="points", options=options)
     assert eye_points(["lefteye", "righteye", "nose"]) == (0, 1) and eye_points(["a", "b"]) is None
     with pytest.raises(UsageError, match="no keypoints"):
         evaluate_landmarks(extractors, lfw_faces().select(range(10)), lfw_faces().select(range(10, 20)))
 
 
-def test_reconstruction(extractors, options, tmp_path):
+def test_reconstruction(extractors, options, tmp_path, monkeypatch):
     copies = augmented_copies(num_photos=4, copies=3)
     grid_path = tmp_path / "grid.png"
     report = evaluate_reconstruction(extractors, copies, grid_path=grid_path, grid_count=3, options=options)
@@ -203,8 +293,11 @@ def test_reconstruction(extractors, options, tmp_path):
         assert row["ssim"] == pytest.approx(np.mean(ssims), abs=1e-9)
     grid = PIL.Image.open(grid_path)
     assert report.artifacts["grid"] == str(grid_path) and grid.height > 6 * 128  # 3 worst + 3 best rows
+    calls, reconstruct = [], GHFeatModel.reconstruct  # the second run reads every metric from the cache
+    monkeypatch.setattr(GHFeatModel, "reconstruct", lambda self, pixels: calls.append(len(pixels)) or reconstruct(
+        self, pixels))
     again = evaluate_reconstruction(extractors, copies, options=options)
-    assert again.rows == report.rows
+    assert again.rows == report.rows and calls == []
     assert all(record["cache_hits"]["reconstruction"] for record in again.extractors if record["kind"] == "ghfeat")
     with pytest.raises(UsageError, match="needs a GH-Feat model as the first extractor"):
         evaluate_reconstruction(extractors[1:2], copies, options=options)

@@ -6,14 +6,20 @@ codes of images with and without a binary attribute, over the concatenated codes
 ``codes + strength * std * n``, adds (``strength > 0``) or removes the attribute; ``std`` is the standard
 deviation of the training codes along ``n``, so strengths are in units of the data's own spread.
 
+Conditioning on other boundaries ([`condition_boundary`]) projects their normals out of ``n``, giving ``n'``.
+``n'`` is no classifier's normal, so it has no ``offset`` (``distance`` refuses) and no spread of its own: it keeps
+the primary's ``std`` as the step unit. A strength thus moves the codes as far as unconditioned (``strength * std``)
+and changes the primary's signed distance by ``strength * std * cos(n, n')``.
+
 Files are safetensors with one tensor ``normal`` ``[D]`` and string metadata: ``attribute``, ``layers``,
-``style_dims``, ``accuracy`` / ``balanced_accuracy`` (held-out), ``offset``, ``std``, ``method``, ``num_train``,
-``num_test``, ``model_fingerprint``, ``conditioned_on``.
+``style_dims``, ``accuracy`` / ``balanced_accuracy`` (held-out), ``offset`` (``null`` once conditioned), ``std``,
+``method``, ``num_train``, ``num_test``, ``model_fingerprint``, ``conditioned_on``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -42,14 +48,15 @@ class Boundary:
     ``normal`` ``[D]`` (unit length, float32); ``style_dims`` the widths ``2C_l`` of ``layers``; ``offset`` makes
     ``codes . normal + offset`` the signed distance to the classifier's decision boundary; ``std`` is the unit of
     strengths; ``accuracy`` / ``balanced_accuracy`` were measured on held-out codes (``None`` without any).
-    A conditioned boundary (``conditioned_on``) keeps the primary classifier's ``offset``, ``std`` and accuracies.
+    A conditioned boundary (``conditioned_on``) has ``offset = None`` and keeps the primary classifier's ``std``
+    (the step unit) and accuracies.
     """
 
     normal: torch.Tensor
     layers: tuple[int, ...]
     style_dims: tuple[int, ...]
     attribute: str = "attribute"
-    offset: float = 0.0
+    offset: float | None = 0.0
     std: float = 1.0
     accuracy: float | None = None
     balanced_accuracy: float | None = None
@@ -60,7 +67,12 @@ class Boundary:
     conditioned_on: tuple[str, ...] = field(default_factory=tuple)
 
     def distance(self, codes: StyleCodes) -> torch.Tensor:
-        """Signed distance ``[N]`` of codes to the decision boundary (positive on the attribute's side)."""
+        """Signed distance ``[N]`` of codes to the decision boundary (positive on the attribute's side); a
+        ``UsageError`` for a boundary without ``offset`` (a conditioned one)."""
+        if self.offset is None:
+            conditions = f" (conditioned on {', '.join(self.conditioned_on)})" if self.conditioned_on else ""
+            raise UsageError(f"the boundary {self.attribute!r}{conditions} has no decision offset: its normal is not "
+                             "the classifier's, so it measures no distance; use the unconditioned boundary.")
         flat = flatten_codes(codes, self.layers).float()
         return flat @ self.normal.to(flat.device) + self.offset
 
@@ -98,6 +110,21 @@ def _fit(features: np.ndarray, labels: np.ndarray, method: str, regularization: 
     return classifier.fit(features, labels)
 
 
+def _check_split(counts: np.ndarray, test_fraction: float) -> None:
+    """A ``UsageError`` unless a stratified split holding out ``test_fraction`` of codes with class ``counts``
+    ``[2]`` is sure to leave both classes on both sides (each class's share of each side must be >= 1 code)."""
+    total = int(counts.sum())
+    held_out = math.ceil(test_fraction * total)  # scikit-learn's rounding
+    smallest_side = min(held_out, total - held_out)
+    if counts.min() * smallest_side >= total:
+        return
+    need = f"at least {math.ceil(total / smallest_side)} codes of each class" if smallest_side else "more codes"
+    raise UsageError(f"{total} codes ({counts[1]} with and {counts[0]} without the attribute) are too few to hold "
+                     f"out {test_fraction:g} of them: the {held_out} held-out and {total - held_out} training codes "
+                     f"must each include both classes, which needs {need}. Use more images or another held-out "
+                     "fraction.")
+
+
 def learn_boundary(
     codes: StyleCodes,
     labels: Sequence[bool] | np.ndarray | torch.Tensor,
@@ -112,7 +139,8 @@ def learn_boundary(
 ) -> Boundary:
     """Learn a [`Boundary`] from codes (tuple of ``[N, 2C_l]``) and binary ``labels`` ``[N]``.
 
-    A stratified ``test_fraction`` of the codes is held out to measure the accuracy; the classifier (``method``
+    A stratified ``test_fraction`` of the codes is held out to measure the accuracy (a ``UsageError`` when there
+    are too few codes of a class for both sides to hold both classes); the classifier (``method``
     ``"svm"`` or ``"logistic"``, balanced class weights, inverse regularization ``regularization``) is fitted on
     the rest, over the codes of ``layers`` (default: all). ``model`` (a [`GHFeatModel`]) stores its fingerprint
     so that the boundary is later applied only with it.
@@ -134,6 +162,7 @@ def learn_boundary(
         raise UsageError(f"a boundary needs at least 2 codes of each class, got {counts[1]} with and {counts[0]} "
                          "without the attribute.")
     if test_fraction > 0:
+        _check_split(counts, test_fraction)
         train_x, test_x, train_y, test_y = train_test_split(features, labels, test_size=test_fraction,
                                                             random_state=seed, stratify=labels)
     else:
@@ -193,7 +222,7 @@ def save_boundary(boundary: Boundary, path: str | os.PathLike) -> None:
     metadata = {
         "format": BOUNDARY_FORMAT, "ghfeat_version": __version__, "attribute": boundary.attribute,
         "layers": json.dumps(list(boundary.layers)), "style_dims": json.dumps(list(boundary.style_dims)),
-        "offset": repr(boundary.offset), "std": repr(boundary.std), "accuracy": json.dumps(boundary.accuracy),
+        "offset": json.dumps(boundary.offset), "std": repr(boundary.std), "accuracy": json.dumps(boundary.accuracy),
         "balanced_accuracy": json.dumps(boundary.balanced_accuracy), "method": boundary.method,
         "num_train": str(boundary.num_train), "num_test": str(boundary.num_test),
         "model_fingerprint": boundary.model_fingerprint or "", "conditioned_on": json.dumps(boundary.conditioned_on),
@@ -213,15 +242,26 @@ def load_boundary(path: str | os.PathLike) -> Boundary:
         raise UsageError(f"cannot read a boundary from {os.fspath(path)!r}: {error}") from None
     if metadata.get("format") != BOUNDARY_FORMAT:
         raise UsageError(f"{os.fspath(path)!r} is not a GH-Feat boundary file (no format={BOUNDARY_FORMAT}).")
-    return Boundary(
-        normal=normal.float(), layers=tuple(json.loads(metadata["layers"])),
-        style_dims=tuple(json.loads(metadata["style_dims"])), attribute=metadata["attribute"],
-        offset=float(metadata["offset"]), std=float(metadata["std"]), accuracy=json.loads(metadata["accuracy"]),
-        balanced_accuracy=json.loads(metadata["balanced_accuracy"]), method=metadata["method"],
-        num_train=int(metadata["num_train"]), num_test=int(metadata["num_test"]),
-        model_fingerprint=metadata["model_fingerprint"] or None,
-        conditioned_on=tuple(json.loads(metadata["conditioned_on"])),
-    )
+    try:
+        boundary = Boundary(
+            normal=normal.float(), layers=tuple(json.loads(metadata["layers"])),
+            style_dims=tuple(json.loads(metadata["style_dims"])), attribute=metadata["attribute"],
+            offset=json.loads(metadata["offset"]), std=float(metadata["std"]),
+            accuracy=json.loads(metadata["accuracy"]), balanced_accuracy=json.loads(metadata["balanced_accuracy"]),
+            method=metadata["method"], num_train=int(metadata["num_train"]), num_test=int(metadata["num_test"]),
+            model_fingerprint=metadata["model_fingerprint"] or None,
+            conditioned_on=tuple(json.loads(metadata["conditioned_on"])),
+        )
+    except KeyError as error:
+        raise UsageError(f"the boundary file {os.fspath(path)!r} lacks the metadata {error}.") from None
+    except (TypeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+        raise UsageError(f"the boundary file {os.fspath(path)!r} has malformed metadata: {error}") from None
+    if boundary.normal.ndim != 1 or len(boundary.normal) != sum(boundary.style_dims) or \
+            len(boundary.layers) != len(boundary.style_dims):
+        raise UsageError(f"the boundary file {os.fspath(path)!r} is inconsistent: a normal of shape "
+                         f"{tuple(boundary.normal.shape)} for layers {list(boundary.layers)} of widths "
+                         f"{list(boundary.style_dims)} (sum {sum(boundary.style_dims)}).")
+    return boundary
 
 
 def check_boundary(boundary: Boundary, model, allow_other_model: bool = False) -> None:
@@ -240,19 +280,23 @@ def check_boundary(boundary: Boundary, model, allow_other_model: bool = False) -
 
 def condition_boundary(primary: Boundary, conditions: Sequence[Boundary]) -> Boundary:
     """``primary`` with the directions of ``conditions`` projected out (InterFaceGAN's conditional manipulation):
-    moving along the result changes the primary attribute and leaves the conditioning ones (to first order)."""
+    moving along the result changes the primary attribute and leaves the conditioning ones (to first order).
+    Linearly dependent conditions count once. The result has no ``offset`` and keeps ``primary.std`` as the step
+    unit (see the module docstring)."""
     if not conditions:
         return primary
     for condition in conditions:
         if condition.layers != primary.layers:
             raise UsageError(f"the boundaries {primary.attribute!r} (layers {list(primary.layers)}) and "
                              f"{condition.attribute!r} (layers {list(condition.layers)}) cover different layers.")
-    basis, _ = torch.linalg.qr(torch.stack([condition.normal.double() for condition in conditions], dim=1))
+    directions = torch.stack([condition.normal.double() for condition in conditions], dim=1)  # [D, K]
+    vectors, singular_values, _ = torch.linalg.svd(directions, full_matrices=False)
+    basis = vectors[:, singular_values > 1e-6 * singular_values[0]]  # drop linearly dependent directions
     normal = primary.normal.double() - basis @ (basis.T @ primary.normal.double())
     norm = float(normal.norm())
     if norm < 1e-6:
         raise UsageError(f"the direction of {primary.attribute!r} lies within the conditioning directions.")
-    return replace(primary, normal=(normal / norm).float(),
+    return replace(primary, normal=(normal / norm).float(), offset=None,
                    conditioned_on=primary.conditioned_on + tuple(condition.attribute for condition in conditions))
 
 

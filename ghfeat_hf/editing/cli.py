@@ -69,6 +69,8 @@ class _Editor:
         self.args = args
         if args.batch_size < 1:
             raise UsageError("--batch-size must be positive.")
+        if getattr(args, "perceptual_weight", None) is not None:
+            _check_perceptual_weight(args)
         self.model, self.processor = load_model(args.model, device=args.device)
         self._perceptual = None
 
@@ -107,10 +109,10 @@ class _Editor:
         if self._perceptual is None and (args.perceptual_model or args.perceptual_weights):
             self._perceptual = build_perceptual_loss(args.perceptual_model or DEFAULT_PERCEPTUAL_MODEL,
                                                      args.perceptual_weights)
+        weight = 1.0 if args.perceptual_weight is None else args.perceptual_weight
         return refine_style_codes(self.model, pixel_values, codes, steps=args.refine_steps,
-                                  learning_rate=args.refine_lr, perceptual=self._perceptual,
-                                  perceptual_weight=args.perceptual_weight, batch_size=args.batch_size,
-                                  progress=not args.no_progress)
+                                  learning_rate=args.refine_lr, perceptual=self._perceptual, perceptual_weight=weight,
+                                  batch_size=args.batch_size, progress=not args.no_progress)
 
     def pil(self, images: torch.Tensor) -> list[PIL.Image.Image]:
         return self.processor.postprocess(images.float().clamp(-1, 1))
@@ -122,6 +124,15 @@ class _Editor:
             layers = resolve_layers(spec, self.model.config)
             selections[describe_layers(layers, self.model.config)] = layers
         return selections
+
+
+def _check_perceptual_weight(args: argparse.Namespace) -> None:
+    """``--perceptual-weight`` needs a perceptual model and must not be negative."""
+    if not (args.perceptual_model or args.perceptual_weights):
+        raise UsageError("--perceptual-weight needs a perceptual term: give --perceptual-model and/or "
+                         "--perceptual-weights.")
+    if args.perceptual_weight < 0:
+        raise UsageError(f"--perceptual-weight must be at least 0, got {args.perceptual_weight:g}.")
 
 
 def _check_suffix(path: str, allowed: Sequence[str], option: str = "--output") -> None:
@@ -205,8 +216,9 @@ def _run_harmonize(args: argparse.Namespace, editor: _Editor) -> None:
     base_names, bases, base_pixels = editor.read(args.base)
     source_names, _, source_pixels = editor.read(args.source)
     count = _pairs(len(base_names), len(source_names), "--base and --source images")
-    if args.mask:
-        _pairs(len(args.mask), len(base_names), "--mask files and --base images")
+    if args.mask and len(args.mask) not in (1, count):
+        raise UsageError(f"give one --mask file or one per base/source pair: got {len(args.mask)} masks for "
+                         f"{count} pair{'s' if count > 1 else ''}.")
     index = [(i if len(base_names) > 1 else 0, i if len(source_names) > 1 else 0) for i in range(count)]
     masks = []
     for pair, (b, _) in enumerate(index):
@@ -319,8 +331,8 @@ def _add_image_arguments(parser: argparse.ArgumentParser, refine_steps: int = 0)
     group.add_argument("--perceptual-model", help="timm model whose pretrained features add a perceptual term "
                                                   f"(e.g. {DEFAULT_PERCEPTUAL_MODEL}; default: pixel MSE only)")
     group.add_argument("--perceptual-weights", help="local weights file of the perceptual model")
-    group.add_argument("--perceptual-weight", type=float, default=1.0,
-                       help="weight of the perceptual term (default: 1.0)")
+    group.add_argument("--perceptual-weight", type=float,
+                       help="weight (>= 0) of the perceptual term; needs a perceptual model (default: 1.0)")
 
 
 def _layers_argument(parser: argparse.ArgumentParser, default: str) -> None:
@@ -378,7 +390,8 @@ def add_edit_parser(subparsers) -> None:
     harmonize_parser.add_argument("--source", nargs="+", required=True, metavar="IMAGE", help="images pasted from")
     region = harmonize_parser.add_mutually_exclusive_group(required=True)
     region.add_argument("--mask", nargs="+", metavar="MASK",
-                        help="mask images of the base images' size (white = from the source), one or one per base")
+                        help="mask images of the base images' size (white = from the source; an alpha channel "
+                             "that is not fully opaque is the mask), one, or one per base/source pair")
     region.add_argument("--box", help="left,top,right,bottom in base-image pixels (right, bottom exclusive)")
 
     learn = _operation_parser(
@@ -410,7 +423,7 @@ def add_edit_parser(subparsers) -> None:
     manipulate.add_argument("images", nargs="+", metavar="IMAGE", help="images to edit (rows)")
     manipulate.add_argument("--boundary", required=True, help="boundary file from learn-boundary")
     manipulate.add_argument("--condition", action="append", metavar="BOUNDARY",
-                            help="keep this attribute unchanged (repeatable)")
+                            help="keep this attribute unchanged (repeatable); the codes move as far as without it")
     manipulate.add_argument("--strengths", nargs="+", type=float, default=[-3.0, -1.5, 0.0, 1.5, 3.0],
                             help="strengths in standard deviations (default: -3 -1.5 0 1.5 3)")
     manipulate.add_argument("--layers", help="move only these of the boundary's layers (default: all of them)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..configuration_ghfeat import HEAD_NAMES, GHFeatConfig
 from ..extraction import parse_layers
@@ -112,6 +113,14 @@ def interpolate_keyframes(
     return path
 
 
+def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Images or masks ``[N, C, H, W]`` -> ``[N, C, R, R]`` (float) by area averaging (pixel repetition when
+    enlarging by an integer factor); already ``R x R`` inputs come back as they are (as float)."""
+    if images.shape[-2:] == (resolution, resolution):
+        return images.float()
+    return F.interpolate(images.float(), size=(resolution, resolution), mode="area")
+
+
 @torch.no_grad()
 def encode_images(model, pixel_values: torch.Tensor, batch_size: int = 16) -> StyleCodes:
     """GH-Feat codes of ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1], in batches; the codes stay on the model's
@@ -159,6 +168,7 @@ __all__ = [
     "interpolate_style_codes",
     "layer_groups",
     "mix_style_codes",
+    "resize_images",
     "resolve_layers",
     "select_codes",
     "shift_codes",

@@ -6,7 +6,8 @@ matters for editing far from the image). The loss per image is
 
     mean((decode(codes) - x)^2)  +  perceptual_weight * perceptual(x, decode(codes))
 
-on images in [-1, 1]. The perceptual term is optional and needs a pretrained network: [`FeaturePerceptualLoss`]
+on images in [-1, 1], with the input ``x`` resized (area) to the generator's resolution when the encoder's input
+size differs from it. The perceptual term is optional and needs a pretrained network: [`FeaturePerceptualLoss`]
 builds one from any timm model with pretrained weights (from the Hugging Face cache, the Hub or a local file) and
 refuses to run on random weights. Every image keeps its best codes, so the loss never gets worse than the
 encoder's.
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..extraction import UsageError
 from ..modeling_stylegan import StyleCodes
-from .codes import concat_codes, encode_images
+from .codes import concat_codes, encode_images, resize_images
 
 MAX_REFINEMENT_STEPS = 5000
 DEFAULT_PERCEPTUAL_MODEL = "vgg16.tv_in1k"
@@ -112,8 +113,9 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 @dataclass
 class RefinementResult:
     """``style_codes``: the refined codes (tuple of ``[N, 2C_l]``); ``initial_psnr`` / ``final_psnr``: ``[N]``
-    PSNR (dB) of the decoded codes before and after refinement against the input images; ``losses``: the mean
-    loss over the batch at every step (one list per batch)."""
+    PSNR (dB) of the decoded codes before and after refinement against the input images (resized to the
+    generator's resolution, see the module docstring); ``losses``: the mean loss over the batch at every step (one
+    list per batch)."""
 
     style_codes: StyleCodes
     initial_psnr: torch.Tensor
@@ -160,13 +162,15 @@ def refine_style_codes(
     batch_size: int = 16,
     progress: bool = True,
 ) -> RefinementResult:
-    """Refine the codes of ``pixel_values`` ``[N, 3, S, S]`` (in [-1, 1]) by ``steps`` Adam steps.
+    """Refine the codes of ``pixel_values`` ``[N, 3, S, S]`` (in [-1, 1]) by ``steps`` Adam steps; the decoded
+    images ``[N, 3, R, R]`` are compared with ``pixel_values`` resized to ``R``.
 
     Args:
         model: a [`GHFeatModel`]; it is not changed.
         style_codes: the starting codes (default: the encoder's).
         steps: optimisation steps per batch, 1 to ``MAX_REFINEMENT_STEPS``.
         perceptual: an optional ``(reference, images) -> [N]`` distance, e.g. [`build_perceptual_loss`].
+        perceptual_weight: its weight, ``>= 0``.
         progress: show a tqdm bar over all steps.
 
     Returns:
@@ -176,7 +180,10 @@ def refine_style_codes(
         raise UsageError(f"refinement steps must be between 1 and {MAX_REFINEMENT_STEPS}, got {steps}.")
     if learning_rate <= 0:
         raise UsageError(f"the refinement learning rate must be positive, got {learning_rate}.")
+    if perceptual_weight < 0:
+        raise UsageError(f"the perceptual weight must be at least 0, got {perceptual_weight}.")
     device = next(model.parameters()).device
+    resolution = model.config.generator_config.resolution
     if style_codes is None:
         style_codes = encode_images(model, pixel_values, batch_size)
     if perceptual is not None:
@@ -185,7 +192,7 @@ def refine_style_codes(
     refined, histories, initial, final = [], [], [], []
     with _frozen(model), tqdm(total=steps * num_batches, desc="refining codes", disable=not progress) as bar:
         for start in range(0, len(pixel_values), batch_size):
-            target = pixel_values[start:start + batch_size].to(device).float()
+            target = resize_images(pixel_values[start:start + batch_size].to(device), resolution)
             codes = tuple(code[start:start + batch_size].to(device) for code in style_codes)
             best, history = _refine_batch(model, target, codes, steps, learning_rate, perceptual,
                                           perceptual_weight, bar)

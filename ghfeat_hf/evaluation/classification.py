@@ -1,22 +1,24 @@
 """Image classification with frozen features: a linear probe and a k-NN classifier.
 
 Protocol (each detail is recorded in the report): features of the chosen layer groups, z-scored with the training
-split's statistics; a multinomial logistic-regression probe (L2, lbfgs) whose inverse regularisation `C` is chosen
-by accuracy on a validation split (a stratified, seeded 10% of the training split unless one is given; candidates
-tried upwards until two in a row do not improve), then refit on the whole training split; a k-NN classifier
-(k = 10, cosine similarity, majority vote) over the training split; test accuracies with 95% Wilson score
-intervals.
+split's statistics; a logistic-regression probe (multinomial, or binary for two classes; L2, lbfgs) whose inverse
+regularisation `C` is chosen by accuracy on a validation split (a stratified, seeded 10% of the training split
+unless one is given; candidates tried upwards until two in a row do not improve), then refit on the whole
+training split; a k-NN classifier (k = 10, cosine similarity, majority vote) over the training split; test
+accuracies with 95% Wilson score intervals.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .data import class_names, column_values, describe_data, encode_labels, require_columns
+import numpy as np
+
+from .data import class_names, describe_data, encode_labels, require_columns
 from .extractors import FeatureExtractor
 from .features import ExtractionOptions, FeatureStore, feature_views, standardize
 from .metrics import accuracy_with_ci
-from .probes import DEFAULT_C_GRID, DEFAULT_PATIENCE, knn_predict, linear_probe
+from .probes import DEFAULT_C_GRID, DEFAULT_PATIENCE, knn_predict, linear_probe, require_probe_classes
 from .report import OURS, PAPER, PAPER_UNVERIFIED, EvaluationReport, MetricColumn, ProtocolItem
 
 
@@ -41,7 +43,8 @@ def evaluate_classification(
 
     Args:
         extractors: the evaluated model first (a [`GHFeatExtractor`]), then the baselines.
-        train, test: `datasets.Dataset` splits with `image_column` and `label_column` (any hashable labels).
+        train, test: `datasets.Dataset` splits with `image_column` and `label_column` (any hashable labels; no
+            nulls, no -1 in a `ClassLabel` column, two classes or more in `train`).
         validation: an optional validation split for the probe's `C` (else `validation_fraction` of `train`).
         layer_groups: `["all"]` by default; GH-Feat extractors are evaluated per group (see
             [`resolve_layer_groups`]), the other extractors once on all their features.
@@ -49,22 +52,26 @@ def evaluate_classification(
         options: extraction options (batch size, cache); dataset_name: the data's name in the report.
 
     Returns:
-        The [`EvaluationReport`] (rows with `linear_probe`, `knn` and their `_ci95`, `probe_C`); `None` on the
-        non-main processes of a multi-process run (they only extract features).
+        The [`EvaluationReport`] (rows with `linear_probe`, `knn` and their `_ci95`, `probe_C`; its data records
+        `num_classes`, the classes present in the splits, and their `class_names` when the column is a
+        `ClassLabel`); `None` on the non-main processes of a multi-process run (they only extract features).
+
+    Raises:
+        [`UsageError`] before any extraction for missing labels (see [`label_values`]) or when the probe cannot be
+        fitted (see [`require_probe_classes`]).
     """
     splits = {"train": train, "test": test, **({"validation": validation} if validation is not None else {})}
     for dataset in splits.values():
         require_columns(dataset, image_column, role="image column")
         require_columns(dataset, label_column, role="label column")
+    labels, classes = encode_labels(splits, label_column)
+    require_probe_classes(labels["train"], None if validation is not None else validation_fraction, seed)
     views = feature_views(extractors, layer_groups)
     store = FeatureStore(extractors, options)
     store.extract_all(splits, [image_column])
     if not store.options.is_main_process:
         return None
 
-    raw_labels = {role: column_values(dataset, label_column) for role, dataset in splits.items()}
-    encoded, classes = encode_labels(*raw_labels.values())
-    labels = dict(zip(raw_labels, encoded))
     rows, notes = [], []
     for view in store.progress(views, "classification"):
         features = {role: view.select(store.get(view.extractor, dataset, role, image_column).features)
@@ -82,6 +89,7 @@ def evaluate_classification(
                              knn=knn["accuracy"], knn_ci95=knn["ci95"], probe_C=info["C"],
                              probe_validation_accuracy=info["validation_accuracy"]))
 
+    probe_kind = "multinomial" if len(np.unique(labels["train"])) > 2 else "binary"  # what scikit-learn fits
     validation_text = ("the given validation split" if validation is not None else
                        f"a stratified {validation_fraction:.0%} of the training split (seed {seed}), then refit on the "
                        "whole training split")
@@ -91,7 +99,7 @@ def evaluate_classification(
         ProtocolItem("classifiers", "linear probe and k-NN on frozen features", PAPER_UNVERIFIED,
                      "the paper's exact protocol could not be checked"),
         ProtocolItem("standardisation", "z-score with the training split's mean and standard deviation", OURS),
-        ProtocolItem("linear probe", f"multinomial logistic regression, L2, lbfgs (max_iter {max_iter}); C from "
+        ProtocolItem("linear probe", f"{probe_kind} logistic regression, L2, lbfgs (max_iter {max_iter}); C from "
                      f"{sorted(c_grid)}, tried upwards with warm starts until {DEFAULT_PATIENCE} in a row do not "
                      f"improve, chosen by accuracy on {validation_text}", OURS),
         ProtocolItem("k-NN", f"k = {k}, cosine similarity, majority vote (ties: smallest label), the training split "
@@ -100,8 +108,10 @@ def evaluate_classification(
     ]
     columns = [MetricColumn("linear_probe", "linear probe acc. (%) [95% CI]", "pct_ci"),
                MetricColumn("knn", f"{k}-NN acc. (%) [95% CI]", "pct_ci"), MetricColumn("probe_C", "probe C", "g")]
+    names = class_names(train, label_column)  # every name the ClassLabel defines; the report lists those present
     data = describe_data(dataset_name, splits, image_column=image_column, label_column=label_column,
-                         num_classes=len(classes), class_names=class_names(train, label_column))
+                         num_classes=len(classes),
+                         class_names=None if names is None else [names[label] for label in classes])
     return store.report("classification", data=data, protocol=protocol, columns=columns, rows=rows, notes=notes)
 
 

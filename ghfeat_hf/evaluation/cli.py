@@ -112,7 +112,8 @@ def add_evaluate_parser(subparsers) -> None:
     task = tasks.add_parser("landmarks", parents=[common], help="linear keypoint regression, normalised mean error")
     _add_splits(task, two_splits=True)
     task.add_argument("--keypoints-column", help="column of [K, 2] keypoints (default: <name>_x / <name>_y columns)")
-    task.add_argument("--keypoint-names", help="comma-separated names of the keypoints column's points")
+    task.add_argument("--keypoint-names", help="comma-separated names of the keypoints column's points (without "
+                      "--keypoints-column: the <name>_x / <name>_y pairs to use; default: all of them)")
 
     parser.set_defaults(handler=run_evaluate)
 
@@ -141,6 +142,9 @@ def _run_task(args: argparse.Namespace, data: dict, extractors, options: Extract
             label_column=args.label_column, layer_groups=args.layers, k=args.k, c_grid=args.c_grid,
             validation_fraction=args.validation_fraction, max_iter=args.max_iter, seed=args.seed, **common)
     if args.task == "retrieval":
+        if args.gallery_split == args.split:
+            raise UsageError(f"--gallery-split {args.gallery_split} is the query split (--split): every query would "
+                             "retrieve its own image; pass another split, or no --gallery-split.")
         gallery = _load(args, args.gallery_split) if args.gallery_split else None
         return evaluate_retrieval(extractors, data["data"], gallery=gallery, image_column=args.image_column,
                                   label_column=args.label_column, layer_groups=args.layers, ks=args.ks,

@@ -61,16 +61,30 @@ def column_values(dataset, column: str) -> np.ndarray:
 
 
 def class_names(dataset, column: str) -> list[str] | None:
-    """The `ClassLabel` names of `column`, if it has them."""
+    """The `ClassLabel` names of `column` (every name it defines), if it has them."""
     feature = dataset.features.get(column)
     return list(feature.names) if hasattr(feature, "names") else None
 
 
-def encode_labels(*label_arrays: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Map labels of several splits to `0..C-1` jointly; returns `(encoded arrays, classes)`."""
-    classes, inverse = np.unique(np.concatenate(label_arrays), return_inverse=True)
-    bounds = np.cumsum([0, *(len(labels) for labels in label_arrays)])
-    return [inverse[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])], classes
+def label_values(dataset, column: str, role: str) -> np.ndarray:
+    """The labels `[N]` of `column`. Raises [`UsageError`] when some are missing: null, or -1 in a `ClassLabel`
+    column (how the Hub marks the hidden labels of test splits); `role` names the split in the message."""
+    nulls = dataset.select_columns([column]).with_format("arrow")[:].column(column).null_count
+    values = column_values(dataset, column)
+    hidden = int(np.sum(values == -1)) if class_names(dataset, column) is not None else 0
+    if nulls or hidden:
+        raise UsageError(f"the {role} split has {nulls + hidden} of {len(values)} rows without a label in "
+                         f"{column!r} ({nulls} null, {hidden} -1: a hidden ClassLabel); evaluate on labelled data.")
+    return values
+
+
+def encode_labels(splits: dict[str, Any], column: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The labels of `column` in every split (role -> `datasets.Dataset`, read with [`label_values`]) mapped jointly
+    to `0..C-1`; returns `({role: [N] int64}, classes [C])`, the classes sorted by their stored value."""
+    raw = {role: label_values(dataset, column, role) for role, dataset in splits.items()}
+    classes, inverse = np.unique(np.concatenate(list(raw.values())), return_inverse=True)
+    bounds = np.cumsum([0, *(len(labels) for labels in raw.values())])
+    return {role: inverse[start:stop] for role, start, stop in zip(raw, bounds[:-1], bounds[1:])}, classes
 
 
 def describe_data(name: str | None, splits: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -87,5 +101,5 @@ def describe_data(name: str | None, splits: dict[str, Any], **fields: Any) -> di
     return {"name": str(name), "splits": described, **fields}
 
 
-__all__ = ["class_names", "column_values", "describe_data", "encode_labels", "load_split", "require_columns",
-           "subsample"]
+__all__ = ["class_names", "column_values", "describe_data", "encode_labels", "label_values", "load_split",
+           "require_columns", "subsample"]

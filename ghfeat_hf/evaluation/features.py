@@ -175,8 +175,10 @@ def cached_image_map(
     """`dataset.map(batched=True)` of `function` (PIL images -> columns of arrays) over `image_column`, cached.
 
     Returns `(mapped, cache_hit)`: a dataset with `function`'s columns plus `image_size` (`[width, height]` of each
-    stored image), row for row, and whether every cache file existed before the call. The cache fingerprint is a
-    hash of `key` (what defines `function`), the dataset fingerprint and the column.
+    stored image), row for row, and whether every cache file existed before the call and this process ran
+    `function` on no row (everything was loaded). Cache files are loaded even when `datasets.disable_caching()` is
+    in effect. The cache fingerprint is a hash of `key` (what defines `function`), the dataset fingerprint and the
+    column.
     """
     import datasets
 
@@ -188,8 +190,12 @@ def cached_image_map(
     if isinstance(source.features[image_column], datasets.Image):
         source = source.cast_column(image_column, datasets.Image(decode=False))
 
+    computed = 0  # rows `function` ran on in this process
+
     def run(part, part_fingerprint: str, offset: int):
         def encode(raws: list, indices: list[int]) -> dict[str, np.ndarray]:
+            nonlocal computed
+            computed += len(raws)
             images = []
             for raw, index in zip(raws, indices):
                 try:
@@ -204,28 +210,32 @@ def cached_image_map(
             return part.map(encode, batched=True, batch_size=options.batch_size, input_columns=[image_column],
                             with_indices=True, remove_columns=[image_column], new_fingerprint=part_fingerprint,
                             cache_file_name=None if path is None else os.fspath(path), keep_in_memory=path is None,
-                            desc=desc)
+                            load_from_cache_file=path is not None, desc=desc)
 
     count = options.num_processes
     if count == 1:
         path = options.cache_path(prefix, fingerprint)
-        hit = path is not None and path.exists()
-        return run(source, fingerprint, 0), hit
+        existed = path is not None and path.exists()
+        mapped = run(source, fingerprint, 0)
+        return mapped, existed and not computed
     if not options.use_cache:
         raise UsageError("with several processes the features are shared through cache files; keep the cache on.")
     bounds = np.linspace(0, len(source), count + 1).astype(int)
     shards = [(source.select(range(bounds[i], bounds[i + 1])), f"{fingerprint}-{i}of{count}", int(bounds[i]))
               for i in range(count)]
-    hit = all(options.cache_path(prefix, shard_fingerprint).exists() for _, shard_fingerprint, _ in shards)
+    existed = all(options.cache_path(prefix, shard_fingerprint).exists() for _, shard_fingerprint, _ in shards)
     run(*shards[options.process_state.process_index])
     options.process_state.wait_for_everyone()
-    return datasets.concatenate_datasets([run(*shard) for shard in shards]), hit
+    mapped = datasets.concatenate_datasets([run(*shard) for shard in shards])
+    return mapped, existed and not computed
 
 
 def numpy_columns(dataset, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Columns as NumPy arrays of their stored dtype (`datasets`' NumPy format would turn float64 into float32):
-    `[N]` for scalars, `[N, L]` for (nested) lists of a fixed total length `L`."""
+    `[N]` for scalars, `[N, L]` for (nested) lists of a fixed total length `L`. Raises [`UsageError`] when the
+    lists of a column (at any depth) differ in length or are missing."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     selected = dataset.select_columns(list(columns)) if columns is not None else dataset
     table = selected.with_format("arrow")[:]
@@ -234,6 +244,12 @@ def numpy_columns(dataset, columns: Sequence[str] | None = None) -> dict[str, np
         column = table.column(name).combine_chunks()
         while pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or \
                 pa.types.is_fixed_size_list(column.type):
+            lengths = pc.list_value_length(column)
+            if lengths.null_count or pc.count_distinct(lengths).as_py() > 1:
+                low, high = pc.min_max(lengths).values()
+                nulls = f" and {lengths.null_count} missing (null) lists" if lengths.null_count else ""
+                raise UsageError(f"column {name!r} must hold lists of one length in every row; found lengths {low} "
+                                 f"to {high}{nulls}.")
             column = column.flatten()
         values = column.to_numpy(zero_copy_only=False)
         arrays[name] = values.reshape(len(table), -1) if len(values) != len(table) else values

@@ -2,9 +2,10 @@
 
 Keypoints are read either from `<name>_x` / `<name>_y` column pairs (the CelebA / MAFL layout, which also names
 the points) or from one column of `[K, 2]` (or flat `[2K]`) values with names given separately; coordinates are
-pixels of the stored image. A ridge regression maps z-scored features to the coordinates relative to the image
-size; the NME divides the mean point error (in pixels) by the inter-ocular distance when a left and a right eye
-point are named, else by the diagonal of the ground-truth points' bounding box.
+pixels of the stored image. The test split is read with the training split's point names. A ridge regression maps
+z-scored features to the coordinates relative to the image size; the NME (of the test split, and of the held-out
+rows that choose the ridge penalty) divides the mean point error in pixels by the inter-ocular distance when a
+left and a right eye point are named, else by the diagonal of the ground-truth points' bounding box.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ def read_keypoints(
     dataset, keypoints_column: str | None = None, keypoint_names: Sequence[str] | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """`(keypoints [N, K, 2] float64, names)` from `keypoints_column` (`[K, 2]` or `[2K]` per row; names from
-    `keypoint_names`, else `p0, p1, ...`) or, without it, from every `<name>_x` / `<name>_y` column pair."""
+    `keypoint_names`, else `p0, p1, ...`) or, without it, from the `<name>_x` / `<name>_y` column pairs of
+    `keypoint_names` (default: every such pair, in column order)."""
     if keypoints_column is None:
-        names = keypoint_columns(dataset.column_names)
+        names = list(keypoint_names or keypoint_columns(dataset.column_names))
         if not names:
             raise UsageError("no keypoints: pass keypoints_column (--keypoints-column) or provide <name>_x / <name>_y "
                              f"columns; the dataset has {dataset.column_names}.")
+        require_columns(dataset, *(f"{name}_{axis}" for name in names for axis in "xy"), role="keypoint column")
         points = np.stack([np.stack([column_values(dataset, f"{name}_{axis}") for axis in "xy"], axis=-1)
                            for name in names], axis=1)
         return points.astype(np.float64), names
@@ -83,28 +86,24 @@ def evaluate_landmarks(
 
     Args:
         extractors: the evaluated model first, then the baselines.
-        train, test: `datasets.Dataset` splits with images and keypoints (see [`read_keypoints`]).
-        alpha_grid, validation_fraction, seed: the ridge penalty is chosen by NME on a seeded held-out part of the
-            training split, then the regressor is refit on all of it.
+        train, test: `datasets.Dataset` splits with images and keypoints (see [`read_keypoints`]); the test split
+            is read with the training split's point names (`keypoint_names`, or its `<name>_x` / `<name>_y` pairs).
+        alpha_grid, validation_fraction, seed: the ridge penalty is chosen by NME (in pixels, as reported) on a
+            seeded held-out part of the training split, then the regressor is refit on all of it.
 
     Returns:
-        The [`EvaluationReport`] (rows with `nme`, `ridge_alpha`); `None` on non-main processes.
+        The [`EvaluationReport`] (rows with `nme`, `ridge_alpha` and its held-out `ridge_validation_nme`); `None`
+        on non-main processes.
     """
     splits = {"train": train, "test": test}
-    keypoints, names = {}, None
-    for role, dataset in splits.items():
+    keypoints, names = {}, keypoint_names
+    for role, dataset in splits.items():  # the test split with the training split's names
         require_columns(dataset, image_column, role="image column")
-        keypoints[role], names = read_keypoints(dataset, keypoints_column, keypoint_names)
-    if keypoints["train"].shape[1] != keypoints["test"].shape[1]:
-        raise UsageError("the training and test splits have different numbers of keypoints.")
+        try:
+            keypoints[role], names = read_keypoints(dataset, keypoints_column, names)
+        except UsageError as error:
+            raise UsageError(f"{role} split: {error}") from error
     eyes = eye_points(names)
-
-    def normaliser(points: np.ndarray) -> np.ndarray:
-        return interocular_distance(points, *eyes) if eyes else bbox_diagonal(points)
-
-    def negative_nme(predicted: np.ndarray, target: np.ndarray) -> float:
-        predicted, target = predicted.reshape(len(predicted), -1, 2), target.reshape(len(target), -1, 2)
-        return -float(np.mean(normalised_mean_error(predicted, target, normaliser(target))))
 
     views = feature_views(extractors, layer_groups)
     store = FeatureStore(extractors, options)
@@ -112,18 +111,27 @@ def evaluate_landmarks(
     if not store.options.is_main_process:
         return None
 
+    # the regressor predicts relative coordinates, so images of any size share it; errors are measured in pixels
+    sizes = {role: store.get(extractors[0], dataset, role, image_column).image_sizes[:, None, :].astype(np.float64)
+             for role, dataset in splits.items()}
+
+    def pixel_nme(relative: np.ndarray, role: str, rows: np.ndarray | slice = slice(None)) -> float:
+        """The mean NME of relative predictions `[n, 2K]` of the keypoints of `role`'s rows `rows`."""
+        target = keypoints[role][rows]
+        predicted = relative.reshape(len(target), -1, 2) * sizes[role][rows]
+        normaliser = interocular_distance(target, *eyes) if eyes else bbox_diagonal(target)
+        return float(np.mean(normalised_mean_error(predicted, target, normaliser)))
+
     rows = []
     for view in store.progress(views, "landmarks"):
         tables = {role: store.get(view.extractor, dataset, role, image_column) for role, dataset in splits.items()}
         train_x, test_x = standardize(view.select(tables["train"].features), view.select(tables["test"].features))
-        # relative coordinates, so images of any size share one regressor; errors are measured in pixels
-        scale = {role: table.image_sizes[:, None, :].astype(np.float64) for role, table in tables.items()}
-        relative = (keypoints["train"] / scale["train"]).reshape(len(train_x), -1)
-        predicted, info = ridge_regression(train_x, relative, test_x, negative_nme, alpha_grid=alpha_grid,
-                                           validation_fraction=validation_fraction, seed=seed)
-        predicted = predicted.reshape(len(test_x), -1, 2) * scale["test"]
-        nme = normalised_mean_error(predicted, keypoints["test"], normaliser(keypoints["test"]))
-        rows.append(view.row(train_x, nme=float(np.mean(nme)), ridge_alpha=info["alpha"]))
+        relative = (keypoints["train"] / sizes["train"]).reshape(len(train_x), -1)
+        predicted, info = ridge_regression(
+            train_x, relative, test_x, lambda predictions, _targets, held: -pixel_nme(predictions, "train", held),
+            alpha_grid=alpha_grid, validation_fraction=validation_fraction, seed=seed)
+        rows.append(view.row(train_x, nme=pixel_nme(predicted, "test"), ridge_alpha=info["alpha"],
+                             ridge_validation_nme=-info["validation_score"]))
 
     normaliser_text = (f"inter-ocular distance (points {names[eyes[0]]!r} and {names[eyes[1]]!r})" if eyes else
                        "diagonal of the ground-truth keypoints' bounding box (no left / right eye points named)")
@@ -134,7 +142,7 @@ def evaluate_landmarks(
         ProtocolItem("ridge regression", f"on z-scored features (training statistics) to x / width, y / height; "
                      f"alpha from {sorted(alpha_grid, reverse=True)}, tried downwards until {DEFAULT_PATIENCE} in a "
                      f"row do not improve, chosen by NME on a {validation_fraction:.0%} held-out part of the training "
-                     f"split (seed {seed}), then refit on all of it", OURS),
+                     f"split (seed {seed}; NME in pixels, as below), then refit on all of it", OURS),
         ProtocolItem("NME normaliser", normaliser_text, PAPER_UNVERIFIED if eyes else OURS),
         ProtocolItem("NME", "mean over images of the mean point-to-point error (stored-image pixels) divided by the "
                      "normaliser, in %", PAPER_UNVERIFIED if eyes else OURS),

@@ -9,6 +9,7 @@ the validation part was taken from it.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,16 +28,21 @@ DEFAULT_ALPHA_GRID = (1e4, 1e3, 1e2, 1e1, 1.0, 1e-1, 1e-2)
 def validation_split(
     num_rows: int, fraction: float, seed: int, stratify: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`(fit_rows, validation_rows)`: a seeded random split holding out `fraction` of the rows, stratified by
-    `stratify` (labels) when every class has two rows or more and the validation part can hold every class."""
+    """`(fit_rows, validation_rows)`: a seeded random split holding out `ceil(fraction * num_rows)` rows, stratified
+    by `stratify` (labels in `0..C-1`) when every class has two rows or more and both parts can hold every class.
+    Raises [`UsageError`] when no row is left to fit on."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < fraction < 1:
         raise UsageError(f"the validation fraction must be in (0, 1), got {fraction}.")
+    fit_count = num_rows - math.ceil(fraction * num_rows)  # as scikit-learn counts
+    if fit_count < 1:
+        raise UsageError(f"holding out {fraction:.0%} of {num_rows} training rows for validation leaves none to fit "
+                         "on: use more training rows or a smaller validation fraction.")
     if stratify is not None:
         counts = np.bincount(stratify)
         counts = counts[counts > 0]
-        if counts.min() < 2 or round(fraction * num_rows) < len(counts):
+        if counts.min() < 2 or round(fraction * num_rows) < len(counts) or fit_count < len(counts):
             stratify = None
     return train_test_split(np.arange(num_rows), test_size=fraction, random_state=seed, stratify=stratify)
 
@@ -47,7 +53,7 @@ def fit_with_validation(
     grid: Sequence[float],
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray] | None,
-    score: Callable[[Any, np.ndarray, np.ndarray], float],
+    score: Callable[[Any, np.ndarray, np.ndarray, np.ndarray | None], float],
     *,
     validation_fraction: float = 0.1,
     stratify: bool = False,
@@ -55,9 +61,10 @@ def fit_with_validation(
     seed: int = 0,
 ):
     """Choose `parameter` of a scikit-learn `estimator` from `grid` (tried in the given order, stopping once
-    `patience` values in a row did not beat the best; `None`: try all) by `score(fitted, x, y)` (higher is better;
-    ties keep the earlier value) on `validation`, or on a seeded `validation_fraction` of `train` (stratified by the
-    labels if `stratify`) after which the chosen model is refit on all of `train`.
+    `patience` values in a row did not beat the best; `None`: try all) by `score(fitted, x, y, rows)` (higher is
+    better; ties keep the earlier value) on `validation` (`rows` is `None`), or on a seeded `validation_fraction` of
+    `train` (stratified by the labels if `stratify`; `rows` are their indices in `train`) after which the chosen
+    model is refit on all of `train`.
 
     Returns `(fitted estimator, chosen value, its validation score)`.
     """
@@ -69,14 +76,14 @@ def fit_with_validation(
         (fit_x, fit_y), validation = (train_x[fit_rows], train_y[fit_rows]), (train_x[val_rows], train_y[val_rows])
         refit = True
     else:
-        fit_x, fit_y, refit = train_x, train_y, False
+        fit_x, fit_y, refit, val_rows = train_x, train_y, False, None
     best: tuple[float, float, Any] | None = None
     without_gain = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for value in grid:
             estimator.set_params(**{parameter: value}).fit(fit_x, fit_y)
-            value_score = float(score(estimator, *validation))
+            value_score = float(score(estimator, *validation, val_rows))
             if best is None or value_score > best[1]:
                 best, without_gain = (value, value_score, copy.deepcopy(estimator)), 0
             else:
@@ -87,6 +94,21 @@ def fit_with_validation(
         if refit:
             chosen.fit(train_x, train_y)
     return chosen, best[0], best[1]
+
+
+def require_probe_classes(train_labels: np.ndarray, validation_fraction: float | None, seed: int = 0) -> None:
+    """Raise [`UsageError`] unless [`linear_probe`] can be fitted on `train_labels` (`[N]` in `0..C-1`): two classes
+    or more among them and, when `validation_fraction` of them is held out to choose `C` (`None`: a separate
+    validation split), two classes or more in the rows the candidates are fitted on (see [`validation_split`])."""
+    if len(np.unique(train_labels)) < 2:
+        raise UsageError(f"the training split's {len(train_labels)} row(s) are all of one class; the linear probe "
+                         "needs two classes or more.")
+    if validation_fraction is not None:
+        fit_rows, _ = validation_split(len(train_labels), validation_fraction, seed, train_labels)
+        if len(np.unique(train_labels[fit_rows])) < 2:
+            raise UsageError(f"after holding out {validation_fraction:.0%} of the training split to choose C, the "
+                             f"{len(fit_rows)} rows left to fit on are all of one class: use more training rows, a "
+                             "smaller validation fraction or a separate validation split.")
 
 
 def linear_probe(
@@ -100,10 +122,11 @@ def linear_probe(
     max_iter: int = 1000,
     seed: int = 0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Multinomial logistic regression (L2, lbfgs) with `C` chosen on a validation split.
+    """Logistic regression (L2, lbfgs; multinomial, or binary for two classes) with `C` chosen on a validation split.
 
     Args:
-        train_features, train_labels: `[N, D]` (already standardised) and `[N]` in `0..C-1`.
+        train_features, train_labels: `[N, D]` (already standardised) and `[N]` in `0..C-1`, two classes or more
+            (see [`require_probe_classes`]).
         test_features: `[M, D]`.
         c_grid: candidate inverse regularisation strengths, tried in increasing order with warm starts.
         validation: `(features, labels)` of a separate validation split: `C` is chosen there and the probe is the
@@ -118,8 +141,8 @@ def linear_probe(
 
     probe, c, accuracy = fit_with_validation(
         LogisticRegression(max_iter=max_iter, warm_start=True), "C", sorted(c_grid), (train_features, train_labels),
-        validation, lambda fitted, x, y: np.mean(fitted.predict(x) == y), validation_fraction=validation_fraction,
-        stratify=True, seed=seed,
+        validation, lambda fitted, x, y, _rows: np.mean(fitted.predict(x) == y),
+        validation_fraction=validation_fraction, stratify=True, seed=seed,
     )
     converged = bool(np.all(probe.n_iter_ < max_iter))
     return probe.predict(test_features), {"C": c, "validation_accuracy": accuracy, "converged": converged}
@@ -129,14 +152,15 @@ def ridge_regression(
     train_features: np.ndarray,
     train_targets: np.ndarray,
     test_features: np.ndarray,
-    score: Callable[[np.ndarray, np.ndarray], float],
+    score: Callable[[np.ndarray, np.ndarray, np.ndarray], float],
     *,
     alpha_grid: Sequence[float] = DEFAULT_ALPHA_GRID,
     validation_fraction: float = 0.1,
     seed: int = 0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Ridge regression `[N, D] -> [N, T]` with `alpha` chosen on a seeded `validation_fraction` of the training
-    rows by `score(predictions, targets)` (higher is better), then refit on all of them.
+    rows by `score(predictions, targets, rows)` (higher is better; `rows`: their indices in the training data), then
+    refit on all of them.
 
     Returns `(test predictions [M, T], {"alpha", "validation_score"})`.
     """
@@ -144,7 +168,8 @@ def ridge_regression(
 
     model, alpha, value = fit_with_validation(
         Ridge(), "alpha", sorted(alpha_grid, reverse=True), (train_features, train_targets), None,
-        lambda fitted, x, y: score(fitted.predict(x), y), validation_fraction=validation_fraction, seed=seed,
+        lambda fitted, x, y, rows: score(fitted.predict(x), y, rows), validation_fraction=validation_fraction,
+        seed=seed,
     )
     return model.predict(test_features), {"alpha": alpha, "validation_score": value}
 
@@ -176,6 +201,7 @@ __all__ = [
     "fit_with_validation",
     "knn_predict",
     "linear_probe",
+    "require_probe_classes",
     "ridge_regression",
     "validation_split",
 ]

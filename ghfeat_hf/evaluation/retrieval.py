@@ -1,8 +1,9 @@
 """Image retrieval with frozen features: mAP and recall@k under cosine similarity.
 
 Queries and gallery come from one labelled split (per class, a seeded `query_fraction` of the images become
-queries, the others the gallery) or from two splits. A gallery image is relevant to a query when their labels are
-equal. Features are z-scored with the gallery's statistics before the cosine similarity.
+queries, the others the gallery) or from two splits, which must not be the same data (every query would find
+itself; see [`same_split`]). A gallery image is relevant to a query when their labels are equal. Features are
+z-scored with the gallery's statistics before the cosine similarity.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import numpy as np
 import torch
 
 from ..extraction import UsageError
-from .data import column_values, describe_data, encode_labels, require_columns
+from .data import describe_data, encode_labels, require_columns
 from .extractors import FeatureExtractor
-from .features import ExtractionOptions, FeatureStore, feature_views, standardize
+from .features import ExtractionOptions, FeatureStore, dataset_fingerprint, feature_views, standardize
 from .metrics import retrieval_metrics
 from .report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 
@@ -42,6 +43,15 @@ def query_gallery_split(
     return query_rows, np.setdiff1d(np.arange(len(labels)), query_rows)
 
 
+def same_split(queries, gallery) -> bool:
+    """Whether two `datasets.Dataset`s are the same data: equal fingerprints, or the same named split of the same
+    named dataset and configuration (such as a subset of a split and the whole split)."""
+    if dataset_fingerprint(queries) == dataset_fingerprint(gallery):
+        return True
+    names = [(data.info.dataset_name, data.info.config_name, data.split) for data in (queries, gallery)]
+    return names[0] == names[1] and None not in (names[0][0], names[0][2])
+
+
 def evaluate_retrieval(
     extractors: Sequence[FeatureExtractor],
     dataset,
@@ -62,28 +72,30 @@ def evaluate_retrieval(
         extractors: the evaluated model first, then the baselines.
         dataset: a labelled `datasets.Dataset`; split into queries and gallery by label (see
             [`query_gallery_split`]) unless `gallery` is given, in which case every row of `dataset` is a query.
-        gallery: an optional gallery split with the same columns.
+        gallery: an optional gallery split with the same columns; other data than `dataset` (see [`same_split`]).
         ks: the k of recall@k.
 
     Returns:
         The [`EvaluationReport`] (rows with `map`, `recall@k`, `num_queries`); `None` on non-main processes.
     """
+    if gallery is not None and same_split(dataset, gallery):
+        raise UsageError("the gallery is the query split itself, so every query would retrieve its own image; pass "
+                         "another split as the gallery, or none to split the queries' split by label.")
     splits = {"queries": dataset, **({"gallery": gallery} if gallery is not None else {})}
     for split in splits.values():
         require_columns(split, image_column, label_column, role="column")
+    labels, _ = encode_labels(splits, label_column)
+    if gallery is None:
+        query_rows, gallery_rows = query_gallery_split(labels["queries"], query_fraction, seed)
+        gallery_labels, query_labels = labels["queries"][gallery_rows], labels["queries"][query_rows]
+    else:
+        query_rows, gallery_rows, query_labels, gallery_labels = None, None, labels["queries"], labels["gallery"]
     views = feature_views(extractors, layer_groups)
     store = FeatureStore(extractors, options)
     store.extract_all(splits, [image_column])
     if not store.options.is_main_process:
         return None
 
-    (query_labels, *gallery_labels), _ = encode_labels(*(column_values(split, label_column)
-                                                         for split in splits.values()))
-    if gallery is None:
-        query_rows, gallery_rows = query_gallery_split(query_labels, query_fraction, seed)
-        gallery_labels, query_labels = query_labels[gallery_rows], query_labels[query_rows]
-    else:
-        query_rows, gallery_rows, gallery_labels = None, None, gallery_labels[0]
     rows = []
     for view in store.progress(views, "retrieval"):
         features = view.select(store.get(view.extractor, dataset, "queries", image_column).features)
@@ -116,4 +128,4 @@ def evaluate_retrieval(
     return store.report("retrieval", data=data, protocol=protocol, columns=columns, rows=rows)
 
 
-__all__ = ["evaluate_retrieval", "query_gallery_split"]
+__all__ = ["evaluate_retrieval", "query_gallery_split", "same_split"]

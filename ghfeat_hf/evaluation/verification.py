@@ -32,6 +32,17 @@ def assign_folds(same: np.ndarray, num_folds: int = 10) -> np.ndarray:
     return folds
 
 
+def same_values(pairs, column: str) -> np.ndarray:
+    """`[P]` bool: the pairs' `column`, which must hold only booleans or 0 / 1; anything else (strings such as
+    "False", -1, nulls) raises [`UsageError`] naming the values found."""
+    values = column_values(pairs, column)
+    found = set(values.tolist())
+    if not found <= {0, 1}:  # True == 1 and False == 0
+        shown = ", ".join(sorted(map(repr, found))[:10])
+        raise UsageError(f"column {column!r} must hold booleans or 0 / 1 (same or different pair); found {shown}.")
+    return values.astype(bool)
+
+
 def fold_scores(features_a: np.ndarray, features_b: np.ndarray, folds: np.ndarray, num_folds: int) -> np.ndarray:
     """`[K, P]` cosine similarities of the pairs; row `k` uses features z-scored with the images of the pairs
     outside fold `k`."""
@@ -61,7 +72,8 @@ def evaluate_verification(
 
     Args:
         extractors: the evaluated model first, then the baselines.
-        pairs: a `datasets.Dataset` with two image columns and a `same_column` of booleans (or 0/1).
+        pairs: a `datasets.Dataset` with two image columns and a `same_column` of booleans (or 0/1, see
+            [`same_values`]).
         fold_column: a column of fold ids (any `num_folds` distinct values); by default folds come from
             [`assign_folds`].
         layer_groups: by default all layers and each head's layers (coarse, middle, fine).
@@ -72,7 +84,7 @@ def evaluate_verification(
     if len(set(image_columns)) != 2:
         raise UsageError(f"verification needs two different image columns, got {list(image_columns)}.")
     require_columns(pairs, *image_columns, same_column, *([fold_column] if fold_column else []), role="column")
-    same = column_values(pairs, same_column).astype(bool)
+    same = same_values(pairs, same_column)
     if same.all() or not same.any():
         raise UsageError(f"column {same_column!r} must hold both same and different pairs.")
     if fold_column:
@@ -116,4 +128,4 @@ def evaluate_verification(
     return store.report("verification", data=data, protocol=protocol, columns=columns, rows=rows)
 
 
-__all__ = ["DEFAULT_LAYER_GROUPS", "assign_folds", "evaluate_verification", "fold_scores"]
+__all__ = ["DEFAULT_LAYER_GROUPS", "assign_folds", "evaluate_verification", "fold_scores", "same_values"]
