@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from conversion.tf_pickle import TFNetwork, UnsafePickleError, describe, load_tf_pickle  # noqa: E402
+from conversion.tf_pickle import TFNetwork, describe, load_tf_pickle  # noqa: E402
 from conversion.weight_mapping import (  # noqa: E402
     ConversionError,
     build_state_dict,
@@ -43,6 +43,7 @@ from ghfeat_hf import (  # noqa: E402
 )
 from ghfeat_hf.configuration_ghfeat import RESNET_UNITS  # noqa: E402
 from ghfeat_hf.hub import push_to_hub, save_ghfeat_directory, save_stylegan_directory  # noqa: E402
+from ghfeat_hf.model_card import render_model_card  # noqa: E402
 
 logger = logging.getLogger("ghfeat.convert")
 # TF variables the PyTorch models deliberately do not hold: the lod counter and the unused
@@ -227,6 +228,8 @@ def convert(pickle_path: str | Path, output: str | Path, repo_id: str | None = N
         ("discriminator", convert_discriminator(discriminator), discriminator),
     ):
         save_stylegan_directory(model, written[kind], provenance=_provenance(pickle_path, digest, network, domain))
+        # the card's usage snippet loads the sub-folder of the repo that `output` becomes
+        render_model_card(written[kind], repo_id=repo_id or f"<org>/{output.name}", subfolder=written[kind].name)
     return written
 
 
@@ -239,15 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the result to this Hub repo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    try:  # ConversionError and the pickle errors are ValueErrors; OSError: unreadable pickle, unwritable output
         written = convert(args.pickle, args.output, args.push_to_hub or args.repo_id, args.domain)
-    except (ConversionError, UnsafePickleError, ValueError) as error:
+        for kind, directory in written.items():
+            logger.info("wrote %s -> %s", kind, directory)
+        if args.push_to_hub:
+            logger.info("uploaded -> %s", push_to_hub(args.output, args.push_to_hub))
+    except (OSError, ValueError) as error:
         logger.error("error: %s", error)
         return 1
-    for kind, directory in written.items():
-        logger.info("wrote %s -> %s", kind, directory)
-    if args.push_to_hub:
-        logger.info("uploaded -> %s", push_to_hub(args.output, args.push_to_hub))
     return 0
 
 

@@ -19,7 +19,9 @@ Safety model (TensorFlow is never imported, and nothing from the file is execute
 * The result is checked (tuple of 3 or 4 networks, exact state keys, version 3, numeric arrays, no component cycles)
   and converted to plain :class:`TFNetwork` dataclasses.
 
-This guards against code execution, not against resource exhaustion from a hostile file.
+Files that are not such pickles (empty, ``torch.save`` zip archives, truncated or corrupt data) raise
+:class:`TFPickleError` naming the file. This guards against code execution, not against resource exhaustion from a
+hostile file.
 """
 
 from __future__ import annotations
@@ -37,13 +39,18 @@ try:
 except ImportError:  # pragma: no cover - older numpy 1.x
     from numpy.core import multiarray as _multiarray
 
-__all__ = ["UnsafePickleError", "TFNetwork", "load_tf_pickle", "describe"]
+__all__ = ["TFPickleError", "UnsafePickleError", "TFNetwork", "load_tf_pickle", "describe"]
 
 _STATE_KEYS = ("version", "name", "static_kwargs", "components", "build_module_src", "build_func_name", "variables")
 _SUPPORTED_VERSION = 3
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save files (and other zip archives) start with it
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class TFPickleError(ValueError):
+    """The file is not a readable official GH-Feat / StyleGAN v1 network pickle; the message names the file."""
+
+
+class UnsafePickleError(TFPickleError, pickle.UnpicklingError):
     """The pickle references something other than TF networks and numpy arrays."""
 
 
@@ -112,39 +119,39 @@ class TFNetwork:
 def _convert(obj: Any, where: str, active: frozenset[int]) -> TFNetwork:
     """Validate one unpickled network (recursively) and turn it into a :class:`TFNetwork`."""
     if type(obj) is not _NetworkStub:
-        raise ValueError(f"{where}: expected a dnnlib.tflib.network.Network, got {type(obj).__name__}")
+        raise TFPickleError(f"{where}: expected a dnnlib.tflib.network.Network, got {type(obj).__name__}")
     if id(obj) in active:
-        raise ValueError(f"{where}: network components form a cycle")
+        raise TFPickleError(f"{where}: network components form a cycle")
     state = getattr(obj, "state", None)
     if type(state) is not dict:
-        raise ValueError(f"{where}: Network state must be a dict, got {type(state).__name__}")
+        raise TFPickleError(f"{where}: Network state must be a dict, got {type(state).__name__}")
     if set(state) != set(_STATE_KEYS):
         missing, extra = set(_STATE_KEYS) - set(state), set(state) - set(_STATE_KEYS)
-        raise ValueError(f"{where}: unexpected Network state keys (missing {sorted(missing)}, extra {sorted(extra)})")
+        raise TFPickleError(f"{where}: unexpected Network state keys (missing {sorted(missing)}, extra {sorted(extra)})")
     version = state["version"]
     if type(version) is not int or version != _SUPPORTED_VERSION:
         stylegan2 = type(version) is int and version == 4
         hint = "; version 4 is a StyleGAN2 pickle, which is not supported" if stylegan2 else ""
-        raise ValueError(f"{where}: unsupported Network version {version!r}: only version 3 "
-                         f"(StyleGAN v1 / GH-Feat) is supported{hint}")
+        raise TFPickleError(f"{where}: unsupported Network version {version!r}: only version 3 "
+                            f"(StyleGAN v1 / GH-Feat) is supported{hint}")
     for key in ("name", "build_func_name", "build_module_src"):
         if type(state[key]) is not str:
-            raise ValueError(f"{where}: '{key}' must be a str, got {type(state[key]).__name__}")
+            raise TFPickleError(f"{where}: '{key}' must be a str, got {type(state[key]).__name__}")
     where = f"{where} ({state['name']})"
     for key in ("static_kwargs", "components"):
         if type(state[key]) is not dict or not all(type(k) is str for k in state[key]):
-            raise ValueError(f"{where}: '{key}' must be a dict with str keys")
+            raise TFPickleError(f"{where}: '{key}' must be a dict with str keys")
     if type(state["variables"]) not in (list, tuple):
-        raise ValueError(f"{where}: 'variables' must be a list of (name, value) pairs")
+        raise TFPickleError(f"{where}: 'variables' must be a list of (name, value) pairs")
     variables: dict[str, np.ndarray] = {}
     for item in state["variables"]:
         if type(item) not in (list, tuple) or len(item) != 2 or type(item[0]) is not str:
-            raise ValueError(f"{where}: 'variables' must be a list of (name, value) pairs")
+            raise TFPickleError(f"{where}: 'variables' must be a list of (name, value) pairs")
         name, value = item
         if name in variables:
-            raise ValueError(f"{where}: duplicate variable {name!r}")
+            raise TFPickleError(f"{where}: duplicate variable {name!r}")
         if not isinstance(value, (np.ndarray, np.generic)) or value.dtype.kind not in "biufc":
-            raise ValueError(f"{where}: variable {name!r} is not a numeric numpy array or scalar")
+            raise TFPickleError(f"{where}: variable {name!r} is not a numeric numpy array or scalar")
         variables[name] = np.asarray(value)
     active = active | {id(obj)}
     components = {k: _convert(c, f"{where}.components[{k!r}]", active) for k, c in state["components"].items()}
@@ -153,17 +160,32 @@ def _convert(obj: Any, where: str, active: frozenset[int]) -> TFNetwork:
 
 
 def load_tf_pickle(path: str | os.PathLike[str]) -> tuple[TFNetwork, ...]:
-    """Read an official ``(E, G, D, Gs)`` or ``(G, D, Gs)`` pickle without TensorFlow and without executing code."""
+    """Read an official ``(E, G, D, Gs)`` or ``(G, D, Gs)`` pickle without TensorFlow and without executing code.
+
+    Raises :class:`UnsafePickleError` for a disallowed global, :class:`TFPickleError` for any other file that is not
+    such a pickle (empty, zip/``torch.save``, truncated, corrupt, wrong content) and ``OSError`` if it cannot be opened.
+    """
     source = os.fspath(path)
     if copyreg._extension_cache:  # warm cache entries bypass find_class in the C unpickler
         raise UnsafePickleError(f"{source}: refusing to unpickle while copyreg's extension cache is populated")
-    with open(source, "rb") as f:  # the unpickler streams from the file object
-        data = _RestrictedUnpickler(f, source).load()
+    with open(source, "rb") as f:  # the unpickler streams from the file object; OSError (no such file) propagates
+        magic = f.read(len(_ZIP_MAGIC))
+        if not magic:
+            raise TFPickleError(f"{source}: the file is empty, not a TF network pickle")
+        if magic == _ZIP_MAGIC:
+            raise TFPickleError(f"{source}: a PyTorch/zip checkpoint, not a TF network pickle")
+        f.seek(0)
+        try:
+            data = _RestrictedUnpickler(f, source).load()
+        except UnsafePickleError:
+            raise
+        except Exception as error:  # truncated or corrupt data, text, another format: only decoding ran
+            raise TFPickleError(f"{source}: not a readable TF network pickle ({type(error).__name__}: {error})") from error
     if type(data) is not tuple or len(data) not in (3, 4):
         got = (f"a tuple of {len(data)}" if type(data) is tuple
                else "a single dnnlib.tflib.network.Network" if type(data) is _NetworkStub
                else type(data).__name__)
-        raise ValueError(f"{source}: expected a tuple (E, G, D, Gs) or (G, D, Gs) of networks, got {got}")
+        raise TFPickleError(f"{source}: expected a tuple (E, G, D, Gs) or (G, D, Gs) of networks, got {got}")
     return tuple(_convert(net, f"{source}: item {i}", frozenset()) for i, net in enumerate(data))
 
 

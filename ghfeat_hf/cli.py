@@ -12,12 +12,31 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from . import __version__
 
 
 def _default_num_workers() -> int:
     return min(4, os.cpu_count() or 1)
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= `minimum` (argparse reports anything else as a usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,12 +67,13 @@ def _add_extract_parser(subparsers) -> None:
     group.add_argument("--image-column", default="image", help="column holding the images (default: image)")
     group.add_argument("--id-column", help="column used as the row id (default: the row position)")
     group.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per model batch (default: 32)")
-    parser.add_argument("--num-workers", type=int, default=_default_num_workers(),
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per model batch (default: 32)")
+    parser.add_argument("--num-workers", type=_int_at_least(0), default=_default_num_workers(),
                         help="decoding workers (default: %(default)s)")
     parser.add_argument("--layers", help="keep a subset of generator layers: e.g. 0-3,8 or coarse|middle|fine")
     parser.add_argument("--keep-codes", action="store_true", help="also store one style_code_XX column per layer")
-    parser.add_argument("--keep-tiled", action="store_true", help="also store the official tiled [L, 1024] array")
+    parser.add_argument("--keep-tiled", action="store_true",
+                        help="also store the official tiled array, [L_kept, max(style_dims)] per image")
     parser.add_argument("--reconstructions", metavar="DIR", help="also save every reconstruction as a PNG in DIR")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
     parser.add_argument("--overwrite", action="store_true",
@@ -72,9 +92,9 @@ def _add_reconstruct_parser(subparsers) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders, glob patterns or lists")
     parser.add_argument("-o", "--output", default="reconstructions.png", help="grid image (default: %(default)s)")
     _add_model_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=16, help="images per model batch (default: 16)")
-    parser.add_argument("--cell-size", type=int, help="grid cell size in pixels (default: the model resolution "
-                                                      "enlarged to at least 128)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per model batch (default: 16)")
+    parser.add_argument("--cell-size", type=_positive_int,
+                        help="grid cell size in pixels (default: the model resolution enlarged to at least 128)")
     parser.set_defaults(handler=_run_reconstruct)
 
 
@@ -151,8 +171,6 @@ def _run_extract(args: argparse.Namespace) -> int:
             raise UsageError("pass either INPUT paths or --dataset, not both.")
         if args.resume and args.overwrite:
             raise UsageError("--resume and --overwrite exclude each other.")
-        if args.batch_size < 1 or args.num_workers < 0:
-            raise UsageError("--batch-size must be positive and --num-workers non-negative.")
         fmt = output_format(args.output)
         if fmt == "npy" and (args.keep_codes or args.keep_tiled):
             raise UsageError("a .npy output holds only the compact matrix; use .parquet, .arrow or .safetensors "
@@ -196,8 +214,6 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         if suffix not in image_extensions():
             raise UsageError(f"unknown image extension {suffix or '(none)'!r} for --output {args.output!r}; "
                              "use .png (or .jpg, .webp, ...).")
-        if args.batch_size < 1:
-            raise UsageError("--batch-size must be positive.")
         source = file_sources(args.inputs)
         model, processor = load_model(args.model, device=args.device)
     except UsageError as error:
@@ -214,7 +230,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         return _error("reconstruct", "none of the inputs could be read as an image.")
     result = reconstruct_images(model, processor, images, batch_size=args.batch_size, dtype=args.dtype)
     print(format_metrics_table(names, result.metrics))
-    grid_kwargs = {"cell_size": args.cell_size} if args.cell_size else {}
+    grid_kwargs = {"cell_size": args.cell_size} if args.cell_size is not None else {}
     grid = reconstruction_grid(result, names, **grid_kwargs)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     grid.save(args.output)

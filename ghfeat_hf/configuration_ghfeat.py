@@ -95,10 +95,18 @@ class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
         if self.head_layer_groups is None:
             self.head_layer_groups = default_head_layer_groups(self.num_layers)
         self.head_layer_groups = list(self.head_layer_groups)
+        self.check_head_layer_groups()
+
+    def check_head_layer_groups(self) -> None:
+        """Raise a ValueError unless ``head_layer_groups`` splits the generator's layers in three.
+
+        The groups are fixed when the config is built: after assigning another ``generator_config``, set them
+        again (e.g. to ``default_head_layer_groups(config.num_layers)``).
+        """
         if len(self.head_layer_groups) != 3 or sum(self.head_layer_groups) != self.num_layers:
             raise ValueError(
-                f"head_layer_groups must be three layer counts summing to {self.num_layers}, "
-                f"got {self.head_layer_groups}."
+                f"head_layer_groups must be three layer counts summing to {self.num_layers} (the generator's "
+                f"layers), got {self.head_layer_groups}; set them again after changing generator_config."
             )
 
     @property
@@ -144,6 +152,7 @@ class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
     @property
     def head_layers(self) -> list[list[int]]:
         """Generator layer indices produced by the coarse, middle and fine heads."""
+        self.check_head_layer_groups()
         bounds = [0]
         for count in self.head_layer_groups:
             bounds.append(bounds[-1] + count)

@@ -141,9 +141,13 @@ def load_training_images(
 # Decoding, collation, DataLoader
 
 
-def decode_image(value: Any) -> PIL.Image.Image:
-    """Decode one stored image: a PIL image, ``{"bytes", "path"}`` (``datasets.Image(decode=False)``), raw bytes,
-    a file path or an array. The pixels are fully read (``load()``), so a corrupt file raises here."""
+def decode_image(value: Any) -> PIL.Image.Image | np.ndarray | torch.Tensor:
+    """Decode one stored image: a PIL image, ``{"bytes", "path"}`` (``datasets.Image(decode=False)``), raw bytes
+    or a file path. The pixels are fully read (``load()``), so a corrupt file raises here. Arrays and tensors
+    (any layout and dtype :class:`GHFeatImageProcessor` reads, e.g. float ``[0, 1]`` HWC or uint8 CHW) are
+    returned as they are, for the processor to decode."""
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value
     if isinstance(value, PIL.Image.Image):
         image = value
     elif isinstance(value, dict):
@@ -157,8 +161,6 @@ def decode_image(value: Any) -> PIL.Image.Image:
         image = PIL.Image.open(io.BytesIO(value))
     elif isinstance(value, (str, os.PathLike)):
         image = PIL.Image.open(value)
-    elif isinstance(value, np.ndarray):
-        image = PIL.Image.fromarray(value)
     else:
         raise ValueError(f"Cannot decode an image from {type(value).__name__}.")
     image.load()
@@ -222,8 +224,8 @@ class ImageCollator:
     """``collate_fn`` turning rows into ``{"pixel_values", "num_skipped", "indices", <extra columns>}``.
 
     * ``pixel_values``: ``[N, num_channels, resolution, resolution]`` float32 in ``[-1, 1]``, produced by
-      :class:`GHFeatImageProcessor` (any mode/size; grayscale replicated to RGB). ``num_channels=1`` keeps
-      the luminance (ITU-R 601 weights, like PIL's ``L``).
+      :class:`GHFeatImageProcessor` (images of any mode/size, arrays and tensors; grayscale replicated to RGB).
+      ``num_channels=1`` keeps the luminance (ITU-R 601 weights, like PIL's ``L``).
     * unreadable samples (decode or processor errors) are dropped and counted in ``num_skipped``; with
       ``fill_skipped`` (default) they are replaced by readable samples of the same batch (or of the previous
       batch of this worker when the whole batch failed), so ``N`` stays the batch size. Only when nothing
@@ -267,7 +269,7 @@ class ImageCollator:
         size = self.processor.size
         return size["height"], size["width"]
 
-    def _process(self, images: list[PIL.Image.Image]) -> list[torch.Tensor | None]:
+    def _process(self, images: list[PIL.Image.Image | np.ndarray | torch.Tensor]) -> list[torch.Tensor | None]:
         try:
             return list(self.processor(images, return_tensors="pt")["pixel_values"])
         except Exception:  # find the culprit(s): one by one

@@ -11,6 +11,7 @@ Writes into the output directory:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import PIL.Image
 import torch
 
 from .editing import interpolate_style_codes, layer_groups, mix_style_codes
-from .extraction import extract_features, load_model
+from .extraction import UsageError, extract_features, load_model
 from .reconstruction import format_metrics_table, reconstruct_images, reconstruction_grid
 from .visualization import enlarged_cell_size, make_grid
 
@@ -38,12 +39,20 @@ class DemoResult:
     table: str
 
 
-def demo_image_paths(directory: str | Path = DEMO_IMAGES) -> list[Path]:
-    """The bundled demo images (sorted)."""
+def demo_image_paths(directory: str | Path = DEMO_IMAGES, minimum: int = 1) -> list[Path]:
+    """The PNG images in `directory` (default: the bundled ones), sorted; a [`UsageError`] when there are fewer
+    than `minimum`."""
     paths = sorted(Path(directory).glob("*.png"))
-    if not paths:
-        raise FileNotFoundError(f"No demo images in {directory}.")
+    if len(paths) < minimum:
+        raise UsageError(f"the demo needs at least {minimum} PNG images in {os.fspath(directory)!r}, found "
+                         f"{len(paths)}.")
     return paths
+
+
+def _read_image(path: Path) -> PIL.Image.Image:
+    """A fully loaded copy of an image file (the file is closed)."""
+    with PIL.Image.open(path) as image:
+        return image.copy()
 
 
 def _to_pil(images: torch.Tensor, processor) -> list[PIL.Image.Image]:
@@ -57,13 +66,14 @@ def run_demo(
     device: str | None = None,
     interpolation_steps: int = 8,
 ) -> DemoResult:
-    """Run the demo with ``model`` (default: the embedded model) on the PNGs in ``images``."""
+    """Run the demo with ``model`` (default: the embedded model) on the PNGs in ``images`` (at least two: the
+    interpolation goes from the first to the second)."""
+    paths = demo_image_paths(images, minimum=2)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ghfeat, processor = load_model(model, device=device)
-    paths = demo_image_paths(images)
     names = [path.stem for path in paths]
-    pil_images = [PIL.Image.open(path) for path in paths]
+    pil_images = [_read_image(path) for path in paths]
     device = next(ghfeat.parameters()).device
 
     result = reconstruct_images(ghfeat, processor, pil_images, device=device)

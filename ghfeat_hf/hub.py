@@ -143,13 +143,20 @@ def push_to_hub(
 ) -> str:
     """Upload a saved GH-Feat or StyleGAN directory (and its sub-directories) to ``repo_id``; returns the commit URL.
 
-    The model cards are rendered again first with ``repo_id`` in their usage snippets and any new ``metrics``.
+    ``directory`` holds a model (``config.json``), model sub-directories (``*/config.json``, e.g. the StyleGAN
+    generator and discriminator converted from a ``(G, D, Gs)`` pickle), or both. The model cards are rendered again
+    first with ``repo_id`` (and the sub-folder) in their usage snippets; new ``metrics`` go to the top-level card.
     """
     directory = Path(directory)
-    if not (directory / "config.json").exists():
-        raise FileNotFoundError(f"{directory} is not a saved model directory (no config.json).")
-    render_model_card(directory, repo_id=repo_id, metrics=metrics)
-    for sub in sorted(path.parent for path in directory.glob("*/config.json")):
+    subdirectories = sorted(path.parent for path in directory.glob("*/config.json"))
+    has_model = (directory / "config.json").exists()
+    if not has_model and not subdirectories:
+        raise FileNotFoundError(f"{directory} is not a saved model directory (no config.json, nor */config.json).")
+    if has_model:
+        render_model_card(directory, repo_id=repo_id, metrics=metrics)
+    elif metrics:
+        raise ValueError(f"{directory} has no top-level model (config.json) whose card the metrics would go to.")
+    for sub in subdirectories:
         render_model_card(sub, repo_id=repo_id, subfolder=sub.name)
     api = api or HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

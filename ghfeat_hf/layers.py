@@ -160,14 +160,22 @@ def blur(x: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Normalise each sample to unit mean square over dim 1: ``x * rsqrt(mean(x**2) + eps)``."""
-    return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + eps)
+    """Normalise each sample to unit mean square over dim 1: ``x * rsqrt(mean(x**2) + eps)``.
+
+    Computed in float32 (in fp16 ``eps`` underflows to 0 and ``x**2`` overflows), returned in ``x``'s dtype.
+    """
+    y = x.float()
+    return (y * torch.rsqrt(y.square().mean(dim=1, keepdim=True) + eps)).to(x.dtype)
 
 
 def instance_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """StyleGAN v1 instance norm of an NCHW tensor (no affine)."""
-    x = x - x.mean(dim=(2, 3), keepdim=True)
-    return x * torch.rsqrt(x.square().mean(dim=(2, 3), keepdim=True) + eps)
+    """StyleGAN v1 instance norm of an NCHW tensor (no affine): zero mean, unit mean square per channel.
+
+    Computed in float32 like :func:`pixel_norm` (a constant fp16 channel would give NaN), returned in ``x``'s dtype.
+    """
+    y = x.float()
+    y = y - y.mean(dim=(2, 3), keepdim=True)
+    return (y * torch.rsqrt(y.square().mean(dim=(2, 3), keepdim=True) + eps)).to(x.dtype)
 
 
 def adain(x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

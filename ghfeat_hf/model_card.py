@@ -5,19 +5,19 @@ A card is rendered from the directory itself: ``config.json`` gives the architec
 for the metadata, and ``load_args``, the arguments of the usage snippet) the history, ``metrics.json``
 (parity or evaluation numbers, when measured) the table of measured numbers, and ``evaluation.json`` (the
 ``ghfeat evaluate`` reports, one per task) the evaluation results section. Templates live in the repository's
-``model_cards/`` folder.
+``model_cards/`` folder, which wheels install as ``ghfeat_hf/model_cards`` (see :func:`template_directory`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
 PROVENANCE_FILE = "provenance.json"
 METRICS_FILE = "metrics.json"
 EVALUATION_FILE = "evaluation.json"
@@ -27,6 +27,13 @@ DEFAULT_LICENSE_NOTICE = (
     "StyleGAN v1 networks are released by NVIDIA under CC BY-NC 4.0, and GH-Feat encoders are trained against such "
     "generators. The `ghfeat-hf` code is MIT licensed."
 )
+
+
+def template_directory() -> Path:
+    """The folder of the card templates: ``ghfeat_hf/model_cards`` in an installed wheel (pyproject.toml maps the
+    repository's ``model_cards/`` there), the repository's ``model_cards/`` in a source checkout or editable install."""
+    packaged = resources.files(__package__) / "model_cards"
+    return Path(str(packaged)) if packaged.is_dir() else Path(__file__).resolve().parents[1] / "model_cards"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -119,9 +126,10 @@ def render_model_card(
         tags=list(CARD_TAGS),
         datasets=provenance.pop("datasets"),
     )
-    template = TEMPLATES / fields.pop("template")
+    template = template_directory() / fields.pop("template")
     if not template.exists():
-        raise FileNotFoundError(f"Model card template {template} not found (templates live in model_cards/).")
+        raise FileNotFoundError(f"Model card template {template} not found: install ghfeat-hf from a wheel or a "
+                                "checkout that has model_cards/.")
     card = ModelCard.from_template(
         card_data,
         template_path=str(template),
@@ -153,4 +161,4 @@ def add_evaluation_report(directory: str | Path, report: Any) -> Path:
     return render_model_card(directory, evaluation=[report])
 
 
-__all__ = ["CARD_TAGS", "add_evaluation_report", "render_model_card", "write_provenance"]
+__all__ = ["CARD_TAGS", "add_evaluation_report", "render_model_card", "template_directory", "write_provenance"]

@@ -195,7 +195,8 @@ class GHFeatEncoder(nn.Module):
         aligned = self.alignment(pyramid)
         codes: StyleCodes = ()
         for head, level in zip(self.heads, reversed(aligned)):
-            codes += head(level)
+            # gathered where the aligned levels are: a device map may place the three heads on different devices
+            codes += tuple(code.to(level.device) for code in head(level))
         return codes
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[StyleCodes, tuple[torch.Tensor, ...]]:
@@ -235,6 +236,11 @@ class GHFeatPreTrainedModel(PreTrainedModel):
     base_model_prefix = "ghfeat"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # Blocks that combine the outputs of their sub-modules (residual, FPN and SAM sums; the code split of a head;
+    # noise and bias added to a convolution) must stay on one device when device_map="auto" places the model.
+    _no_split_modules = [
+        "BasicUnit", "BottleneckUnit", "FeaturePyramid", "SpatialAlignment", "StyleHead", "SynthesisLayer"
+    ]
 
     def _init_weights(self, module: nn.Module) -> None:
         if not init_stylegan_module(module):

@@ -270,6 +270,10 @@ def init_stylegan_module(module: nn.Module) -> bool:
 class StyleGANPreTrainedModel(PreTrainedModel):
     """Official StyleGAN initialisation for the generator and discriminator models."""
 
+    # Kept on one device by device_map="auto": the mapping's truncation reads w_avg next to its layers' output, a
+    # synthesis layer adds its noise and bias to its convolution's output, a discriminator block chains two convs.
+    _no_split_modules = ["DiscriminatorBlock", "StyleGANMapping", "SynthesisLayer"]
+
     def _init_weights(self, module: nn.Module) -> None:
         if not init_stylegan_module(module):
             super()._init_weights(module)

@@ -236,7 +236,9 @@ class GHFeatTimm(nn.Module):
         ghfeat_config: the architecture, a [`GHFeatConfig`] or a dict of its fields (``None``: the official one).
         num_classes: classifier outputs; 0 (default) returns the pooled codes.
         global_pool: ``'compact'`` (default), ``'avg'`` or ``''`` (see ``forward_head``).
-        in_chans, img_size: override the config's ``num_channels`` / ``image_size`` (timm passes them).
+        in_chans, img_size: override the config's ``num_channels`` / ``image_size`` (timm passes them). Pretrained
+            weights adapt to ``in_chans`` (timm adapts the stem) but not to ``img_size``: the dense style heads fix
+            the input size, so with ``pretrained=True`` it must be the weights' own.
         drop_rate: dropout before the classifier.
 
     ``timm.models.save_for_hf`` records the factory kwargs as ``model_args``: pass ``ghfeat_config`` to
@@ -439,7 +441,14 @@ def _drop_foreign_keys(module: GHFeatTimm, state_dict, prefix, local_metadata, s
 
 def _create_ghfeat(variant: str, pretrained: bool = False, **kwargs) -> GHFeatTimm:
     config = resolve_ghfeat_config(kwargs.pop("ghfeat_config", None), PRESETS[variant])
-    # the source checkpoint's input size follows its architecture (``in_chans`` / ``img_size`` adapt the model)
+    img_size = kwargs.get("img_size")
+    if pretrained and img_size is not None and _image_size(img_size) != config.image_size:
+        raise ValueError(
+            f"img_size={img_size} does not fit the pretrained {variant} weights: the dense style heads fix the input "
+            f"to {config.image_size} px. Resize the images to {config.image_size} px (GHFeatImageProcessor) or pass "
+            "pretrained=False for a randomly initialised model of that size."
+        )
+    # the source checkpoint's input size follows its architecture (``in_chans`` adapts the pretrained stem)
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     overlay.setdefault("input_size", _input_size(config))
     return build_model_with_cfg(

@@ -1,5 +1,6 @@
-"""`benchmarks/extract.py` runs end to end (smallest settings, tiny model); no timing assertions."""
+"""The benchmarks run end to end (smallest settings, tiny models); no timing assertions."""
 
+import json
 import math
 
 from benchmarks.extract import Settings, build_parser, plan_cells, render_markdown, run_benchmark
@@ -49,3 +50,22 @@ def test_extract_benchmark_interleaved_group_with_naive_companion():
     assert len(result.encoder_repeats) == 2 and result.naive_ips > 0 and result.e2e_ips > 0
     assert result.timing == "0+2x1" and result.e2e_images == 2
     assert "| resnet18 img/s |" in render_markdown(report)
+
+
+def test_train_step_benchmark_interleaves_with_naive(tmp_path, capsys):
+    """Smallest run of `benchmarks/train_step.py`: the ratio comes from rounds timed back to back with naive."""
+    from benchmarks import train_step
+
+    results_file = tmp_path / "results.json"
+    argv = ["--device", "cpu", "--resolution", "64", "--depth", "18", "--batch_size", "2", "--iters", "1",
+            "--warmup", "0", "--skip_compile", "--configs", "naive,bf16", "--threads", "1", "--json", str(results_file)]
+    assert train_step.main(argv) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert "| vs naive |" in table[0]
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in table[1:]}
+    assert set(rows) == {"naive", "bf16"} and rows["naive"][6] == "1.00x"
+    results = {r["config"]: r for r in json.loads(results_file.read_text())["results"]}
+    bf16 = results["bf16"]
+    assert len(bf16["naive_seconds"]) == len(bf16["iteration_seconds"]) == 1  # one round, naive timed in it
+    assert bf16["vs_naive"] == bf16["naive_seconds"][0] / bf16["iteration_seconds"][0]
+    assert rows["bf16"][6] == f"{bf16['vs_naive']:.2f}x"

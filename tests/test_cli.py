@@ -32,6 +32,18 @@ def test_subcommands_are_registered(capsys):
     assert "--output" in capsys.readouterr().err
 
 
+def test_counts_must_be_positive(capsys):
+    for argv, message in ((["reconstruct", "a.png", "--cell-size", "-4"], "--cell-size: must be at least 1, got -4"),
+                          (["reconstruct", "a.png", "--cell-size", "0"], "--cell-size: must be at least 1, got 0"),
+                          (["reconstruct", "a.png", "--batch-size", "x"], "--batch-size: invalid integer 'x'"),
+                          (["extract", "a.png", "-o", "f.parquet", "--batch-size", "0"], "--batch-size: must be"),
+                          (["extract", "a.png", "-o", "f.parquet", "--num-workers", "-1"], "must be at least 0")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err, argv
+
+
 def test_extract_argument_errors(tmp_path, capsys, monkeypatch):
     import PIL.Image
 

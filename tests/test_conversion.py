@@ -7,6 +7,7 @@ are printed at the end of the run and written to ``parity_report.json`` in the t
 
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -19,9 +20,10 @@ from transformers import AutoImageProcessor, AutoModel
 from conversion.convert_official_tf import convert_encoder, main
 from conversion.tf_pickle import load_tf_pickle
 from conversion.weight_mapping import ConversionError
-from ghfeat_hf import GHFeatImageProcessor, GHFeatModel, StyleGANDiscriminator, StyleGANGenerator, tile_style_codes
+from ghfeat_hf import GHFeatImageProcessor, GHFeatModel, StyleGANDiscriminator, StyleGANGenerator, hub, tile_style_codes
 from tests.conftest import OFFICIAL_FIXTURES, PARITY_LINES
 from tests.official_pickles import Payload, from_tf_network, write
+from tests.test_hub import RecordingApi
 
 TOLERANCE = 1e-4
 REFERENCES = sorted(OFFICIAL_FIXTURES.glob("reference_depth*_seed*.npz"))
@@ -150,6 +152,8 @@ def test_directory_has_processor_and_model_cards(converted):
         card = (directory / "README.md").read_text()
         assert card.startswith("---\n") and "library_name: transformers" in card and "gan-inversion" in card
         assert "sha256" in card and converted["pickle"].name in card
+    card = (output / "stylegan-generator" / "README.md").read_text()  # a sub-folder of the repo <org>/converted
+    assert 'StyleGANGenerator.from_pretrained("<org>/converted", subfolder="stylegan-generator")' in card
     assert "pipeline_tag: image-feature-extraction" in (output / "README.md").read_text()
 
 
@@ -158,11 +162,17 @@ def networks(converted):
     return load_tf_pickle(converted["pickle"])
 
 
-def test_generator_pickle_converts_to_stylegan_directories(networks, converted, tmp_path):
+def test_generator_pickle_converts_to_stylegan_directories(networks, converted, tmp_path, monkeypatch):
     _, G, D, Gs = networks
     path = write(tmp_path / "stylegan.pkl", tuple(from_tf_network(net) for net in (G, D, Gs)))
-    assert main(["--pickle", str(path), "--output", str(tmp_path / "out")]) == 0
+    api = RecordingApi()
+    monkeypatch.setattr(hub, "HfApi", lambda token=None: api)
+    assert main(["--pickle", str(path), "--output", str(tmp_path / "out"), "--push-to-hub", "org/stylegan"]) == 0
     assert not (tmp_path / "out" / "config.json").exists()
+    assert api.calls[-1][2]["folder_path"] == str(tmp_path / "out")
+    for part, class_name in (("generator", "StyleGANGenerator"), ("discriminator", "StyleGANDiscriminator")):
+        card = (tmp_path / "out" / f"stylegan-{part}" / "README.md").read_text()
+        assert f'{class_name}.from_pretrained("org/stylegan", subfolder="stylegan-{part}")' in card
     generator = AutoModel.from_pretrained(tmp_path / "out" / "stylegan-generator")
     discriminator = AutoModel.from_pretrained(tmp_path / "out" / "stylegan-discriminator")
     inputs, reference = np.load(OFFICIAL_FIXTURES / "inputs.npz"), converted["reference"]
@@ -202,6 +212,27 @@ def test_converter_refuses_code_in_pickle_without_running_it(tmp_path):
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert result.returncode == 1 and "system" in result.stderr and not marker.exists()
+
+
+def _torch_checkpoint(path):
+    torch.save({"weight": torch.zeros(2)}, path)
+
+
+@pytest.mark.parametrize("make_file, message", [
+    (None, "No such file or directory"),
+    (lambda path: path.write_bytes(b""), "the file is empty"),
+    (lambda path: path.write_bytes(pickle.dumps((1, 2, 3), protocol=4)[:-3]), "not a readable TF network pickle"),
+    (lambda path: path.write_text("hello world\n"), "not a readable TF network pickle"),
+    (_torch_checkpoint, "a PyTorch/zip checkpoint, not a TF network pickle"),
+], ids=["missing", "empty", "truncated", "text", "torch.save"])
+def test_converter_reports_unreadable_files_in_one_line(tmp_path, caplog, make_file, message):
+    path = tmp_path / "net.pkl"
+    if make_file:
+        make_file(path)
+    assert main(["--pickle", str(path), "--output", str(tmp_path / "out")]) == 1
+    (record,) = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert message in record.getMessage() and str(path) in record.getMessage() and "\n" not in record.getMessage()
+    assert not (tmp_path / "out").exists()
 
 
 GAN_KEYS = ("w", "img_orig", "y", "img_y", "d_faces", "d_rec_faces", "d_rec_noise", "d_orig_G", "d_faces_then_rec_faces")

@@ -137,6 +137,23 @@ def test_collator_matches_processor(photos):
     torch.testing.assert_close(gray[1, 0], expected[1, 0])
 
 
+def test_collator_reads_arrays_and_tensors_like_the_processor(photos):
+    """Arrays and tensors the processor accepts (float [0, 1] HWC, uint8 CHW, tensors) are decoded by it, never
+    skipped."""
+    rgb = np.asarray(photos[0].convert("RGB"))
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
+    inputs = [rgb.astype(np.float32) / 255, chw, torch.from_numpy(chw), torch.from_numpy(rgb / 255.0), rgb]
+    assert all(gdata.decode_image(value) is value for value in inputs)
+    batch = gdata.ImageCollator(resolution=24)([{"image": value, "__index__": i} for i, value in enumerate(inputs)])
+    assert int(batch["num_skipped"]) == 0 and batch["indices"].tolist() == list(range(5))
+    processor = GHFeatImageProcessor(size={"height": 24, "width": 24})
+    expected = torch.cat([processor(value, return_tensors="pt")["pixel_values"] for value in inputs])
+    assert torch.equal(batch["pixel_values"], expected)
+    torch.testing.assert_close(batch["pixel_values"][0], batch["pixel_values"][-1], atol=0.02, rtol=0)
+    bad = gdata.ImageCollator(resolution=24, fill_skipped=False)([{"image": np.full((8, 8, 3), 2.0)}])
+    assert int(bad["num_skipped"]) == 1  # out of [0, 1]: the processor refuses it, the collator skips it
+
+
 def test_flip_is_deterministic_per_sample(photos):
     decisions = [gdata.flip_decision(0, 0, i) for i in range(2000)]
     assert 0.45 < np.mean(decisions) < 0.55

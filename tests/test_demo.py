@@ -1,13 +1,18 @@
 """`ghfeat demo` on the bundled images."""
 
+import os
+import shutil
+from pathlib import Path
+
 import datasets
 import PIL.Image
 import pytest
 import torch
 
-from ghfeat_hf import GHFeatModel
-from ghfeat_hf.demo import demo_image_paths, run_demo
+from ghfeat_hf import GHFeatModel, demo
+from ghfeat_hf.demo import DEMO_IMAGES, demo_image_paths, run_demo
 from ghfeat_hf.editing import interpolate_style_codes, mix_style_codes
+from ghfeat_hf.extraction import UsageError
 from ghfeat_hf.hub import save_ghfeat_directory
 from tests.conftest import tiny_ghfeat_config
 
@@ -26,11 +31,45 @@ def test_demo_writes_the_four_outputs(tiny_dir, tmp_path):
     assert count == 20
     rows = datasets.load_dataset("parquet", data_files=str(result.features), split="train")
     assert rows.num_rows == count and len(rows[0]["ghfeat"]) == sum(tiny_ghfeat_config().style_dims)
+    sizes = {}
     for path in (result.reconstruction, result.style_mixing, result.interpolation):
-        image = PIL.Image.open(path)
-        assert image.width > 100 and image.height > 30
-    assert PIL.Image.open(result.reconstruction).height > PIL.Image.open(result.interpolation).height
+        with PIL.Image.open(path) as image:
+            sizes[path] = image.size
+        assert sizes[path][0] > 100 and sizes[path][1] > 30
+    assert sizes[result.reconstruction][1] > sizes[result.interpolation][1]
     assert 0 < result.mean_psnr < 100 and "mean" in result.table
+
+
+def _open_demo_images() -> list[str]:
+    """The bundled demo images this process holds open (from /proc/self/fd)."""
+    targets = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            continue
+    return [target for target in targets if target.startswith(str(DEMO_IMAGES))]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to list open files")
+def test_demo_closes_its_images(tiny_dir, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("stop after reading the images")
+
+    monkeypatch.setattr(demo, "reconstruct_images", fail)
+    with pytest.raises(RuntimeError, match="stop") as failure:
+        run_demo(tmp_path / "demo", model=tiny_dir)
+    assert _open_demo_images() == [], failure  # checked while the traceback still holds run_demo's images
+
+
+def test_demo_needs_two_images(tiny_dir, tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(demo_image_paths()[0], one)
+    for folder, found in ((one, 1), (tmp_path / "missing", 0)):
+        with pytest.raises(UsageError, match=f"at least 2 PNG images in .*, found {found}"):
+            run_demo(tmp_path / "demo", model=tiny_dir, images=folder)
+    assert not (tmp_path / "demo").exists()
 
 
 def test_mixing_and_interpolation_identities():

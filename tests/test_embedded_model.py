@@ -42,13 +42,19 @@ def test_package_embedded_model(tmp_path):
     StyleGANDiscriminator(tiny_discriminator_config()).save_pretrained(tmp_path / "gan-run" / "stylegan-discriminator")
     recipe = tmp_path / "recipe.md"
     recipe.write_text("Trained with `python training/train_stylegan.py --resolution 32` on 2 CPU cores.\n")
+    exported_config = tmp_path / "encoder-run" / "ghfeat" / "config.json"
+    config = json.loads(exported_config.read_text())
+    config["generator_config"]["_name_or_path"] = "/training/machine/runs/stylegan-generator"
+    exported_config.write_text(json.dumps(config))
     output = tmp_path / "pretrained" / "ghfeat-tiny"
     argv = ["--encoder-run", str(tmp_path / "encoder-run"), "--gan-run", str(tmp_path / "gan-run"),
             "--recipe", str(recipe), "--output", str(output)]
     assert package_main(argv) == 0
     assert package_main(argv) == 0  # packaging again replaces the directory
+    assert sorted(path.name for path in output.parent.iterdir()) == ["ghfeat-tiny"]  # no staging directory left
     assert not any(path.name.endswith(".py") for path in output.rglob("*"))
-    assert "auto_map" not in json.loads((output / "config.json").read_text())
+    packaged_config = json.loads((output / "config.json").read_text())
+    assert "auto_map" not in packaged_config and "_name_or_path" not in packaged_config["generator_config"]
     card = (output / "README.md").read_text()
     assert "license: mit" in card and "train_stylegan.py --resolution 32" in card
     assert 'ghfeat_hf.embedded_model_path("ghfeat-tiny")' in card
@@ -58,6 +64,12 @@ def test_package_embedded_model(tmp_path):
     assert StyleGANGenerator.from_pretrained(output / "stylegan-generator").config.resolution == 32
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         package_main(["--encoder-run", str(tmp_path / "missing"), *argv[2:]])
+    # a GAN run whose generator is not the one the encoder was trained against is refused; the package is kept
+    StyleGANGenerator(model.config.generator_config).save_pretrained(tmp_path / "gan-run" / "stylegan-generator")
+    with pytest.raises(ValueError, match="not the one the encoder .* synthesis tensors are missing or differ"):
+        package_main(argv)
+    torch.testing.assert_close(AutoModel.from_pretrained(output)(pixel_values=pixels).pooler_output,
+                               model(pixel_values=pixels).pooler_output)
 
 
 def test_timm_preset_names_its_architecture():

@@ -24,6 +24,7 @@ from ghfeat_hf.extraction import (
     UsageError,
     extract_features,
     load_model,
+    model_fingerprint,
     parse_layers,
     partial_path,
     read_extraction_metadata,
@@ -201,8 +202,17 @@ def test_interrupt_then_resume_gives_the_same_rows(full_run, folder, model_dir, 
     assert pq.read_table(output).equals(pq.read_table(full_run[0]))
     assert read_extraction_metadata(output)["skipped"] == read_extraction_metadata(full_run[0])["skipped"]
 
-    # Resuming a finished run is a no-op; settings must match to resume.
-    assert extract_features(model, processor, folder, output, resume=True, progress=False).num_rows == 197
+    # Resuming a finished run with the same settings returns it as it is; other settings are refused.
+    same = dict(batch_size=BATCH, keep_codes=True, keep_tiled=True, progress=False)
+    result = extract_features(model, processor, folder, output, resume=True, **same)
+    assert result.num_rows == result.num_resumed == 197 and [item.id for item in result.skipped] == CORRUPT
+    assert read_extraction_metadata(output)["settings"]["model"] == model_fingerprint(model)
+    for other, setting in (({"layers": "coarse"}, "layers"), ({"keep_codes": False}, "keep_codes"),
+                           ({"batch_size": 2 * BATCH}, "batch_size"), ({"dtype": "bf16"}, "dtype")):
+        with pytest.raises(UsageError, match=f"finished run .* other settings \\({setting}: "):
+            extract_features(model, processor, folder, output, resume=True, **{**same, **other})
+    with pytest.raises(UsageError, match="source: "):
+        extract_features(model, processor, folder / "set_1", output, resume=True, **same)
 
 
 def test_killed_process_resumes(full_run, folder, model_dir, tmp_path):
@@ -247,6 +257,11 @@ def test_resume_refuses_other_settings(folder, model_dir, tmp_path):
         extract_features(model, processor, folder, output, batch_size=BATCH, progress=False, on_batch=crash)
     with pytest.raises(UsageError, match="layers"):
         extract_features(model, processor, folder, output, layers="coarse", resume=True, progress=False)
+    # another batch size would change the last bits of the rows (kernels round per batch shape)
+    with pytest.raises(UsageError, match=f"batch_size: {BATCH} then, 64 now"):
+        extract_features(model, processor, folder, output, batch_size=64, resume=True, progress=False)
+    with pytest.raises(UsageError, match=r"source: \{'description': 'folder "):
+        extract_features(model, processor, folder / "set_0", output, batch_size=BATCH, resume=True, progress=False)
     assert extract_features(model, processor, folder, output, overwrite=True, batch_size=64,
                             progress=False).num_rows == 197
 
@@ -364,6 +379,115 @@ def test_datasets_sources_map_style_and_streaming(model_dir, tmp_path):
     assert streamed["ids"] == [str(index) for index in range(10) if index != 4]
     assert [record["id"] for record in streamed["metadata"]["skipped"]] == ["4"]
     np.testing.assert_array_equal(streamed["ghfeat"], mapped["ghfeat"])
+
+
+def _save_dataset(path: Path, crops: list[np.ndarray], names: list[str] | None = None) -> Path:
+    """A `save_to_disk` dataset of PNG-encoded crops (column `image`), with a `name` column when given."""
+    columns = {"image": [{"bytes": _png_bytes(crop), "path": None} for crop in crops]}
+    features = {"image": datasets.Image()}
+    if names is not None:
+        columns["name"], features["name"] = names, datasets.Value("string")
+    datasets.Dataset.from_dict(columns, features=datasets.Features(features)).save_to_disk(path)
+    return path
+
+
+def test_resume_refuses_another_dataset(model_dir, tmp_path):
+    """Ids "0".."N" of a dataset without --id-column are the same for every dataset: a resume with another
+    dataset (map-style or streaming), or with the same folder re-saved with other rows, is refused."""
+    from ghfeat_hf.extraction import dataset_source
+
+    crops = photo_crops(12, seed=7)
+    first, second = _save_dataset(tmp_path / "a", crops[:6]), _save_dataset(tmp_path / "b", crops[6:])
+    model, processor = load_model(model_dir)
+
+    def crash(progress):
+        raise KeyboardInterrupt
+
+    for streaming in (False, True):
+        output = tmp_path / f"streaming-{streaming}.parquet"
+        with pytest.raises(KeyboardInterrupt):
+            extract_features(model, processor, dataset_source(str(first), streaming=streaming), output,
+                             batch_size=2, progress=False, on_batch=crash)
+        with pytest.raises(UsageError, match=f"source: .*{second.name}"):
+            extract_features(model, processor, dataset_source(str(second), streaming=streaming), output,
+                             batch_size=2, resume=True, progress=False)
+    _save_dataset(first, crops[6:])  # the same folder and description, other rows: another fingerprint
+    for streaming in (False, True):
+        with pytest.raises(UsageError, match="'fingerprint': "):
+            extract_features(model, processor, dataset_source(str(first), streaming=streaming),
+                             tmp_path / f"streaming-{streaming}.parquet", batch_size=2, resume=True, progress=False)
+    output = tmp_path / "streaming-True.parquet"
+    assert extract_features(model, processor, dataset_source(str(first), streaming=True), output, batch_size=2,
+                            overwrite=True, progress=False).num_rows == 6
+    assert read_rows(output)["metadata"]["settings"]["source"]["fingerprint"]
+
+
+def test_streaming_reconstruction_names_are_unique(model_dir, tmp_path):
+    """Streaming ids `x.jpg` and `x.png` in different batches (and sessions) get distinct PNGs, each its own
+    image's reconstruction."""
+    from ghfeat_hf.extraction import dataset_source
+
+    crops = photo_crops(4, seed=9)
+    names = ["x.jpg", "x.png", "y.png", "x.png.png"]
+    path = _save_dataset(tmp_path / "ds", crops, names)
+    model, processor = load_model(model_dir)
+    output, recon = tmp_path / "stream.parquet", tmp_path / "recon"
+    kwargs = dict(batch_size=1, reconstructions_dir=recon, progress=False)
+
+    def stream():
+        return dataset_source(str(path), id_column="name", streaming=True)
+
+    def crash(progress):
+        if progress.batches == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(model, processor, stream(), output, on_batch=crash, **kwargs)
+    assert extract_features(model, processor, stream(), output, resume=True, **kwargs).num_resumed == 2
+    table = pq.read_table(output)
+    assert table.column("id").to_pylist() == names
+    files = table.column("reconstruction").to_pylist()
+    assert files == ["x.png", "x.png.png", "y.png", "x.png.png.png"]
+    assert sorted(path.name for path in recon.iterdir()) == sorted(files)
+    with torch.inference_mode():
+        references = processor.postprocess(model.reconstruct(processor(crops, return_tensors="pt")["pixel_values"]))
+    for name, reference in zip(files, references):
+        with PIL.Image.open(recon / name) as saved:
+            assert np.abs(np.asarray(saved, np.int16) - np.asarray(reference, np.int16)).max() <= 1, name
+
+
+def test_npy_sidecar_follows_its_matrix(model_dir, tmp_path, monkeypatch):
+    """The matrix is written before its sidecar: a failed --overwrite leaves the old pair intact, and a sidecar
+    that does not describe its matrix is refused."""
+    roots = []
+    for name, crops in (("old", photo_crops(3, seed=1)), ("new", photo_crops(5, seed=2))):
+        roots.append(tmp_path / name)
+        roots[-1].mkdir()
+        for index, crop in enumerate(crops):
+            PIL.Image.fromarray(crop).save(roots[-1] / f"{index}.png")
+    model, processor = load_model(model_dir)
+    output = tmp_path / "features.npy"
+    extract_features(model, processor, roots[0], output, progress=False)
+    before = np.load(output)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(np.lib.format, "open_memmap", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            extract_features(model, processor, roots[1], output, overwrite=True, progress=False)
+    np.testing.assert_array_equal(np.load(output), before)
+    meta = read_extraction_metadata(output)
+    assert meta["num_rows"] == 3 and meta["source"] == f"folder {roots[0]}"
+
+    sidecar = Path(f"{output}.json")
+    stale = json.loads(sidecar.read_text())
+    extract_features(model, processor, roots[1], output, overwrite=True, progress=False)
+    assert read_extraction_metadata(output)["num_rows"] == 5
+    sidecar.write_text(json.dumps(stale))  # e.g. a matrix replaced by hand
+    with pytest.raises(UsageError, match="describes 3 rows but .* holds 5"):
+        read_extraction_metadata(output)
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

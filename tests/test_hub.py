@@ -6,16 +6,24 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers import pipeline
 
-from ghfeat_hf import GHFeatModel
-from ghfeat_hf.hub import load_backbone, push_to_hub, restore_default_file_mode, save_ghfeat_directory
+from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
+from ghfeat_hf.hub import (
+    load_backbone,
+    push_to_hub,
+    restore_default_file_mode,
+    save_ghfeat_directory,
+    save_stylegan_directory,
+)
+from ghfeat_hf.model_card import template_directory
 from ghfeat_hf.modeling_ghfeat import GHFeatBackbone
-from tests.conftest import tiny_ghfeat_config
+from tests.conftest import tiny_discriminator_config, tiny_generator_config, tiny_ghfeat_config
 
 REPO_ID = "ghfeat-test/ghfeat-tiny"
 
@@ -84,16 +92,36 @@ def test_model_card_metadata(saved):
     assert "CC BY-NC 4.0" in card and "Limitations" in card and "Intended use" in card
 
 
-def test_backbone_from_full_checkpoint(saved, caplog):
+def test_model_card_templates_are_found_in_a_checkout_and_in_a_wheel(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    assert template_directory() == root / "model_cards"  # source checkout / editable install
+    installed = tmp_path / "site-packages" / "ghfeat_hf"
+    shutil.copytree(root / "model_cards", installed / "model_cards")  # where pyproject.toml installs them
+    monkeypatch.setattr("ghfeat_hf.model_card.resources.files", lambda package: installed)
+    assert template_directory() == installed / "model_cards"
+    assert {"ghfeat.md", "stylegan.md"} <= {path.name for path in template_directory().iterdir()}
+
+
+def test_wheel_packages_are_complete_and_include_the_templates():
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(path.parent.relative_to(root).parts) for path in (root / "ghfeat_hf").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == found | {"ghfeat_hf.model_cards"}
+    assert setuptools["package-dir"] == {"ghfeat_hf.model_cards": "model_cards"}
+    assert setuptools["package-data"]["ghfeat_hf.model_cards"] == ["*.md"]
+
+
+def test_backbone_from_full_checkpoint(saved):
     directory, _, pixels, out = saved
-    backbone = load_backbone(directory, out_indices=[0, 2])
+    backbone, info = load_backbone(directory, out_indices=[0, 2], output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # synthesis, SAM, heads are ignored quietly
     assert isinstance(backbone, GHFeatBackbone) and backbone.out_features == ["p4", "p6"]
     assert backbone.channels == [16, 16]
     with torch.no_grad():
         maps = backbone(pixels).feature_maps
     torch.testing.assert_close(maps[0], out.pyramid_features[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(maps[1], out.pyramid_features[2], rtol=0, atol=1e-6)
-    assert "UNEXPECTED" not in caplog.text and "MISSING" not in caplog.text
 
 
 def test_pipeline_pooled_and_not(saved, capsys):
@@ -203,5 +231,21 @@ def test_push_to_hub_renders_cards_and_uploads_the_folder(saved, tmp_path):
     card = (target / "README.md").read_text()
     assert f'AutoModel.from_pretrained("{REPO_ID}")' in card and "| parity (max relative error) | 1.4e-05 |" in card
     assert "| reconstruction PSNR | 12.5 |" in card  # earlier metrics are kept
-    with pytest.raises(FileNotFoundError):
-        push_to_hub(tmp_path, REPO_ID, api=api)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        push_to_hub(tmp_path / "empty", REPO_ID, api=api)
+
+
+def test_push_to_hub_uploads_a_directory_of_model_subfolders(tmp_path):
+    """A converted (G, D, Gs) pickle: no top-level model, a generator and a discriminator sub-directory."""
+    target = tmp_path / "stylegan"
+    save_stylegan_directory(StyleGANGenerator(tiny_generator_config()), target / "stylegan-generator")
+    save_stylegan_directory(StyleGANDiscriminator(tiny_discriminator_config()), target / "stylegan-discriminator")
+    api = RecordingApi()
+    assert push_to_hub(target, REPO_ID, api=api).endswith("/commit/1")
+    assert api.calls[-1][2]["folder_path"] == str(target) and not (target / "README.md").exists()
+    for part, class_name in (("generator", "StyleGANGenerator"), ("discriminator", "StyleGANDiscriminator")):
+        card = (target / f"stylegan-{part}" / "README.md").read_text()
+        assert f'{class_name}.from_pretrained("{REPO_ID}", subfolder="stylegan-{part}")' in card
+    with pytest.raises(ValueError, match="no top-level model"):
+        push_to_hub(target, REPO_ID, metrics={"FID": 4.4}, api=api)

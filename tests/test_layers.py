@@ -106,6 +106,24 @@ def test_norms_and_adain():
     torch.testing.assert_close(adain(x, style), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_norms_in_half_precision_are_finite_and_keep_the_dtype(dtype):
+    constant = torch.full((2, 3, 4, 4), 0.5, dtype=dtype)  # in fp16, eps 1e-8 underflows: 0 * rsqrt(0) = NaN
+    assert instance_norm(constant).dtype == dtype and torch.equal(instance_norm(constant), torch.zeros_like(constant))
+    zeros = torch.zeros(4, 7, dtype=dtype)
+    assert pixel_norm(zeros).dtype == dtype and torch.equal(pixel_norm(zeros), zeros)
+    x = torch.randn(2, 3, 4, 4) * 300  # x**2 overflows fp16
+    torch.testing.assert_close(instance_norm(x.to(dtype)).float(), instance_norm(x), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(pixel_norm(x.to(dtype)).float(), pixel_norm(x), atol=2e-2, rtol=2e-2)
+
+
+def test_norms_in_float32_follow_the_official_formula_exactly():
+    x = torch.randn(2, 3, 4, 4) * 5 + 2
+    centred = x - x.mean(dim=(2, 3), keepdim=True)
+    assert torch.equal(instance_norm(x), centred * torch.rsqrt(centred.square().mean(dim=(2, 3), keepdim=True) + 1e-8))
+    assert torch.equal(pixel_norm(x), x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8))
+
+
 def test_minibatch_stddev_groups_with_stride():
     x = torch.randn(8, 3, 2, 2)
     out = minibatch_stddev(x, group_size=4)

@@ -6,7 +6,8 @@ from transformers import AutoConfig, AutoModel
 
 from ghfeat_hf import GHFeatConfig, GHFeatModel, tile_style_codes
 from ghfeat_hf.configuration_ghfeat import default_head_layer_groups
-from tests.conftest import tiny_ghfeat_config
+from tests.conftest import tiny_generator_config, tiny_ghfeat_config
+from tests.test_modeling_stylegan import assert_device_map_keeps_blocks_whole
 
 OFFICIAL_TRAINABLE = {50: 151_766_976, 18: 124_871_872}  # manifest.json, E_gpu0 trainable scalars
 
@@ -46,6 +47,15 @@ def test_config_errors_and_round_trip(tmp_path):
     assert isinstance(loaded, GHFeatConfig)
     assert loaded.head_layer_groups == [4, 2, 2] and loaded.style_dims == config.style_dims
     assert loaded.generator_config.resolution == 32
+
+
+def test_head_layer_groups_are_checked_after_a_new_generator_config():
+    config = tiny_ghfeat_config()  # 8 generator layers, groups [2, 2, 4]
+    config.generator_config = tiny_generator_config(64)  # 10 layers: the groups are stale
+    with pytest.raises(ValueError, match=r"summing to 10 .*got \[2, 2, 4\]; set them again"):
+        GHFeatModel(config)
+    config.head_layer_groups = default_head_layer_groups(config.num_layers)
+    assert config.head_layers[-1][-1] == 9
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +143,12 @@ def test_tile_style_codes_explicit_width():
     codes = (torch.ones(1, 4), torch.full((1, 2), 2.0))
     tiled = tile_style_codes(codes, width=8)
     assert tiled.shape == (1, 2, 8) and tiled[0, 1].tolist() == [2.0] * 8
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.filterwarnings("ignore:Current model requires")  # the fake GPUs leave no room for offload buffers
+def test_device_map_keeps_blocks_whole(depth):
+    model = GHFeatModel(tiny_ghfeat_config(depth=depth))
+    assert_device_map_keeps_blocks_whole(model)
+    present = {type(module).__name__ for module in model.modules()}
+    assert set(model._no_split_modules) <= present | {"BasicUnit", "BottleneckUnit"}  # no misspelt class name

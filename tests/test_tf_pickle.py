@@ -8,13 +8,14 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conversion.tf_pickle import TFNetwork, UnsafePickleError, describe, load_tf_pickle
+from conversion.tf_pickle import TFNetwork, TFPickleError, UnsafePickleError, describe, load_tf_pickle
 from tests.official_pickles import (
     SHARED,
     FakeNetwork,
@@ -210,6 +211,31 @@ def test_refuses_component_cycle(tmp_path):
     G.state["components"]["synthesis"].state["components"]["loop"] = G
     with pytest.raises(ValueError, match="cycle"):
         load_tf_pickle(write(tmp_path / "net.pkl", (E, G, D, Gs)))
+
+
+def _torch_checkpoint(path):
+    import torch
+
+    torch.save({"weight": torch.zeros(2)}, path)
+
+
+def _truncated_official_tuple(path):
+    write(path, official_tuple())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("make_file, message", [
+    (lambda path: path.write_bytes(b""), "the file is empty"),
+    (_torch_checkpoint, r"a PyTorch/zip checkpoint, not a TF network pickle"),
+    (_truncated_official_tuple, r"not a readable TF network pickle \((UnpicklingError|EOFError)"),
+    (lambda path: path.write_bytes(bytes(range(0x9F, 0xFF))), r"not a readable TF network pickle \(UnpicklingError"),
+    (lambda path: path.write_text("hello world\n"), "not a readable TF network pickle"),
+], ids=["empty", "torch.save", "truncated", "random", "text"])
+def test_files_that_are_not_network_pickles_raise_a_clear_error(tmp_path, make_file, message):
+    path = tmp_path / "net.pkl"
+    make_file(path)
+    with pytest.raises(TFPickleError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_tf_pickle(path)
 
 
 @pytest.mark.slow

@@ -360,6 +360,13 @@ def test_save_for_hf_round_trip_and_input_adaptation(loaded, reference, tmp_path
     assert gray.config.num_channels == 1 and gray.eval()(torch.zeros(1, 1, 32, 32)).shape == (1, 352)
 
 
+def test_pretrained_weights_fix_the_image_size():
+    with pytest.raises(ValueError, match=r"img_size=64 does not fit .* fix the input to 32 px"):
+        timm.create_model("ghfeat_resnet18_32", pretrained=True, img_size=64)
+    assert timm.create_model("ghfeat_resnet18_32", pretrained=True, img_size=(32, 32)).config.image_size == 32
+    assert timm.create_model("ghfeat_resnet18_32", img_size=64).config.image_size == 64  # random init adapts
+
+
 def test_filter_and_input_errors(reference):
     state_dict = safetensors.torch.load_file(reference["file"])
     model = GHFeatTimm(reference["config"])

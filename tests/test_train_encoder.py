@@ -143,6 +143,25 @@ def test_gan_losses_and_r1():
     assert penalty.requires_grad  # create_graph: R1 back-propagates into D's weights
 
 
+def test_r1_under_fp16_with_a_loss_scale_equals_fp32():
+    """fp16 input gradients of a D with small weights underflow; scaling them like a GradScaler recovers R1."""
+    torch.manual_seed(0)
+    discriminator = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 1))
+    with torch.no_grad():
+        for parameter in discriminator.parameters():
+            parameter.mul_(1e-3)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    reference = r1_penalty(discriminator(x), x)
+    with torch.autocast("cpu", dtype=torch.float16):
+        scores = discriminator(x)
+        assert scores.dtype == torch.float16
+        unscaled = r1_penalty(scores, x)
+        scaled = r1_penalty(discriminator(x), x, scale=2.0**12)
+    assert scaled.dtype == torch.float32 and scaled.requires_grad
+    torch.testing.assert_close(scaled, reference, rtol=1e-3, atol=0)
+    assert abs(unscaled / reference - 1) > 0.1  # what the scale is for
+
+
 def test_vgg16_weights_and_preprocessing(fx):
     timm_keys = load_file(fx["vgg"])
     assert set(timm_keys) == {f"features.{i}.{k}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21) for k in ("weight", "bias")}
@@ -181,6 +200,43 @@ def test_refuses_the_perceptual_loss_without_pretrained_weights(fx, tmp_path, ca
     assert train_encoder.cli(argv) == 2
     assert "randomly initialised" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_batch_and_accumulation_must_be_positive(capsys):
+    base = ["--generator", "g", "--dataset", "d", "--output_dir", "o"]
+    for flag in ("--gradient_accumulation_steps", "--batch_size"):
+        with pytest.raises(SystemExit):
+            train_encoder.parse_args([*base, flag, "0"])
+        assert f"argument {flag}: must be >= 1, got 0" in capsys.readouterr().err
+    assert train_encoder.parse_args(base).batch_size is None  # filled in from the resolution later
+
+
+def test_resume_warns_when_the_checkpoint_schedule_is_kept():
+    def schedulers(*flags):
+        args = train_encoder.parse_args(["--generator", "g", "--dataset", "d", "--output_dir", "o", *flags])
+        params = [torch.nn.Parameter(torch.zeros(1))]
+        e_opt = torch.optim.Adam(params, lr=args.learning_rate)
+        d_opt = torch.optim.Adam(params, lr=args.d_learning_rate or args.learning_rate)
+        return encoder_trainer.make_schedulers(args, e_opt, d_opt, train_d=True, max_steps=args.max_steps)
+
+    saved = [s.state_dict() for s in schedulers("--max_steps", "80")]
+    same = schedulers("--max_steps", "80")
+    requested = {name: encoder_trainer.schedule_settings(s) for name, s in zip("ED", same)}
+    for scheduler, state in zip(same, saved):
+        scheduler.load_state_dict(state)
+    assert encoder_trainer.warn_if_schedules_kept(requested, dict(zip("ED", same))) == []
+
+    changed = schedulers("--max_steps", "200", "--lr_decay_rate", "0.5", "--learning_rate", "1e-3")
+    requested = {name: encoder_trainer.schedule_settings(s) for name, s in zip("ED", changed)}
+    for scheduler, state in zip(changed, saved):
+        scheduler.load_state_dict(state)
+    with pytest.warns(UserWarning, match="checkpoint's learning-rate schedule") as record:
+        changes = encoder_trainer.warn_if_schedules_kept(requested, dict(zip("ED", changed)))
+    message = str(record[0].message)
+    for kept in ("E rate=0.8 (flags: 0.5)", "D decay_steps=20 (flags: 50)", "E base_lrs=[0.0001] (flags: [0.001])"):
+        assert kept in message, message
+    assert len(changes) == 6  # rate, decay_steps and base_lrs of E and D
+    assert changed[0].lr_lambdas[0].decay_steps == 20  # the checkpoint's value is the one in force
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
@@ -348,7 +404,10 @@ def test_kill_and_resume_continues_bit_for_bit(fx, tmp_path, monkeypatch):
     AcceleratorState._reset_state(True)
     assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == ["checkpoint_2"]
 
-    resumed = train_encoder.main(_argv(fx, tmp_path / "killed", *common, "--resume_from_checkpoint", "latest"))
+    # a changed schedule flag is reported, and the checkpoint's schedule kept: the run still continues exactly
+    with pytest.warns(UserWarning, match=r"kept: E decay_steps=1 \(flags: 7\)"):
+        resumed = train_encoder.main(_argv(fx, tmp_path / "killed", *common, "--resume_from_checkpoint", "latest",
+                                           "--lr_decay_steps", 7))
     assert resumed["resumed_from"].endswith("checkpoint_2") and resumed["steps_run"] == 2
     assert resumed["history"] == reference["history"][2:]  # same losses, D scores, grad norms: exact equality
     for sub in ("ghfeat", "stylegan-discriminator"):

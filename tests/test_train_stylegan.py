@@ -167,6 +167,14 @@ def test_help_documents_every_option_with_default(capsys):
     assert "(default: 0.001)" in text and "(default: 10.0)" in text and "(default: tensorboard)" in text
 
 
+def test_refuses_empty_batches(capsys):
+    """Batch size and gradient accumulation are checked by the shared engine arguments: no run with global batch 0."""
+    for flag in ("--gradient_accumulation_steps", "--batch_size"):
+        with pytest.raises(SystemExit):
+            train_stylegan.parse_args(["--dataset", "d", "--output_dir", "o", flag, "0"])
+        assert f"argument {flag}: must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_two_cpu_processes(tmp_path, photo_dataset):
     """A real 2-process gloo run (accelerate launch --multi_gpu with ACCELERATE_USE_CPU=1)."""
     env = dict(os.environ, ACCELERATE_USE_CPU="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",

@@ -1,7 +1,12 @@
 """training.engine: exact resume, atomic checkpoints, retention and the counter trap, logging helpers."""
 
 import argparse
+import json
+import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import datasets
@@ -11,8 +16,10 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
+from ghfeat_hf.data import flip_decision, make_image_dataloader
 from training import engine
 
+REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def reset_accelerate_singletons():
@@ -130,6 +137,17 @@ def test_older_or_implicit_resume_is_refused(tmp_path):
     assert fresh.resumed is None and fresh.state.step == 2
 
 
+def test_resume_with_another_process_count_is_refused(tmp_path):
+    run_loop(tmp_path, 3)
+    state_file = tmp_path / "checkpoints" / "checkpoint_3" / engine.TRAINER_STATE_NAME
+    state = json.loads(state_file.read_text())
+    assert state["num_processes"] == 1
+    state_file.write_text(json.dumps({**state, "num_processes": 2}))
+    AcceleratorState._reset_state(True)
+    with pytest.raises(ValueError, match="written by 2 processes, this run has 1.*per process"):
+        run_loop(tmp_path, 6, resume="latest")
+
+
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_loop(tmp_path, 9, checkpointing_steps=3, fail_save_at=6)
@@ -160,6 +178,24 @@ def test_atomic_directory_keeps_old_on_failure(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["export"]
 
 
+def test_atomic_directory_removes_what_crashed_writers_left(tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", ""])
+    finished.wait()
+    dead, alive = finished.pid, os.getppid()
+    target = tmp_path / "export"
+    for name in (f".tmp-export-{dead}", f".tmp-export-{alive}", f".tmp-export-2-{dead}", f".tmp-other-{dead}"):
+        (tmp_path / name).mkdir()
+    with engine.atomic_directory(target) as temporary:
+        (temporary / "a.txt").write_text("one")
+    (tmp_path / f".old-export-{dead}").mkdir()  # crashed between the rename aside and the deletion
+    with engine.atomic_directory(target) as temporary:
+        (temporary / "a.txt").write_text("two")
+    # a running writer's directory and other targets' directories are left alone
+    assert sorted(os.listdir(tmp_path)) == sorted(["export", f".tmp-export-{alive}", f".tmp-export-2-{dead}",
+                                                  f".tmp-other-{dead}"])
+    assert (target / "a.txt").read_text() == "two"
+
+
 def test_export_pretrained_writes_readable_weights(tmp_path):
     from accelerate import Accelerator
 
@@ -181,13 +217,15 @@ def test_image_grid_png_and_tensorboard(tmp_path):
     images = engine.tensor_to_pil(torch.linspace(-1, 1, 6 * 3 * 8 * 8).view(6, 3, 8, 8))
     assert images[0].mode == "RGB" and np.asarray(images[0])[0, 0, 0] == 0 and np.asarray(images[-1])[-1, -1, -1] == 255
     grid = engine.save_image_grid(accelerator, [images[:3], images[3:]], tmp_path / "g.png", step=5, tag="s/grid")
-    logged = engine.log_scalars(accelerator, {"a": torch.tensor(1.5), "b": float("nan"), "c": 2, "d": "text"}, step=5)
-    assert logged == {"a": 1.5, "c": 2.0}
+    values = {"a": torch.tensor(1.5), "b": float("nan"), "c": 2, "d": "text", "e": torch.tensor(float("inf"))}
+    logged = engine.log_scalars(accelerator, values, step=5)
+    assert sorted(logged) == ["a", "b", "c", "e"] and logged["a"] == 1.5 and logged["c"] == 2.0
     accelerator.end_training()
     assert PIL.Image.open(tmp_path / "g.png").size == grid.size and grid.size[0] > 3 * 8
     events = EventAccumulator(str(tmp_path / "logs" / "grid_test")).Reload()
-    assert events.Tags()["images"] == ["s/grid"] and "a" in events.Tags()["scalars"]
+    assert events.Tags()["images"] == ["s/grid"] and {"a", "b", "e"} <= set(events.Tags()["scalars"])
     assert events.Scalars("a")[0].value == 1.5 and events.Scalars("a")[0].step == 5
+    assert math.isnan(events.Scalars("b")[0].value) and events.Scalars("e")[0].value == math.inf  # divergence shows
 
 
 def test_iterate_batches_skips_empty_and_counts(tmp_path):
@@ -200,6 +238,38 @@ def test_iterate_batches_skips_empty_and_counts(tmp_path):
     assert (state.epoch, state.batches_in_epoch, state.images_seen, state.skipped_samples) == (1, 1, 8, 5)
     with pytest.raises(ValueError, match="no batch in a whole epoch"):
         next(engine.iterate_batches(accelerator, [], engine.TrainState()))
+
+
+def _flip_epochs_worker(tmp):
+    """2 processes (debug_launcher): record which images of each batch were mirrored, with their epoch."""
+    accelerator = engine.build_accelerator(engine_args(tmp))
+    ramp = PIL.Image.fromarray(np.tile(np.arange(8, dtype=np.uint8)[None, :, None] * 30, (8, 1, 3)))  # bright right
+    rows = datasets.Dataset.from_dict({"image": [ramp] * 8}, features=datasets.Features({"image": datasets.Image()}))
+    loader = accelerator.prepare(make_image_dataloader(rows, 2, 8, random_flip=True, seed=0))
+    state = engine.TrainState()
+    batches = engine.iterate_batches(accelerator, loader, state)
+    seen = []
+    for _ in range(8):  # 2 batches per rank and epoch: 4 epochs
+        batch = next(batches)
+        for index, image in zip(batch["indices"].tolist(), batch["pixel_values"]):
+            seen.append([state.epoch, index, bool(image[0, 0, 0] > image[0, 0, -1])])
+    Path(tmp, f"rank{accelerator.process_index}.json").write_text(json.dumps(seen))
+
+
+def test_two_processes_mirror_each_epoch_anew(tmp_path):
+    """With several processes the prepared loader forwards set_epoch to its sampler only; the engine sets the
+    dataset's epoch too, so the flips follow flip_decision(seed, epoch, index) instead of repeating epoch 0's."""
+    code = ("from accelerate import debug_launcher; from tests.test_training_engine import _flip_epochs_worker; "
+            f"debug_launcher(_flip_epochs_worker, args=({str(tmp_path)!r},), num_processes=2)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    seen = [row for rank in (0, 1) for row in json.loads((tmp_path / f"rank{rank}.json").read_text())]
+    assert {epoch for epoch, _, _ in seen} == {0, 1, 2, 3}
+    assert all(flipped == flip_decision(0, epoch, index) for epoch, index, flipped in seen), seen
+    flips_per_index = {}
+    for _, index, flipped in seen:
+        flips_per_index.setdefault(index, set()).add(flipped)
+    assert any(len(flips) == 2 for flips in flips_per_index.values())  # an image mirrored in some epochs only
 
 
 def test_shard_iterable_dataset_and_sync_batchnorm():
@@ -234,7 +304,6 @@ def test_bf16_accelerator_and_helpers(tmp_path):
     layer = torch.nn.Linear(2, 1)
     layer(torch.ones(1, 2)).sum().backward()
     assert engine.grad_norm(layer.parameters()) == pytest.approx(np.sqrt(3.0))
-    assert engine.learning_rates(torch.optim.SGD(layer.parameters(), lr=0.5)) == {"lr": 0.5}
     assert engine.memory_stats(accelerator)["memory/peak_rss_mb"] > 10
     state = engine.TrainState(step=4, images_seen=9, extra={"k": 1})
     restored = engine.TrainState()
@@ -243,5 +312,36 @@ def test_bf16_accelerator_and_helpers(tmp_path):
     progress = engine.Progress(accelerator, 10, engine.TrainState(), images_per_step=8)
     progress.times.clear()
     progress.times.extend([(0.0, 0), (2.0, 4)])
-    assert progress.images_per_second == 16.0 and progress.eta_seconds == pytest.approx(3.0)
+    assert progress.images_per_second == 16.0
+    progress.close()
+
+
+def test_engine_arguments_must_be_positive(tmp_path, capsys):
+    for flag in ("--batch_size", "--gradient_accumulation_steps"):
+        for value in ("0", "-2", "two"):
+            with pytest.raises(SystemExit):
+                engine_args(tmp_path, flag, value)
+            assert f"argument {flag}: " in capsys.readouterr().err
+    args = engine_args(tmp_path, "--batch_size", "3", "--gradient_accumulation_steps", "2")
+    assert (args.batch_size, args.gradient_accumulation_steps) == (3, 2)
+
+
+def test_throughput_leaves_out_the_first_step_and_excluded_work(tmp_path, monkeypatch):
+    accelerator = engine.build_accelerator(engine_args(tmp_path))
+    clock = iter([0.0, 10.0, 11.0, 14.0, 15.0, 16.0, 17.0, 30.0, 40.0])
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: next(clock))
+    progress = engine.Progress(accelerator, 10, engine.TrainState(), images_per_step=4)  # t = 0
+    state = engine.TrainState(step=1)
+    progress.update(state)  # t = 10: the end of the first (warm-up) step, not measured
+    assert math.isnan(progress.training_images_per_second)
+    with progress.excluded():  # t = 11 .. 14: a checkpoint save
+        pass
+    state.step = 2
+    progress.update(state)  # t = 15: 5 s since the first step, 3 of them excluded
+    state.step = 3
+    progress.update(state)  # t = 16
+    assert progress.training_images_per_second == pytest.approx(2 * 4 / 3.0)
+    with progress.excluded():  # t = 17 .. 30: the final validation, after the last step: no effect
+        pass
+    assert progress.training_images_per_second == pytest.approx(2 * 4 / 3.0)
     progress.close()

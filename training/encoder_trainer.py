@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,6 +18,7 @@ from ghfeat_hf import GHFeatModel, StyleGANDiscriminator
 from training.batchnorm import synchronize_batchnorm
 from training.engine import (
     grad_norm,
+    loss_scale,
     maybe_channels_last,
     maybe_compile,
     maybe_no_sync,
@@ -58,6 +61,35 @@ def make_schedulers(args: argparse.Namespace, e_opt, d_opt, train_d: bool, max_s
     d_lambda = ExponentialDecay(args.lr_decay_rate, decay_steps, per_iteration, per_iteration - 1, constant)
     return (torch.optim.lr_scheduler.LambdaLR(e_opt, e_lambda),
             torch.optim.lr_scheduler.LambdaLR(d_opt, d_lambda))
+
+
+def schedule_settings(scheduler: torch.optim.lr_scheduler.LambdaLR) -> dict[str, Any]:
+    """What ``LambdaLR.load_state_dict`` restores of a schedule: the base learning rates and the decay fields."""
+    return {"base_lrs": list(scheduler.base_lrs), **vars(scheduler.lr_lambdas[0])}
+
+
+def warn_if_schedules_kept(requested: dict[str, dict[str, Any]],
+                           schedulers: dict[str, torch.optim.lr_scheduler.LambdaLR]) -> list[str]:
+    """Warn when a resume restored schedule settings other than the ones the flags built.
+
+    ``requested`` maps a name to :func:`schedule_settings` of the freshly built scheduler, taken before the
+    checkpoint was loaded; ``schedulers`` are the same schedulers after loading. Returns the differences (kept value,
+    then the flags' value); the checkpoint's values stay in force, so the schedule continues exactly.
+    """
+    changes = []
+    for name, scheduler in schedulers.items():
+        kept = schedule_settings(scheduler)
+        changes += [f"{name} {key}={kept.get(key)!r} (flags: {value!r})"
+                    for key, value in requested[name].items() if kept.get(key) != value]
+    if changes:
+        warnings.warn(
+            "Resumed with the checkpoint's learning-rate schedule, not the one the flags describe (LambdaLR restores "
+            f"its settings from the checkpoint); kept: {'; '.join(changes)}. These come from --learning_rate, "
+            "--d_learning_rate, --lr_schedule, --lr_decay_rate and --lr_decay_steps (whose default follows "
+            "--max_steps). Start a new run to train with other values.",
+            stacklevel=2,
+        )
+    return changes
 
 
 class EncoderTrainer:
@@ -161,7 +193,7 @@ class EncoderTrainer:
                 loss = loss_real + loss_fake
                 r1 = torch.zeros((), device=loss.device)
                 if do_r1:
-                    r1 = r1_penalty(real_scores, reals)
+                    r1 = r1_penalty(real_scores, reals, scale=loss_scale(accelerator))
                     loss = loss + r1 * (args.r1_gamma * 0.5)
                 accelerator.backward(loss)
             for key, value in (("loss_D", loss), ("loss_D_real", loss_real), ("loss_D_fake", loss_fake),

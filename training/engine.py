@@ -21,7 +21,8 @@ Plain functions and small classes around `accelerate.Accelerator`; no home-made 
         state.step += 1
         progress.update(state, loss=...)
         if state.step % args.log_every == 0: log_scalars(accelerator, {...}, state.step)
-        if state.step % args.checkpointing_steps == 0: checkpoints.save(state)
+        if state.step % args.checkpointing_steps == 0:
+            with progress.excluded(): checkpoints.save(state)   # left out of the reported throughput
     checkpoints.save(state); accelerator.end_training()
 
 Exact resume: data order comes from accelerate's seedable sampler + ``set_epoch`` + ``skip_first_batches``
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import resource
@@ -69,10 +69,22 @@ TRAINER_STATE_NAME = "trainer_state.json"
 # Arguments and accelerator
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type`` of an integer >= 1 (anything else becomes a ``parser.error``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the flags every trainer shares (use ``ArgumentDefaultsHelpFormatter`` to show the defaults).
 
-    Trainers change defaults with ``parser.set_defaults(...)``.
+    Trainers change defaults with ``parser.set_defaults(...)``. ``--batch_size`` and ``--gradient_accumulation_steps``
+    must be >= 1 (a default of None is left for the trainer to fill in).
     """
     group = parser.add_argument_group("run, checkpointing and logging (shared engine)")
     group.add_argument("--output_dir", type=str, required=True, help="Run directory: checkpoints/, logs/, samples/, exports.")
@@ -80,12 +92,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--seed", type=int, default=0, help="Seed of model init, data order, augmentation and every step.")
     group.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
                        help="Autocast precision (bf16 works on the CPU).")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
+    group.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
                        help="Micro-batches per optimizer update (the global batch is batch_size x processes x this).")
     group.add_argument("--report_to", type=str, default="tensorboard",
                        help="accelerate tracker(s): tensorboard, wandb, ..., all, or none.")
     group.add_argument("--max_steps", type=int, default=1000, help="Total optimizer updates of the run (resumes included).")
-    group.add_argument("--batch_size", type=int, default=32, help="Batch size per process.")
+    group.add_argument("--batch_size", type=positive_int, default=32, help="Batch size per process.")
     group.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes (decoding happens there).")
     group.add_argument("--checkpointing_steps", type=int, default=500,
                        help="Save a resumable checkpoint every N steps (0: only at the end).")
@@ -305,6 +317,14 @@ class CheckpointManager:
         path = self.resolve(resume_from_checkpoint)
         if path is None:
             return None
+        saved = json.loads((path / TRAINER_STATE_NAME).read_text()).get("num_processes")
+        if saved is not None and saved != self.accelerator.num_processes:
+            raise ValueError(
+                f"{path} was written by {saved} processes, this run has {self.accelerator.num_processes}. The data "
+                "position (batches consumed in the epoch, counted per process), the per-rank RNG states and the global "
+                f"batch all depend on the process count, so the run cannot continue exactly: resume with {saved} "
+                "processes (accelerate launch --num_processes ...), or start a new run in a fresh --output_dir."
+            )
         self.accelerator.load_state(str(path))
         expected = checkpoint_step(path)
         if state.step != expected:
@@ -315,14 +335,38 @@ class CheckpointManager:
         return path
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Delete what :func:`atomic_directory` calls of processes that no longer run left next to ``path``: their
+    ``.tmp-<name>-<pid>`` directories and, while ``path`` exists, their ``.old-<name>-<pid>`` ones."""
+    prefixes = (f".tmp-{path.name}-",) + ((f".old-{path.name}-",) if path.exists() else ())
+    for sibling in path.parent.iterdir():
+        for prefix in prefixes:
+            pid = sibling.name.removeprefix(prefix)
+            if sibling.name.startswith(prefix) and pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(sibling, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Write a directory atomically: yields a temporary sibling, which replaces ``path`` on success.
 
-    The previous ``path`` is kept until the new one is complete (renamed aside, then deleted).
+    The previous ``path`` is kept until the new one is complete (renamed aside, then deleted). Temporary siblings
+    left by crashed processes are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(path)
     temporary = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
@@ -382,7 +426,7 @@ def iterate_batches(
 ) -> Iterator[Any]:
     """Endless batches, epoch after epoch, keeping ``state`` (epoch, position, images, skipped) up to date.
 
-    Calls ``set_epoch(state.epoch)`` on the loader (or its dataset) at each epoch start and, on the first epoch
+    Calls ``set_epoch(state.epoch)`` on the loader and on its dataset at each epoch start and, on the first epoch
     after a resume, skips the ``state.batches_in_epoch`` batches already consumed (``accelerator.skip_first_batches``
     for prepared loaders; reading and dropping them otherwise). Batches with zero images (every sample
     unreadable) are consumed but not yielded. ``images_seen`` and ``skipped_samples`` (``batch["num_skipped"]``)
@@ -390,11 +434,13 @@ def iterate_batches(
     """
     if prepared is None:
         prepared = dataloader in getattr(accelerator, "_dataloaders", [])
+    dataset = getattr(dataloader, "dataset", None)
     while True:
         if hasattr(dataloader, "set_epoch"):
+            # with several processes a prepared loader forwards the epoch to its sampler only
             dataloader.set_epoch(state.epoch)
-        elif hasattr(getattr(dataloader, "dataset", None), "set_epoch"):
-            dataloader.dataset.set_epoch(state.epoch)
+        if hasattr(dataset, "set_epoch"):  # e.g. ImageRows: the epoch of the per-sample mirror flips
+            dataset.set_epoch(state.epoch)
         skip = state.batches_in_epoch
         if skip and prepared:
             loader = accelerator.skip_first_batches(dataloader, skip)
@@ -464,9 +510,9 @@ def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
     return float(torch.stack(norms).norm()) if norms else 0.0
 
 
-def learning_rates(optimizer: torch.optim.Optimizer, prefix: str = "lr") -> dict[str, float]:
-    groups = optimizer.param_groups
-    return {prefix if len(groups) == 1 else f"{prefix}/{i}": float(g["lr"]) for i, g in enumerate(groups)}
+def loss_scale(accelerator: Accelerator) -> float | None:
+    """The GradScaler's current loss scale under fp16, None otherwise (pass it to ``losses.r1_penalty``)."""
+    return accelerator.scaler.get_scale() if accelerator.scaler is not None else None
 
 
 def memory_stats(accelerator: Accelerator) -> dict[str, float]:
@@ -483,12 +529,13 @@ def memory_stats(accelerator: Accelerator) -> dict[str, float]:
 
 
 def log_scalars(accelerator: Accelerator, values: dict[str, Any], step: int) -> dict[str, float]:
-    """``accelerator.log`` of the finite scalar values (tensors become floats); returns what was logged."""
+    """``accelerator.log`` of the numeric scalar values (tensors become floats; NaN and inf are logged too, so a
+    diverging run shows in TensorBoard); returns what was logged."""
     scalars = {}
     for key, value in values.items():
         if isinstance(value, torch.Tensor):
             value = value.detach().float().item()
-        if isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(float(value)):
+        if isinstance(value, (int, float, np.floating, np.integer)):
             scalars[key] = float(value)
     if accelerator.log_with:
         accelerator.log(scalars, step=step)
@@ -496,25 +543,41 @@ def log_scalars(accelerator: Accelerator, values: dict[str, Any], step: int) -> 
 
 
 class Progress:
-    """tqdm progress bar over optimizer steps with images/s (sliding window) and ETA; main process only."""
+    """tqdm progress bar over optimizer steps with images/s (sliding window; shown on the main process only) and the
+    training throughput of this invocation (:attr:`training_images_per_second`).
+
+    Call :meth:`update` at the end of every step and run validation, sample grids and checkpoint saves inside
+    :meth:`excluded`.
+    """
 
     def __init__(self, accelerator: Accelerator, total_steps: int, state: TrainState, images_per_step: int,
                  window: int = 20, desc: str = "train"):
         from tqdm.auto import tqdm
 
         self.images_per_step = images_per_step
-        self.start_step = state.step
         self.times: deque[tuple[float, int]] = deque([(time.perf_counter(), state.step)], maxlen=window + 1)
-        self.first_step_time: float | None = None
-        self.total_steps = total_steps
+        self.last_step_end: float | None = None  # None until the first (warm-up) step, which is not measured
+        self.measured_steps, self.measured_seconds = 0, 0.0
+        self.pending_excluded = 0.0  # excluded seconds since the last update
         self.bar = tqdm(total=total_steps, initial=state.step, desc=desc, unit="step", dynamic_ncols=True,
                         disable=not accelerator.is_local_main_process)
 
+    @contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Leave the time spent inside out of :attr:`training_images_per_second` (validation, grids, checkpoints)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.pending_excluded += time.perf_counter() - start
+
     def update(self, state: TrainState, **postfix: Any) -> None:
+        """Mark the end of a step (``state.step`` just advanced) and refresh the bar with ``postfix`` values."""
         now = time.perf_counter()
-        if self.first_step_time is None:
-            self.first_step_time = now  # excludes the first (warm-up) step from the overall rate
-            self.first_step = state.step
+        if self.last_step_end is not None:
+            self.measured_steps += 1
+            self.measured_seconds += now - self.last_step_end - self.pending_excluded
+        self.last_step_end, self.pending_excluded = now, 0.0
         self.times.append((now, state.step))
         self.bar.update(state.step - self.bar.n)
         shown = {"img/s": f"{self.images_per_second:.1f}"}
@@ -527,18 +590,11 @@ class Progress:
         return (s1 - s0) * self.images_per_step / (t1 - t0) if t1 > t0 else 0.0
 
     @property
-    def overall_images_per_second(self) -> float:
-        """Average since the end of the first step of this invocation (excludes warm-up)."""
-        t1, s1 = self.times[-1]
-        if self.first_step_time is None or t1 <= self.first_step_time:
-            return self.images_per_second
-        return (s1 - self.first_step) * self.images_per_step / (t1 - self.first_step_time)
-
-    @property
-    def eta_seconds(self) -> float:
-        rate = self.images_per_second / max(self.images_per_step, 1)
-        remaining = self.total_steps - self.times[-1][1]
-        return remaining / rate if rate > 0 else float("inf")
+    def training_images_per_second(self) -> float:
+        """Images/s of the steps of this invocation after the first (warm-up) one, the time spent in :meth:`excluded`
+        blocks between them left out; NaN before two steps."""
+        seconds = self.measured_seconds
+        return self.measured_steps * self.images_per_step / seconds if self.measured_steps and seconds > 0 else float("nan")
 
     def close(self) -> None:
         self.bar.close()
@@ -592,6 +648,6 @@ def save_image_grid(
 __all__ = [
     "CheckpointManager", "Progress", "TrainState", "add_engine_args", "atomic_directory", "build_accelerator",
     "checkpoint_step", "convert_sync_batchnorm", "export_pretrained", "flat_hparams", "grad_norm", "init_trackers",
-    "iterate_batches", "learning_rates", "log_scalars", "maybe_channels_last", "maybe_compile", "maybe_no_sync",
-    "memory_stats", "save_image_grid", "seed_step", "shard_iterable_dataset", "tensor_to_pil",
+    "iterate_batches", "log_scalars", "loss_scale", "maybe_channels_last", "maybe_compile", "maybe_no_sync",
+    "memory_stats", "positive_int", "save_image_grid", "seed_step", "shard_iterable_dataset", "tensor_to_pil",
 ]

@@ -57,14 +57,22 @@ def discriminator_logistic_loss(real_scores: torch.Tensor, fake_scores: torch.Te
     return F.softplus(-real_scores.float()).mean(), F.softplus(fake_scores.float()).mean()
 
 
-def r1_penalty(real_scores: torch.Tensor, reals: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
+def r1_penalty(real_scores: torch.Tensor, reals: torch.Tensor, create_graph: bool = True,
+               scale: float | torch.Tensor | None = None) -> torch.Tensor:
     """R1: ``mean over the batch of sum_{C,H,W} (d sum(D(reals)) / d reals)^2`` (``reals`` must require grad).
 
     Multiply by ``gamma / 2`` (StyleGAN v1 / GH-Feat ``r1_gamma = 10``). ``create_graph`` keeps the graph for the
-    double backward into D's weights. Computed in float32.
+    double backward into D's weights. Computed in float32. Under fp16 autocast pass the GradScaler's loss ``scale``
+    (``training.engine.loss_scale``): the input gradient is then taken of ``scale * sum(D(reals))``, so its fp16
+    intermediates do not underflow, and divided by ``scale`` again (an overflow gives inf, which the GradScaler
+    skips like any other inf gradient).
     """
-    (grad,) = torch.autograd.grad(real_scores.float().sum(), reals, create_graph=create_graph)
-    return grad.float().square().sum(dim=list(range(1, grad.ndim))).mean()
+    total = real_scores.float().sum()
+    if scale is not None:
+        total = total * scale
+    (grad,) = torch.autograd.grad(total, reals, create_graph=create_graph)
+    grad = grad.float() if scale is None else grad.float() / scale
+    return grad.square().sum(dim=list(range(1, grad.ndim))).mean()
 
 
 # ----------------------------------------------------------------------------------------------------------------

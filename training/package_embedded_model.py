@@ -7,8 +7,10 @@
 The output holds the encoder run's [`GHFeatModel`] export (``config.json`` with the timm keys,
 ``model.safetensors``, ``preprocessor_config.json``) and the frozen generator and the GAN's discriminator as
 ``stylegan-generator/`` and ``stylegan-discriminator/``. The remote-code copies of the library's modules are left
-out: inside the package the library itself is importable. The recipe (exact commands, hardware, wall times)
-becomes the model card's source section. The evaluation numbers are added afterwards by
+out: inside the package the library itself is importable, and so is the generator config's ``_name_or_path`` (a
+path of the training machine). The GAN run's generator must be the one the encoder was trained against: its
+synthesis tensors must equal the export's ``synthesis.*`` tensors. The recipe (exact commands, hardware, wall
+times) becomes the model card's source section. The evaluation numbers are added afterwards by
 ``ghfeat evaluate <task> --model <output> --update-model-card``, which renders the card again.
 """
 
@@ -18,13 +20,16 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `ghfeat_hf` importable
+if __package__ in (None, ""):  # run as a script: make `training` and `ghfeat_hf` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch
+from safetensors.torch import load_file
+
 from ghfeat_hf.model_card import render_model_card, write_provenance
+from training.engine import atomic_directory
 
 GENERATOR_DIR = "stylegan-generator"
 DISCRIMINATOR_DIR = "stylegan-discriminator"
@@ -45,6 +50,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_same_synthesis(export_weights: Path, generator_weights: Path) -> None:
+    """Raise ``ValueError`` unless every ``synthesis.*`` tensor of the encoder export equals the generator's."""
+    export = {k: v for k, v in load_file(str(export_weights)).items() if k.startswith("synthesis.")}
+    generator = load_file(str(generator_weights))
+    if not export:
+        raise ValueError(f"{export_weights} holds no synthesis.* tensors: not a GHFeatModel export.")
+    differing = [key for key, value in export.items()
+                 if key not in generator or generator[key].shape != value.shape or not torch.equal(generator[key], value)]
+    if differing:
+        raise ValueError(
+            f"The generator {generator_weights.parent} is not the one the encoder of {export_weights.parent} was "
+            f"trained against: {len(differing)} of {len(export)} synthesis tensors are missing or differ (e.g. "
+            f"{', '.join(differing[:3])}). Pass the --gan-run whose stylegan-generator/ the encoder run used."
+        )
+
+
 def package(args: argparse.Namespace) -> Path:
     """Write ``args.output`` (replacing it only once the new directory is complete); returns its path."""
     export = args.encoder_run / "ghfeat"
@@ -52,14 +73,14 @@ def package(args: argparse.Namespace) -> Path:
                      args.gan_run / DISCRIMINATOR_DIR / "model.safetensors", args.recipe):
         if not required.is_file():
             raise FileNotFoundError(f"{required} not found.")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{args.output.name}-", dir=args.output.parent))
-    try:
+    check_same_synthesis(export / "model.safetensors", args.gan_run / GENERATOR_DIR / "model.safetensors")
+    with atomic_directory(args.output) as staging:
         for name in MODEL_FILES:
             if (export / name).is_file():
                 shutil.copy2(export / name, staging / name)
         config = json.loads((staging / "config.json").read_text())
         config.pop("auto_map", None)  # no remote code inside the package
+        config.get("generator_config", {}).pop("_name_or_path", None)  # a path of the training machine
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name in (GENERATOR_DIR, DISCRIMINATOR_DIR):
             shutil.copytree(args.gan_run / name, staging / name,
@@ -72,11 +93,6 @@ def package(args: argparse.Namespace) -> Path:
         render_model_card(staging)
         for path in [staging, *staging.rglob("*")]:  # readable by everyone, as installed package data
             path.chmod(0o755 if path.is_dir() else 0o644)
-        if args.output.exists():
-            shutil.rmtree(args.output)
-        staging.rename(args.output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return args.output
 
 

@@ -36,7 +36,8 @@ Both use Adam(lr 1e-4, betas (0.9, 0.99), eps 1e-8). Official details reproduced
   official value may be one step later: a factor 0.8^(1/decay_step), about 1 - 6e-6 at the official settings).
   ``--lr_schedule plain`` counts one step per iteration (``lr = 1e-4 * 0.8 ** (iteration / decay_step)`` for both);
   ``constant`` keeps 1e-4. (The official resume restarted ``global_step`` at ``start`` instead of ``2 * start``; a
-  resume here continues the schedule exactly.)
+  resume here continues the schedule exactly, keeping the checkpoint's schedule settings: changed LR flags are then
+  reported in a warning and not applied.)
 * **Non-finite updates are skipped** (``tflib.Optimizer``): when a gradient holds inf/NaN the update is dropped and
   counted (``train/skipped_nonfinite_E`` / ``_D``). Under fp16 the GradScaler makes that decision.
 * **BatchNorm is synchronised across processes** (the official multi-GPU encoder normalises over the global batch of
@@ -44,8 +45,10 @@ Both use Adam(lr 1e-4, betas (0.9, 0.99), eps 1e-8). Official details reproduced
   gloo-capable :class:`CrossProcessBatchNorm` of ``training/batchnorm.py``. One process uses plain BatchNorm.
 * Batch: 12 images per process at 256 px (official ``minibatch_per_gpu_train = {128: 16, 256: 12, 512: 8, 1024: 4}``,
   8 GPUs); length ``total_kimg = {128: 12000, 256: 14000, 512: 16000, 1024: 18000}`` thousand images
-  (``--total_kimg``). Use a global batch of 96 (processes x ``--batch_size`` x ``--gradient_accumulation_steps``)
-  to match the official BN statistics and step count.
+  (``--total_kimg``). BatchNorm statistics cover processes x ``--batch_size`` images: each accumulated micro-batch is
+  normalised on its own, so only processes x ``--batch_size`` = 96 matches the official BN statistics. Gradient
+  accumulation (global batch = processes x ``--batch_size`` x ``--gradient_accumulation_steps``) matches the official
+  global batch and step count, not the BN statistics.
 
 Perceptual network: see ``training/losses.py`` (real pretrained VGG16 only; timm ``vgg16.tv_in1k`` by default, any
 local VGG16 state dict with ``--perceptual_weights``; without weights the script refuses the perceptual loss unless
@@ -75,7 +78,6 @@ import copy
 import json
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,13 @@ from torch import nn
 from ghfeat_hf import GHFeatConfig, GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
 from ghfeat_hf.data import load_fashion_mnist, load_image_dataset, make_image_dataloader
 from ghfeat_hf.hub import push_to_hub, save_ghfeat_directory
-from training.encoder_trainer import EncoderTrainer, build_trainer, save_reconstruction_grid
+from training.encoder_trainer import (
+    EncoderTrainer,
+    build_trainer,
+    save_reconstruction_grid,
+    schedule_settings,
+    warn_if_schedules_kept,
+)
 from training.engine import (
     CheckpointManager,
     Progress,
@@ -268,8 +276,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("loss weights must be >= 0")
     if args.num_grid_images > args.num_validation_images:
         args.num_grid_images = args.num_validation_images
-    if args.gradient_accumulation_steps < 1:
-        parser.error("--gradient_accumulation_steps must be >= 1")
     return args
 
 
@@ -467,7 +473,10 @@ def main(argv: list[str] | None = None) -> dict:
     for obj in (state, e_sched, d_sched):
         accelerator.register_for_checkpointing(obj)
     checkpoints = CheckpointManager(accelerator, args.output_dir, args.checkpoints_total_limit)
+    requested_schedules = {"E": schedule_settings(e_sched), "D": schedule_settings(d_sched)}
     resumed = checkpoints.resume(args.resume_from_checkpoint, state)
+    if resumed is not None:
+        warn_if_schedules_kept(requested_schedules, {"E": e_sched, "D": d_sched})
     trainer.skipped = {"E": int(state.extra.get("skipped_nonfinite_E", 0)), "D": int(state.extra.get("skipped_nonfinite_D", 0))}
     init_trackers(accelerator, "train_encoder", {k: v for k, v in vars(args).items() if k != "hub_token"})
 
@@ -504,7 +513,6 @@ def main(argv: list[str] | None = None) -> dict:
     progress = Progress(accelerator, args.max_steps, state, images_per_step=global_batch)
     history: list[dict[str, float]] = []
     local_batches, steps_run = 0, 0
-    started, first_step_done = time.perf_counter(), None
     bn_checksums_first_step = None
     while state.step < args.max_steps:
         micro = [next(batches)["pixel_values"] for _ in range(args.gradient_accumulation_steps)]
@@ -518,7 +526,6 @@ def main(argv: list[str] | None = None) -> dict:
         state.step += 1
         steps_run += 1
         state.extra["skipped_nonfinite_E"], state.extra["skipped_nonfinite_D"] = trainer.skipped["E"], trainer.skipped["D"]
-        first_step_done = first_step_done or time.perf_counter()
         keys = sorted(metrics)
         values = dict(zip(keys, torch.stack([metrics[k].float().cpu() for k in keys]).tolist()))
         history.append({"step": state.step, **values})
@@ -544,17 +551,17 @@ def main(argv: list[str] | None = None) -> dict:
             log_scalars(accelerator, scalars, state.step)
         validate_now = args.validation_steps > 0 and state.step % args.validation_steps == 0
         grid_now = args.sample_every > 0 and state.step % args.sample_every == 0
-        if (validate_now or grid_now) and state.step != args.max_steps:
-            run_validation(state.step, grid=grid_now, metrics=validate_now)
-        if args.checkpointing_steps > 0 and state.step % args.checkpointing_steps == 0:
-            checkpoints.save(state)
+        with progress.excluded():  # left out of the reported throughput
+            if (validate_now or grid_now) and state.step != args.max_steps:
+                run_validation(state.step, grid=grid_now, metrics=validate_now)
+            if args.checkpointing_steps > 0 and state.step % args.checkpointing_steps == 0:
+                checkpoints.save(state)
     progress.close()
+    throughput = progress.training_images_per_second
     run_validation(state.step)
     checkpoints.save(state)
 
     # Export: the GHFeatModel (encoder + frozen synthesis) and the fine-tuned discriminator.
-    elapsed = time.perf_counter() - (first_step_done or started)
-    throughput = (steps_run - 1) * global_batch / elapsed if steps_run > 1 and elapsed > 0 else float("nan")
     tail = history[-20:]
     final_losses = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if k != "step"} if tail else {}
     last_validation = validation_history[-1] if validation_history else {}
@@ -612,7 +619,8 @@ def main(argv: list[str] | None = None) -> dict:
           flush=True)
     if accelerator.is_main_process:
         if math.isfinite(throughput):
-            print(f"throughput: {throughput:.2f} images/s (first step excluded)", flush=True)
+            print(f"throughput: {throughput:.2f} images/s (training steps only: the first step, validation, "
+                  "reconstruction grids and checkpoint saves excluded)", flush=True)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -26,7 +26,6 @@ import copy
 import json
 import math
 import sys
-import time
 import warnings
 from collections import deque
 from pathlib import Path
@@ -50,6 +49,7 @@ from training.engine import (
     init_trackers,
     iterate_batches,
     log_scalars,
+    loss_scale,
     maybe_channels_last,
     maybe_compile,
     maybe_no_sync,
@@ -177,7 +177,7 @@ def d_step(ctx: dict, micro_batches: list[torch.Tensor], step: int) -> dict[str,
             loss = loss_fake + loss_real
             r1 = torch.zeros((), device=loss.device)
             if do_r1:
-                r1 = r1_penalty(real_scores, reals)
+                r1 = r1_penalty(real_scores, reals, scale=loss_scale(accelerator))
                 loss = loss + r1 * (args.r1_gamma * 0.5 * args.r1_interval)
             accelerator.backward(loss)
         for key, value in (("loss_D", loss), ("loss_D_real", loss_real), ("loss_D_fake", loss_fake),
@@ -302,7 +302,6 @@ def main(argv: list[str] | None = None) -> dict:
     batches = iterate_batches(accelerator, dataloader, state, prepared=not args.streaming)
     progress = Progress(accelerator, args.max_steps, state, images_per_step=global_batch)
     history: deque[dict[str, float]] = deque(maxlen=10000)  # per-step metrics of this invocation (last 10k)
-    started, first_step_done = time.perf_counter(), None
     steps_run, exported_at = 0, None
     while state.step < args.max_steps:
         micro = [next(batches)["pixel_values"] for _ in range(args.gradient_accumulation_steps)]
@@ -313,7 +312,6 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.update(g_step(ctx, args.batch_size, state.step))
         state.step += 1
         steps_run += 1
-        first_step_done = first_step_done or time.perf_counter()
         values = {k: float(v) for k, v in metrics.items()}
         history.append({"step": state.step, **values})
         progress.update(state, loss_D=values["loss_D"], loss_G=values["loss_G"])
@@ -328,12 +326,14 @@ def main(argv: list[str] | None = None) -> dict:
                             "data/images_seen": state.images_seen, "data/skipped_samples": state.skipped_samples,
                             "train/w_avg_norm": g_ema.mapping.w_avg.norm(), **memory_stats(accelerator)})
             log_scalars(accelerator, scalars, state.step)
-        if args.sample_every > 0 and state.step % args.sample_every == 0:
-            save_samples(ctx, state.step)
-        if args.checkpointing_steps > 0 and state.step % args.checkpointing_steps == 0:
-            checkpoints.save(state, on_saved=lambda _: export_models(ctx))
-            exported_at = state.step
+        with progress.excluded():  # left out of the reported throughput
+            if args.sample_every > 0 and state.step % args.sample_every == 0:
+                save_samples(ctx, state.step)
+            if args.checkpointing_steps > 0 and state.step % args.checkpointing_steps == 0:
+                checkpoints.save(state, on_saved=lambda _: export_models(ctx))
+                exported_at = state.step
     progress.close()
+    throughput = progress.training_images_per_second
 
     if steps_run == 0 or args.sample_every <= 0 or state.step % args.sample_every != 0:
         save_samples(ctx, state.step)
@@ -343,8 +343,6 @@ def main(argv: list[str] | None = None) -> dict:
     # Proof that the ranks trained one model: the generator checksum of every process (all equal under DDP).
     checksum = sum(float(p.detach().double().sum()) for p in ctx["g_module"].generator.parameters())
     checksums = accelerator.gather(torch.tensor([checksum], dtype=torch.float64, device=accelerator.device)).tolist()
-    elapsed = time.perf_counter() - (first_step_done or started)
-    throughput = (steps_run - 1) * global_batch / elapsed if steps_run > 1 and elapsed > 0 else float("nan")
     summary = {
         "step": state.step, "epoch": state.epoch, "images_seen": state.images_seen,
         "skipped_samples": state.skipped_samples, "num_processes": world, "global_batch_size": global_batch,
@@ -355,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         if math.isfinite(throughput):
             print(f"throughput: {throughput:.2f} images/s ({global_batch / throughput:.3f} s/step at global batch "
-                  f"{global_batch}, first step excluded)", flush=True)
+                  f"{global_batch}; training steps only: the first step, sample grids and checkpoint saves with their "
+                  "exports excluded)", flush=True)
         (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -6,19 +6,24 @@ skip records, never errors) -> [`GHFeatImageProcessor`] -> batched [`GHFeatModel
 output file, written to a temporary name and moved into place with `os.replace`.
 
 `resume=True` reads the committed rows, skips the ids already done (rows and skipped items) and continues in a
-new part file; the final file is a merge of all parts, ordered by source position. Because a resumed session
-restarts at a batch boundary with the same batch size, it sees the same batches and gives identical rows.
+new part file; the final file is a merge of all parts, ordered by source position. It refuses a run whose settings
+differ: the model, the source (its description and `datasets` fingerprint), the layers, the columns, the dtype and
+the batch size. With BatchNorm in eval mode a row does not depend on its batch mathematically, but the kernels
+round differently for another batch shape (differences of about 1e-6); with the same batch size, a resumed session
+restarts at a batch boundary, sees the same batches of an unchanged source and gives identical rows.
 
 Output layouts (by extension):
     `.parquet` / `.arrow` (Arrow IPC stream, `datasets`' own cache format): columns `id` (string), `ghfeat`
         (fixed-size list, the compact vector of the kept layers), optionally `style_code_XX` (one per kept layer),
         `tiled_codes` (`[L_kept, max_style_dim]`, the official layout) and `reconstruction` (PNG path relative to
         the reconstructions directory). Schema metadata: `ghfeat_skipped` (JSON list of `{"id", "error"}`),
-        `ghfeat_layers`, `ghfeat_style_dims`, `ghfeat_model`, `ghfeat_source`, `ghfeat_version`.
+        `ghfeat_layers`, `ghfeat_style_dims`, `ghfeat_model`, `ghfeat_source`, `ghfeat_settings` (what `resume`
+        compares), `ghfeat_version`.
         Both load with `datasets.load_dataset("parquet"|"arrow", data_files=...)`.
     `.safetensors`: tensors `ghfeat` `[N, D]` (+ `style_code_XX`, `tiled_codes`); `__metadata__` holds `ids`,
         `skipped`, `layers`, ... as JSON strings.
-    `.npy`: the compact matrix `[N, D]`; everything else goes to the sidecar `<output>.json`.
+    `.npy`: the compact matrix `[N, D]`; everything else, with `num_rows`, goes to the sidecar `<output>.json`
+        (written after the matrix).
 All vectors are stored as float32 whatever the compute dtype.
 
 Modules: [`runtime`] (models, devices, dtypes, layers), [`sources`] (inputs and decoding), [`storage`] (partial

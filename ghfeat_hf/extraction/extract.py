@@ -25,6 +25,7 @@ from .storage import (
     PartialRun,
     SkippedImage,
     atomic_write_bytes,
+    check_settings,
     fixed_list,
     output_format,
     partial_path,
@@ -72,6 +73,9 @@ class _BatchEncoder:
     schema: pa.Schema
     recon_dir: Path | None = None
     recon_names: dict[str, str] | None = None
+    """Names of every id of a finite source; `None` for a streaming source, named batch by batch."""
+    taken_names: set[str] = field(default_factory=set)
+    """The names a streaming source's batches (this session's and the interrupted one's) already use."""
 
     def __call__(self, good: Sequence[tuple[SourceItem, torch.Tensor]]) -> pa.RecordBatch:
         model = self.model
@@ -94,9 +98,16 @@ class _BatchEncoder:
         columns[POSITION_COLUMN] = pa.array([item.position for item, _ in good], pa.int64())
         return pa.RecordBatch.from_arrays(list(columns.values()), schema=self.schema)
 
+    def _names(self, ids: list[str]) -> list[str]:
+        """PNG names for a batch's ids, unique across the run."""
+        names = self.recon_names
+        if names is None:
+            names = reconstruction_names(ids, self.taken_names)
+            self.taken_names.update(names.values())
+        return [names[item_id] for item_id in ids]
+
     def _save_reconstructions(self, good, decoded: torch.Tensor) -> list[str]:
-        names = [self.recon_names[item.id] if self.recon_names else reconstruction_names([item.id])[item.id]
-                 for item, _ in good]
+        names = self._names([item.id for item, _ in good])
         for name, image in zip(names, self.processor.postprocess(decoded.float())):
             target = self.recon_dir / name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -139,9 +150,11 @@ def extract_features(
             streaming datasets; 0 decodes in the main process.
         layers: keep only these layers' codes (see [`parse_layers`]); stored in the metadata.
         keep_codes: add one `style_code_XX` column per kept layer.
-        keep_tiled: add the official tiled `[L, max_style_dim]` array as `tiled_codes`.
+        keep_tiled: add the official tiled `[L_kept, max(style_dims)]` array as `tiled_codes`.
         reconstructions_dir: also decode the codes (all layers) and save every reconstruction as a PNG there.
-        resume: continue an interrupted run of the same command from `<output>.partial/`.
+        resume: continue an interrupted run of the same command from `<output>.partial/` (same settings, batch
+            size and source, else a [`UsageError`]); with a finished `output` written with the same settings,
+            return it as it is.
         overwrite: replace an existing output or discard an interrupted run.
         progress: show a tqdm bar (images/s, skipped count).
         on_batch: called with a [`BatchProgress`] after every committed batch.
@@ -169,6 +182,12 @@ def extract_features(
     source = resolve_source(source)
     recon_dir = Path(reconstructions_dir) if reconstructions_dir is not None else None
 
+    settings = {
+        "model": model_fingerprint(model), "source": source.identity(), "batch_size": batch_size,
+        "layers": layer_list, "keep_codes": keep_codes, "keep_tiled": keep_tiled, "format": fmt,
+        "dtype": str(compute_dtype).removeprefix("torch."),
+        "reconstructions": os.fspath(recon_dir.resolve()) if recon_dir is not None else None,
+    }
     partial_dir = partial_path(output)
     if partial_dir.exists() and not (resume or overwrite):
         raise UsageError(f"found an interrupted run in {os.fspath(partial_dir)!r}: pass --resume to continue it or "
@@ -176,19 +195,14 @@ def extract_features(
     if output.exists() and not partial_dir.exists():
         if resume:
             meta = read_extraction_metadata(output)
+            check_settings(meta.get("settings", {}), settings, f"the finished run that wrote {os.fspath(output)!r}")
             return ExtractionResult(output, meta["num_rows"], [SkippedImage(**s) for s in meta.get("skipped", [])],
-                                    meta.get("layers", layer_list), meta["num_rows"])
+                                    layer_list, meta["num_rows"])
         if not overwrite:
             raise UsageError(f"{os.fspath(output)!r} already exists: pass --overwrite to replace it.")
     output.parent.mkdir(parents=True, exist_ok=True)
 
     schema = row_schema(kept_dims, layer_list, keep_codes, keep_tiled, max(style_dims), recon_dir is not None)
-    settings = {
-        "model": model_fingerprint(model),
-        "layers": layer_list, "keep_codes": keep_codes, "keep_tiled": keep_tiled, "format": fmt,
-        "dtype": str(compute_dtype).removeprefix("torch."),
-        "reconstructions": os.fspath(recon_dir.resolve()) if recon_dir is not None else None,
-    }
     open_run = PartialRun.reopen if resume and partial_dir.exists() else PartialRun.start
     run = open_run(partial_dir, schema, settings)
 
@@ -196,9 +210,12 @@ def extract_features(
         done_rows, skipped_records = run.done()
         done_ids = set(done_rows) | {record["id"] for record in skipped_records}
         positions, pending, total = _pending(source, done_rows, skipped_records, done_ids)
-        recon_names = reconstruction_names(list(positions)) if recon_dir is not None and positions else None
         encode = _BatchEncoder(model, processor, device, compute_dtype, layer_list, keep_codes, keep_tiled,
-                               run.schema, recon_dir, recon_names)
+                               run.schema, recon_dir)
+        if recon_dir is not None and positions is not None:
+            encode.recon_names = reconstruction_names(list(positions))
+        elif recon_dir is not None:  # streaming: named batch by batch, after the interrupted session's names
+            encode.taken_names = set(run.committed_table().column("reconstruction").to_pylist())
 
         bar = _progress_bar(total, len(done_ids), progress, output)
         rows, skipped_count, batches, processed = run.num_rows, len(skipped_records), 0, len(done_ids)
@@ -234,7 +251,8 @@ def extract_features(
         order = np.argsort(keys, kind="stable") if keys.size and np.any(np.diff(keys) < 0) else None
         table = table.drop_columns([POSITION_COLUMN])
         skipped = [SkippedImage(record["id"], record["error"]) for record in skipped_records]
-        write_output(fmt, output, table, order, schema, _output_metadata(model, source, layer_list, kept_dims, skipped))
+        write_output(fmt, output, table, order, schema,
+                     _output_metadata(model, source, layer_list, kept_dims, skipped, settings))
         run.close()
         shutil.rmtree(partial_dir, ignore_errors=True)
         return ExtractionResult(output, table.num_rows, skipped, layer_list, len(done_rows))
@@ -266,7 +284,7 @@ def _pending(source: ImageSource, done_rows: dict[str, int], skipped_records: li
 
 
 def _output_metadata(model, source: ImageSource, layers: list[int], kept_dims: list[int],
-                     skipped: list[SkippedImage]) -> dict[str, Any]:
+                     skipped: list[SkippedImage], settings: dict[str, Any]) -> dict[str, Any]:
     from .. import __version__
 
     return {
@@ -275,6 +293,7 @@ def _output_metadata(model, source: ImageSource, layers: list[int], kept_dims: l
         "style_dims": kept_dims,
         "model": str(getattr(model.config, "name_or_path", "") or ""),
         "source": source.description,
+        "settings": settings,
         "version": __version__,
     }
 

@@ -61,6 +61,10 @@ class ImageSource:
     def num_items(self) -> int | None:
         return None
 
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must find unchanged: the description (and, for datasets, the data fingerprint)."""
+        return {"description": self.description}
+
 
 def image_extensions() -> frozenset[str]:
     """Lower-case file extensions (with the dot) PIL can open."""
@@ -157,12 +161,15 @@ def file_sources(inputs: Sequence[str | os.PathLike]) -> FileSource:
 class DatasetSource(ImageSource):
     """Rows of a `datasets.Dataset` (map-style, decoded in DataLoader workers) or `datasets.IterableDataset`
     (streaming: read in order in the main process, decoded in `num_workers` threads). Ids come from `id_column`,
-    else the row position. `datasets.Image` columns are read undecoded, so a corrupt image is a skip record."""
+    else the row position. `datasets.Image` columns are read undecoded, so a corrupt image is a skip record.
+    `fingerprint` identifies the data for `--resume` (default: the dataset's own `datasets` fingerprint)."""
 
-    def __init__(self, dataset, image_column: str = "image", id_column: str | None = None, description: str = ""):
+    def __init__(self, dataset, image_column: str = "image", id_column: str | None = None, description: str = "",
+                 fingerprint: str | None = None):
         import datasets
 
         self.image_column, self.id_column = image_column, id_column
+        self.fingerprint = fingerprint or getattr(dataset, "_fingerprint", None)
         self.finite = isinstance(dataset, datasets.Dataset)
         if not self.finite and not isinstance(dataset, datasets.IterableDataset):
             raise TypeError(f"expected a datasets.Dataset or IterableDataset, got {type(dataset).__name__}.")
@@ -202,6 +209,10 @@ class DatasetSource(ImageSource):
     def num_items(self) -> int | None:
         return len(self._ids) if self.finite else None
 
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "fingerprint": self.fingerprint, "image_column": self.image_column,
+                "id_column": self.id_column}
+
 
 def dataset_source(
     name_or_path: str,
@@ -215,6 +226,7 @@ def dataset_source(
     name, a data folder, a builder such as `imagefolder`); `streaming=True` iterates without downloading it all."""
     import datasets
 
+    fingerprint = None
     try:
         if os.path.isdir(name_or_path) and any(
             os.path.isfile(os.path.join(name_or_path, name)) for name in ("state.json", "dataset_dict.json")
@@ -225,6 +237,7 @@ def dataset_source(
                     raise UsageError(f"split {split!r} not in {name_or_path!r}; it has {list(dataset)}.")
                 dataset = dataset[split]
             if streaming:
+                fingerprint = dataset._fingerprint  # an IterableDataset has none
                 dataset = dataset.to_iterable_dataset()
         else:
             dataset = datasets.load_dataset(name_or_path, config_name, split=split, streaming=streaming)
@@ -233,7 +246,8 @@ def dataset_source(
     except (OSError, ValueError, KeyError) as error:
         raise UsageError(f"could not load the dataset {name_or_path!r} (split {split!r}): {error}") from error
     kind = "streaming dataset" if streaming else "dataset"
-    return DatasetSource(dataset, image_column, id_column, f"{kind} {name_or_path} [{split}]")
+    name = f"{name_or_path} ({config_name})" if config_name else name_or_path
+    return DatasetSource(dataset, image_column, id_column, f"{kind} {name} [{split}]", fingerprint)
 
 
 def resolve_source(source) -> ImageSource:

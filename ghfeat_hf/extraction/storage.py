@@ -16,7 +16,8 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -117,22 +118,27 @@ def _safe_relative(item_id: str) -> PurePosixPath:
     return PurePosixPath(*parts) if parts else PurePosixPath("_")
 
 
-def reconstruction_names(ids: Sequence[str]) -> dict[str, str]:
-    """PNG paths (relative to the reconstructions folder) for ids: the id with its image extension replaced by
-    `.png`, or `.png` appended when that would collide or the id has no image extension."""
+def reconstruction_names(ids: Sequence[str], taken: Collection[str] = ()) -> dict[str, str]:
+    """PNG paths (relative to the reconstructions folder) for distinct ids, distinct from each other and from
+    `taken`: the id with its image extension replaced by `.png`; `.png` appended when that would collide or the id
+    has no image extension; `-2`, `-3`, ... before that `.png` in the rare case that still collides."""
     extensions = image_extensions()
+    paths = {item_id: _safe_relative(item_id) for item_id in ids}
+    short = {item_id: (path.with_suffix(".png") if path.suffix.lower() in extensions else
+                       path.with_name(path.name + ".png")).as_posix() for item_id, path in paths.items()}
+    counts = Counter(short.values())
+    used = set(taken)
     names = {}
-    for item_id in ids:
-        path = _safe_relative(item_id)
-        names[item_id] = (path.with_suffix(".png") if path.suffix.lower() in extensions else
-                          path.with_name(path.name + ".png")).as_posix()
-    counts: dict[str, int] = {}
-    for name in names.values():
-        counts[name] = counts.get(name, 0) + 1
-    for item_id, name in names.items():
-        if counts[name] > 1:
-            path = _safe_relative(item_id)
-            names[item_id] = path.with_name(path.name + ".png").as_posix()
+    for item_id, path in paths.items():
+        name = short[item_id]
+        if counts[name] > 1 or name in used:
+            name = path.with_name(path.name + ".png").as_posix()
+        copy = 2
+        while name in used:
+            name = path.with_name(f"{path.name}-{copy}.png").as_posix()
+            copy += 1
+        used.add(name)
+        names[item_id] = name
     return names
 
 
@@ -180,6 +186,15 @@ def _committed_rows(state: dict) -> int:
     return sum(part["rows"] for part in state.get("parts", []))
 
 
+def check_settings(previous: dict, settings: dict, run: str) -> None:
+    """Raise a [`UsageError`] naming every setting of `run` (`previous`) that differs from `settings`."""
+    changed = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
+    if changed:
+        details = "; ".join(f"{key}: {previous.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
+        raise UsageError(f"cannot resume: {run} used other settings ({details}). Use the same options, or pass "
+                         "--overwrite to start over.")
+
+
 class PartialRun:
     """The `<output>.partial/` directory: committed Arrow stream parts and the progress record."""
 
@@ -210,14 +225,7 @@ class PartialRun:
             ) from error
         if state.get("format") != _PROGRESS_FORMAT:
             raise UsageError(f"cannot resume: {os.fspath(directory)!r} is not a ghfeat extraction state.")
-        previous = state.get("settings", {})
-        changed = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
-        if changed:
-            details = "; ".join(f"{key}: {previous.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
-            raise UsageError(
-                f"cannot resume: the interrupted run used other settings ({details}). Use the same options, or "
-                "pass --overwrite to start over."
-            )
+        check_settings(state.get("settings", {}), settings, "the interrupted run")
         return cls(directory, schema, state)
 
     def _save(self) -> None:
@@ -317,21 +325,27 @@ def _write_table_file(fmt: str, output: Path, chunks: Iterator[pa.Table], schema
                     writer.write_table(chunk.replace_schema_metadata(schema.metadata))
 
 
+def _npy_sidecar(output: Path) -> Path:
+    return Path(os.fspath(output) + ".json")
+
+
 def _write_npy(output: Path, table_chunks: Iterator[pa.Table], num_rows: int, width: int, meta: dict) -> None:
-    atomic_write_bytes(Path(os.fspath(output) + ".json"), json.dumps(meta, indent=1).encode("utf-8"))
+    """The `[num_rows, width]` matrix first, then the sidecar (with `num_rows`, checked when read): a failed write
+    never leaves new metadata next to an old matrix."""
     with _replacing(output) as tmp:
         if num_rows == 0:
             with open(tmp, "wb") as handle:
                 np.save(handle, np.zeros((0, width), np.float32))
-            return
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_rows, width))
-        row = 0
-        for chunk in table_chunks:
-            values = _to_numpy(chunk.column("ghfeat"), (width,))
-            matrix[row:row + len(values)] = values
-            row += len(values)
-        matrix.flush()
-        del matrix
+        else:
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_rows, width))
+            row = 0
+            for chunk in table_chunks:
+                values = _to_numpy(chunk.column("ghfeat"), (width,))
+                matrix[row:row + len(values)] = values
+                row += len(values)
+            matrix.flush()
+            del matrix
+    atomic_write_bytes(_npy_sidecar(output), json.dumps({**meta, "num_rows": num_rows}, indent=1).encode("utf-8"))
 
 
 def _write_safetensors(output: Path, table: pa.Table, order: np.ndarray | None, chunk_rows: int,
@@ -375,7 +389,8 @@ def write_output(fmt: str, output: Path, table: pa.Table, order: np.ndarray | No
 
 def read_extraction_metadata(output: str | os.PathLike) -> dict:
     """Metadata of a finished output: `num_rows`, `skipped` (list of `{"id", "error"}`), `layers`, `style_dims`,
-    `model`, `source`, and `ids` for `.npy`/`.safetensors` outputs."""
+    `model`, `source`, `settings` (what `--resume` compares), and `ids` for `.npy`/`.safetensors` outputs. A
+    [`UsageError`] when a `.npy` sidecar does not match its matrix's row count."""
     output = Path(output)
     fmt = output_format(output)
     num_rows = None
@@ -394,13 +409,17 @@ def read_extraction_metadata(output: str | os.PathLike) -> dict:
         with safe_open(os.fspath(output), "np") as handle:
             meta = dict(handle.metadata() or {})
     else:
-        meta = _encode_metadata(json.loads(Path(os.fspath(output) + ".json").read_text(encoding="utf-8")))
+        meta = _encode_metadata(json.loads(_npy_sidecar(output).read_text(encoding="utf-8")))
+        num_rows = np.load(output, mmap_mode="r").shape[0]
     decoded: dict[str, Any] = {}
     for key, value in meta.items():
         try:
             decoded[key] = json.loads(value)
         except ValueError:
             decoded[key] = value
+    if fmt == "npy" and decoded.get("num_rows") != num_rows:
+        raise UsageError(f"{os.fspath(_npy_sidecar(output))!r} describes {decoded.get('num_rows')} rows but "
+                         f"{os.fspath(output)!r} holds {num_rows}: they come from different runs.")
     decoded["num_rows"] = num_rows if num_rows is not None else len(decoded.get("ids", []))
     return decoded
 
@@ -411,6 +430,7 @@ __all__ = [
     "PartialRun",
     "SkippedImage",
     "atomic_write_bytes",
+    "check_settings",
     "fixed_list",
     "output_format",
     "partial_path",
