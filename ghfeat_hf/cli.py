@@ -21,7 +21,7 @@ def _default_num_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse `type`: an integer >= `minimum` (argparse reports anything else as a usage error)."""
 
     def parse(text: str) -> int:
@@ -36,7 +36,7 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-_positive_int = _int_at_least(1)
+_positive_int = int_at_least(1)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def _add_extract_parser(subparsers) -> None:
     group.add_argument("--id-column", help="column used as the row id (default: the row position)")
     group.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per model batch (default: 32)")
-    parser.add_argument("--num-workers", type=_int_at_least(0), default=_default_num_workers(),
+    parser.add_argument("--num-workers", type=int_at_least(0), default=_default_num_workers(),
                         help="decoding workers (default: %(default)s)")
     parser.add_argument("--layers", help="keep a subset of generator layers: e.g. 0-3,8 or coarse|middle|fine")
     parser.add_argument("--keep-codes", action="store_true", help="also store one style_code_XX column per layer")

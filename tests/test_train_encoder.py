@@ -207,7 +207,7 @@ def test_batch_and_accumulation_must_be_positive(capsys):
     for flag in ("--gradient_accumulation_steps", "--batch_size"):
         with pytest.raises(SystemExit):
             train_encoder.parse_args([*base, flag, "0"])
-        assert f"argument {flag}: must be >= 1, got 0" in capsys.readouterr().err
+        assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
     assert train_encoder.parse_args(base).batch_size is None  # filled in from the resolution later
 
 

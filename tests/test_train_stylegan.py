@@ -172,7 +172,7 @@ def test_refuses_empty_batches(capsys):
     for flag in ("--gradient_accumulation_steps", "--batch_size"):
         with pytest.raises(SystemExit):
             train_stylegan.parse_args(["--dataset", "d", "--output_dir", "o", flag, "0"])
-        assert f"argument {flag}: must be >= 1, got 0" in capsys.readouterr().err
+        assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_two_cpu_processes(tmp_path, photo_dataset):

@@ -56,6 +56,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, send_to_device, set_seed
 
+from ghfeat_hf.cli import int_at_least
 from ghfeat_hf.hub import restore_default_file_mode
 
 logger = get_logger(__name__)
@@ -67,17 +68,6 @@ TRAINER_STATE_NAME = "trainer_state.json"
 
 # ----------------------------------------------------------------------------------------------------------------
 # Arguments and accelerator
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type`` of an integer >= 1 (anything else becomes a ``parser.error``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -92,12 +82,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--seed", type=int, default=0, help="Seed of model init, data order, augmentation and every step.")
     group.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
                        help="Autocast precision (bf16 works on the CPU).")
-    group.add_argument("--gradient_accumulation_steps", type=positive_int, default=1,
+    group.add_argument("--gradient_accumulation_steps", type=int_at_least(1), default=1,
                        help="Micro-batches per optimizer update (the global batch is batch_size x processes x this).")
     group.add_argument("--report_to", type=str, default="tensorboard",
                        help="accelerate tracker(s): tensorboard, wandb, ..., all, or none.")
     group.add_argument("--max_steps", type=int, default=1000, help="Total optimizer updates of the run (resumes included).")
-    group.add_argument("--batch_size", type=positive_int, default=32, help="Batch size per process.")
+    group.add_argument("--batch_size", type=int_at_least(1), default=32, help="Batch size per process.")
     group.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes (decoding happens there).")
     group.add_argument("--checkpointing_steps", type=int, default=500,
                        help="Save a resumable checkpoint every N steps (0: only at the end).")
@@ -649,5 +639,5 @@ __all__ = [
     "CheckpointManager", "Progress", "TrainState", "add_engine_args", "atomic_directory", "build_accelerator",
     "checkpoint_step", "convert_sync_batchnorm", "export_pretrained", "flat_hparams", "grad_norm", "init_trackers",
     "iterate_batches", "log_scalars", "loss_scale", "maybe_channels_last", "maybe_compile", "maybe_no_sync",
-    "memory_stats", "positive_int", "save_image_grid", "seed_step", "shard_iterable_dataset", "tensor_to_pil",
+    "memory_stats", "save_image_grid", "seed_step", "shard_iterable_dataset", "tensor_to_pil",
 ]

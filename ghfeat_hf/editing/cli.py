@@ -21,6 +21,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
+from ..cli import int_at_least
 from ..extraction import UsageError, file_sources, image_extensions, load_model, open_image
 from ..modeling_stylegan import StyleCodes
 from .boundaries import (
@@ -67,8 +68,6 @@ class _Editor:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        if args.batch_size < 1:
-            raise UsageError("--batch-size must be positive.")
         if getattr(args, "perceptual_weight", None) is not None:
             _check_perceptual_weight(args)
         self.model, self.processor = load_model(args.model, device=args.device)
@@ -315,7 +314,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, output: str, suffixes
     parser.add_argument("--model", help="Hub id, local model directory or embedded model name "
                                         "(default: $GHFEAT_MODEL, else the default model)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps, ...")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default: 16)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=16, help="images per model call (default: 16)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     parser.set_defaults(output_suffixes=tuple(suffixes))
 

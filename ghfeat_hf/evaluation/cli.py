@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli import int_at_least
 from ..extraction import UsageError, load_model, resolve_device, resolve_model_path
 from .classification import evaluate_classification
 from .data import load_split, subsample
@@ -46,7 +47,7 @@ def _common_arguments() -> argparse.ArgumentParser:
                              "list (default: pixels random-init; reconstruction: random-init)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps, ...")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="compute dtype (autocast)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per extraction batch (default: 64)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per extraction batch (default: 64)")
     parser.add_argument("-o", "--output-dir", default="ghfeat-eval", help="report folder (default: %(default)s)")
     parser.add_argument("--cache-dir", help="feature cache folder (default: <HF datasets cache>/ghfeat_evaluation)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
