@@ -79,10 +79,10 @@ def serve_config(name: str, device: str, batch_size: int, resolution: int, warmu
         StyleGANDiscriminatorConfig,
         StyleGANGeneratorConfig,
     )
+    from ghfeat_hf.perceptual import TORCHVISION_INPUT, VGG16, PerceptualLoss
     from training import train_encoder
     from training.encoder_trainer import build_trainer
     from training.engine import seed_step
-    from training.losses import VGG16PerceptualLoss
 
     config = CONFIGS[name]
     baseline_rss = _rss_mb()
@@ -97,7 +97,7 @@ def serve_config(name: str, device: str, batch_size: int, resolution: int, warmu
         g_config = StyleGANGeneratorConfig(resolution=resolution)
         model = GHFeatModel(GHFeatConfig(depth=depth, image_size=resolution, generator_config=g_config.to_dict()))
         discriminator = StyleGANDiscriminator(StyleGANDiscriminatorConfig(resolution=resolution))
-        perceptual = VGG16PerceptualLoss("torchvision", size=256)
+        perceptual = PerceptualLoss(VGG16("conv4_3", TORCHVISION_INPUT), size=256)  # random weights: timing only
         trainer, _, e_sched, d_sched, _ = build_trainer(accelerator, args, model, discriminator, perceptual)
         params = {"E": sum(p.numel() for p in trainer.e_module.parameters()),
                   "G": sum(p.numel() for p in trainer.synthesis_module.parameters()),

