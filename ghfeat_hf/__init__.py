@@ -4,7 +4,6 @@ Importing the package registers the models with transformers' Auto classes.
 """
 
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
-from transformers.models.auto import image_processing_auto as _auto_image_processing
 
 from . import timm_models  # noqa: F401  (registers timm entry points)
 from .configuration_ghfeat import GHFeatConfig
@@ -20,7 +19,7 @@ from .modeling_stylegan import (
     tile_style_codes,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 for _config, _model in (
     (GHFeatConfig, GHFeatModel),
@@ -30,11 +29,12 @@ for _config, _model in (
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
 AutoBackbone.register(GHFeatConfig, GHFeatBackbone, exist_ok=True)
-AutoImageProcessor.register(GHFeatConfig, image_processor_classes={"pil": GHFeatImageProcessor}, exist_ok=True)
-# Our processor has only a PIL backend: tell AutoImageProcessor to pick it without a fallback warning.
-_pil_default = getattr(_auto_image_processing, "DEFAULT_TO_PIL_BACKEND_IMAGE_PROCESSORS", None)
-if isinstance(_pil_default, list) and GHFeatImageProcessor.__name__ not in _pil_default:
-    _pil_default.append(GHFeatImageProcessor.__name__)
+# One PIL-based processor answers both backends, so AutoImageProcessor picks it whatever backend it prefers.
+AutoImageProcessor.register(
+    GHFeatConfig,
+    image_processor_classes={"pil": GHFeatImageProcessor, "torchvision": GHFeatImageProcessor},
+    exist_ok=True,
+)
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -6,7 +6,14 @@ A GH-Feat directory written by :func:`save_ghfeat_directory` serves every loader
 * the same with ``trust_remote_code=True`` for users who do not install the package (self-contained module
   files are copied into the directory and named in ``auto_map``);
 * :func:`load_backbone` (``AutoBackbone`` semantics, see below);
-* timm's ``hf-hub:`` / ``local-dir:`` loaders, through the timm keys merged into ``config.json``.
+* timm, through a registered name and the weights file or repo:
+  ``timm.create_model("ghfeat_resnet50_256", pretrained=True, pretrained_cfg_overlay=dict(file=<dir>/model.safetensors))``
+  (the architecture is read from ``config.json``, see :func:`ghfeat_hf.timm_models.weights_ghfeat_config`).
+
+``config.json`` is a plain transformers configuration. Directories written before version 0.2 also hold timm's
+keys (``architecture``, ``pretrained_cfg``, ``model_args``, ...); transformers >= 5.25 reads such a *local*
+directory's processor settings from ``config.json``, which [`GHFeatImageProcessor`] answers with the model's own
+resolution, so they keep loading unchanged.
 
 transformers 5.x ``AutoBackbone.from_pretrained`` treats any name it cannot find on the Hub as a timm model
 name, so local directories and offline caches fail with ``HFValidationError`` / ``OfflineModeIsEnabled``.
@@ -24,9 +31,10 @@ from typing import Any
 from huggingface_hub import HfApi
 from transformers import AutoConfig, PreTrainedModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
-from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
+from .configuration_ghfeat import GHFeatConfig
 from .model_card import render_model_card, write_provenance
+from .modeling_ghfeat import GHFeatBackbone
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REMOTE_CODE_FILES = (
@@ -41,8 +49,6 @@ AUTO_MAP = {
     "AutoConfig": "configuration_ghfeat.GHFeatConfig",
     "AutoModel": "modeling_ghfeat.GHFeatModel",
     "AutoBackbone": "modeling_ghfeat.GHFeatBackbone",
-    # Kept in config.json rather than preprocessor_config.json: transformers 5.x pipelines derive an
-    # AutoVideoProcessor entry from the processor's auto_map and would prompt for remote code that does not exist.
     "AutoImageProcessor": "image_processing_ghfeat.GHFeatImageProcessor",
 }
 UPLOAD_IGNORE = ["checkpoints/*", "*.partial", "logs/*", "__pycache__/*"]
@@ -63,8 +69,9 @@ def restore_default_file_mode(path: str | os.PathLike) -> None:
         file.chmod(0o666 & ~umask)
 
 
-def _update_json(path: Path, fields: dict[str, Any]) -> None:
-    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}, indent=2, sort_keys=True) + "\n")
+def _update_json(path: Path, fields: dict[str, Any], remove: tuple[str, ...] = ()) -> None:
+    saved = {key: value for key, value in json.loads(path.read_text()).items() if key not in remove}
+    path.write_text(json.dumps({**saved, **fields}, indent=2, sort_keys=True) + "\n")
 
 
 def save_ghfeat_directory(
@@ -76,9 +83,8 @@ def save_ghfeat_directory(
     metrics: dict[str, Any] | None = None,
     repo_id: str | None = None,
 ) -> Path:
-    """Save a [`GHFeatModel`] with its image processor, remote code, timm keys and model card."""
+    """Save a [`GHFeatModel`] with its image processor, remote code and model card."""
     from .image_processing_ghfeat import GHFeatImageProcessor
-    from .timm_models import timm_config_fields
 
     directory = Path(directory)
     model.save_pretrained(directory)
@@ -88,7 +94,12 @@ def save_ghfeat_directory(
     processor.save_pretrained(directory)
     for name in REMOTE_CODE_FILES:
         shutil.copyfile(PACKAGE_DIR / name, directory / name)
-    _update_json(directory / "config.json", {"auto_map": AUTO_MAP, **timm_config_fields(model.config)})
+    _update_json(directory / "config.json", {"auto_map": AUTO_MAP})
+    # Without a class name in preprocessor_config.json, AutoImageProcessor takes the class from config.json: the
+    # installed package's when it is imported, else the directory's own code (auto_map, trust_remote_code=True).
+    # Naming it there instead would hide auto_map from remote-code users, and an auto_map there makes pipelines
+    # ask for a remote video processor that does not exist.
+    _update_json(directory / "preprocessor_config.json", {}, remove=("image_processor_type",))
     if provenance:
         write_provenance(directory, **provenance)
     render_model_card(directory, repo_id=repo_id, metrics=metrics)
@@ -119,14 +130,14 @@ def load_backbone(name_or_path: str | Path, *, trust_remote_code: bool = False, 
     """
     config_kwargs = {key: kwargs.pop(key) for key in ("out_features", "out_indices") if key in kwargs}
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **config_kwargs)
-    if type(config) in MODEL_FOR_BACKBONE_MAPPING:
-        backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(config)]
+    if isinstance(config, GHFeatConfig):
+        backbone_class = GHFeatBackbone
     elif trust_remote_code and "AutoBackbone" in (getattr(config, "auto_map", None) or {}):
         backbone_class = get_class_from_dynamic_module(config.auto_map["AutoBackbone"], str(name_or_path))
     else:
         raise ValueError(
-            f"No backbone is registered for {type(config).__name__} ({name_or_path}); import ghfeat_hf or pass "
-            "trust_remote_code=True for a directory with remote code."
+            f"{name_or_path} holds a {type(config).__name__}, not a GH-Feat model; pass trust_remote_code=True "
+            "for a directory whose config.json auto_map names an AutoBackbone."
         )
     return backbone_class.from_pretrained(name_or_path, config=config, **kwargs)
 

@@ -1,17 +1,28 @@
 """Image processor class for GH-Feat (PIL backend, no torchvision needed)."""
 
 import os
+from typing import Any
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-from transformers.image_processing_backends import PilBackend
-from transformers.image_transforms import convert_to_rgb
+from transformers import PilBackend
 from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict, load_image
+
+from .configuration_ghfeat import GHFeatConfig
 
 _VALID_CHANNELS = (1, 3, 4)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _flatten_to_rgb(image: PIL.Image.Image) -> np.ndarray:
+    """An 8-bit PIL image as a `(H, W, 3)` uint8 RGB array; transparency (alpha or a palette's transparent index) is
+    composited onto white."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(image.convert("RGB"))
 
 
 class GHFeatImageProcessor(PilBackend):
@@ -52,6 +63,20 @@ class GHFeatImageProcessor(PilBackend):
     do_normalize = True
     image_mean = [1.0, 1.0, 1.0]
     image_std = [1.0, 1.0, 1.0]
+
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> "GHFeatImageProcessor":
+        """
+        Build the processor from a `preprocessor_config.json` dict, or from a GH-Feat *model* configuration dict
+        (`model_type == "ghfeat"`): the default processor at the model's `image_size`.
+
+        transformers >= 5.25 passes a local directory's `config.json` here when it holds timm's `pretrained_cfg`,
+        as directories written by ghfeat-hf before 0.2 do; they thus keep their model's resolution.
+        """
+        if image_processor_dict.get("model_type") == GHFeatConfig.model_type:
+            size = int(image_processor_dict.get("image_size", cls.size["height"]))
+            image_processor_dict = {"size": {"height": size, "width": size}}
+        return super().from_dict(image_processor_dict, **kwargs)
 
     def fetch_images(self, image_url_or_urls: ImageInput | str | os.PathLike) -> ImageInput:
         """Open file paths and URLs (recursively in lists); pass images through; reject anything else."""
@@ -164,7 +189,7 @@ class GHFeatImageProcessor(PilBackend):
             return self.process_image(array.astype(np.uint16))
         if image.mode == "F":
             return self.process_image(np.asarray(image))
-        return np.moveaxis(convert_to_rgb(image, return_numpy=True), -1, 0)
+        return np.moveaxis(_flatten_to_rgb(image), -1, 0)
 
     def resize(
         self, image: np.ndarray, size: SizeDict, resample: PILImageResampling | int | None = None, **kwargs

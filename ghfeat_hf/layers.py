@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,12 +30,19 @@ def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
-    """Pad an NCHW tensor exactly like TF 'SAME' would for a ``kernel`` x ``kernel`` op with ``stride``."""
+    """Pad an NCHW tensor exactly like TF 'SAME' would for a ``kernel`` x ``kernel`` op with ``stride``.
+
+    The amounts depend on the input size, so ``torch.fx`` keeps this function as one leaf node (``torch.fx.wrap``
+    below): a traced graph calls it with the real tensor and pads as the eager model does.
+    """
     top, bottom = tf_same_padding(x.shape[-2], kernel, stride)
     left, right = tf_same_padding(x.shape[-1], kernel, stride)
     if top == bottom == left == right == 0:
         return x
     return F.pad(x, (left, right, top, bottom), value=value)
+
+
+torch.fx.wrap("pad_same")
 
 
 class SameConv2d(nn.Conv2d):

@@ -4,18 +4,28 @@ Encoder (official ``networks_ghfeat.Encoder``): a ResNet trunk with TF "SAME" pa
 stage (res6), a 3-level FPN on res4/res5/res6 with 3x3 laterals, a spatial alignment module (SAM) that pools
 every level to the coarsest size, and three dense + BatchNorm heads; the deepest level feeds the coarse
 generator layers. The output is one AdaIN style code per generator layer.
+
+The trunk units (stage1..stage4 and the extra stage) are transformers ``GradientCheckpointingLayer``s:
+``activation_checkpointing_enable()`` (or timm's ``set_grad_checkpointing``) recomputes them in the backward pass
+of a training step. The stem is not checkpointed: its input, the image, does not require grad, so reentrant
+checkpointing (``use_reentrant=True``) would leave the stem without gradients. The encoder
+traces with ``torch.fx``: the input check and the TF "SAME" padding are leaf functions (``torch.fx.wrap``), and
+every other loop runs over static config values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput
 from transformers.utils import ModelOutput
 
@@ -28,6 +38,24 @@ from .modeling_stylegan import (
     init_stylegan_module,
     tile_style_codes,
 )
+
+NUM_TRUNK_FEATURES = 6  # stem, res2..res5 (stage1..stage4), res6 (extra stage)
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size: int) -> torch.Tensor:
+    """``pixel_values`` itself, after raising a ValueError unless it is ``[N, num_channels, image_size, image_size]``.
+
+    A leaf of ``torch.fx`` graphs (``torch.fx.wrap`` below): a traced model checks its real input the same way.
+    """
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        raise ValueError("pixel_values must be a 4-D tensor [N, C, H, W]; use GHFeatImageProcessor on images.")
+    if tuple(pixel_values.shape[1:]) != (num_channels, image_size, image_size):
+        raise ValueError(f"pixel_values must be [N, {num_channels}, {image_size}, {image_size}], "
+                         f"got {list(pixel_values.shape)}; resize with GHFeatImageProcessor.")
+    return pixel_values
+
+
+torch.fx.wrap("check_pixel_values")
 
 
 class ConvNorm(nn.Module):
@@ -42,7 +70,7 @@ class ConvNorm(nn.Module):
         return self.norm(self.conv(x))
 
 
-class BottleneckUnit(nn.Module):
+class BottleneckUnit(GradientCheckpointingLayer):
     """Official bottleneck unit (stride in the 3x3 conv): ``relu(c(b(a(x))) + shortcut(x))``, conv -> BN -> ReLU."""
 
     def __init__(self, config: GHFeatConfig, in_ch: int, out_ch: int, stride: int, project: bool):
@@ -59,7 +87,7 @@ class BottleneckUnit(nn.Module):
         return F.relu(self.conv_c(y) + shortcut)
 
 
-class BasicUnit(nn.Module):
+class BasicUnit(GradientCheckpointingLayer):
     """Official basic block: conv -> LeakyReLU(0.2) -> BN, twice, plus the shortcut; no activation after the add."""
 
     def __init__(self, config: GHFeatConfig, in_ch: int, out_ch: int, stride: int, project: bool):
@@ -107,7 +135,10 @@ class FeaturePyramid(nn.Module):
 
 
 class SpatialAlignment(nn.Module):
-    """SAM: pool every level to the coarsest size (2x2 average pools), 3x3 conv each, add the coarsest to the others."""
+    """SAM: pool every level to the coarsest size (2x2 average pools), 3x3 conv each, add the coarsest to the others.
+
+    The FPN levels are 2x apart, so level ``k`` of ``n`` takes ``n - 1 - k`` pools (a static count).
+    """
 
     def __init__(self, config: GHFeatConfig, num_levels: int = 3):
         super().__init__()
@@ -115,10 +146,9 @@ class SpatialAlignment(nn.Module):
         self.convs = nn.ModuleList(SameConv2d(width, width, 3) for _ in range(num_levels))
 
     def forward(self, pyramid: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        size = pyramid[-1].shape[-1]
         aligned = []
-        for conv, level in zip(self.convs, pyramid):
-            while level.shape[-1] > size:
+        for index, (conv, level) in enumerate(zip(self.convs, pyramid)):
+            for _ in range(len(self.convs) - 1 - index):
                 level = F.avg_pool2d(level, 2)
             aligned.append(conv(level))
         coarsest = aligned[-1]
@@ -131,12 +161,14 @@ class StyleHead(nn.Module):
     def __init__(self, config: GHFeatConfig, style_dims: Sequence[int]):
         super().__init__()
         self.style_dims = list(style_dims)
+        self.code_offsets = [0, *accumulate(self.style_dims)]
         in_features = config.pyramid_channels * config.aligned_size**2
         self.linear = nn.Linear(in_features, sum(style_dims))
         self.norm = nn.BatchNorm1d(sum(style_dims), eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
 
     def forward(self, x: torch.Tensor) -> StyleCodes:
-        return tuple(torch.split(self.norm(self.linear(x.flatten(1))), self.style_dims, dim=1))
+        codes = self.norm(self.linear(x.flatten(1)))
+        return tuple(codes[:, start:stop] for start, stop in zip(self.code_offsets[:-1], self.code_offsets[1:]))
 
 
 class GHFeatEncoder(nn.Module):
@@ -149,6 +181,7 @@ class GHFeatEncoder(nn.Module):
     def __init__(self, config: GHFeatConfig):
         super().__init__()
         self.image_size = config.image_size
+        self.num_channels = config.num_channels
         self.stem = EncoderStem(config)
         unit = BottleneckUnit if config.bottleneck else BasicUnit
         stages, in_ch = [], config.base_width
@@ -167,28 +200,23 @@ class GHFeatEncoder(nn.Module):
         )
         self.head_names = HEAD_NAMES
 
-    def check_input(self, pixel_values: torch.Tensor) -> None:
-        """Raise a ValueError unless ``pixel_values`` is ``[N, C, image_size, image_size]``."""
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
-            raise ValueError("pixel_values must be a 4-D tensor [N, C, H, W]; use GHFeatImageProcessor on images.")
-        expected = (self.stem.conv.in_channels, self.image_size, self.image_size)
-        if tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(f"pixel_values must be [N, {expected[0]}, {expected[1]}, {expected[2]}], "
-                             f"got {list(pixel_values.shape)}; resize with GHFeatImageProcessor.")
+    def forward_hidden_states(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every intermediate feature map, input to output: ``(stem, res2, res3, res4, res5, res6, p4, p5, p6)``.
 
-    def forward_trunk(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """Trunk features ``[res2, res3, res4, res5, res6]`` (stage1..stage4 outputs and the extra stage)."""
-        x = self.stem(pixel_values)
-        features = []
+        The stem output, stage1..stage4, the extra stage, then the FPN levels (``forward_pyramid``). Raises a
+        ValueError unless ``pixel_values`` is ``[N, num_channels, image_size, image_size]``.
+        """
+        x = self.stem(check_pixel_values(pixel_values, self.num_channels, self.image_size))
+        trunk = [x]
         for stage in self.stages:
             x = stage(x)
-            features.append(x)
-        features.append(self.extra_stage(x))
-        return features
+            trunk.append(x)
+        trunk.append(self.extra_stage(x))
+        return (*trunk, *self.fpn(trunk[3:]))
 
     def forward_pyramid(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """FPN levels ``(P0, P1, P2)``, ``[N, pyramid_channels, S/s, S/s]`` for strides ``config.pyramid_strides``."""
-        return self.fpn(self.forward_trunk(pixel_values)[2:])
+        return self.forward_hidden_states(pixel_values)[NUM_TRUNK_FEATURES:]
 
     def forward_heads(self, pyramid: Sequence[torch.Tensor]) -> StyleCodes:
         """Style codes (tuple of ``[N, 2C_l]`` in generator-layer order) from the FPN levels."""
@@ -201,7 +229,6 @@ class GHFeatEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[StyleCodes, tuple[torch.Tensor, ...]]:
         """Returns ``(style_codes, pyramid_features)``."""
-        self.check_input(pixel_values)
         pyramid = self.forward_pyramid(pixel_values)
         return self.forward_heads(pyramid), pyramid
 
@@ -221,12 +248,18 @@ class GHFeatModelOutput(ModelOutput):
             `[scale offset, bias]`; the synthesis network applies `x * (scale + 1) + bias`.
         pyramid_features (`tuple(torch.FloatTensor)`): the encoder's FPN levels from fine (res4) to coarse (res6),
             each `(batch_size, pyramid_channels, H_k, W_k)`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`): the
+            encoder's 9 feature maps `(batch_size, channels, height, width)`, input to output: the stem output,
+            the trunk stages res2, res3, res4, res5 (stage1..stage4), the extra stage res6, then the FPN levels
+            p4, p5, p6 (`pyramid_features`). At 256 px (official model): stem 64@64x64, res2 256@64x64,
+            res3 512@32x32, res4 1024@16x16, res5 2048@8x8, res6 2048@4x4, p4/p5/p6 512@16x16/8x8/4x4.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     style_codes: tuple[torch.FloatTensor, ...] | None = None
     pyramid_features: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class GHFeatPreTrainedModel(PreTrainedModel):
@@ -236,6 +269,7 @@ class GHFeatPreTrainedModel(PreTrainedModel):
     base_model_prefix = "ghfeat"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    supports_gradient_checkpointing = True  # the trunk units (GradientCheckpointingLayer)
     # Blocks that combine the outputs of their sub-modules (residual, FPN and SAM sums; the code split of a head;
     # noise and bias added to a convolution) must stay on one device when device_map="auto" places the model.
     _no_split_modules = [
@@ -273,13 +307,25 @@ class GHFeatModel(GHFeatPreTrainedModel):
         """``decode(encode(pixel_values))``: images in, reconstructions ``[N, 3, R, R]`` out."""
         return self.decode(self.encode(pixel_values))
 
-    def forward(self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs) -> GHFeatModelOutput:
-        style_codes, pyramid = self.encoder(pixel_values)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> GHFeatModelOutput | tuple:
+        """Encode ``pixel_values`` ``[N, C, S, S]``; ``output_hidden_states`` (default: the config's) adds the
+        encoder's feature maps. ``return_dict=False`` gives the output's non-None fields as a tuple."""
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        hidden_states = self.encoder.forward_hidden_states(pixel_values)
+        pyramid = hidden_states[NUM_TRUNK_FEATURES:]
+        style_codes = self.encoder.forward_heads(pyramid)
         output = GHFeatModelOutput(
             last_hidden_state=tile_style_codes(style_codes),
             pooler_output=compact_style_codes(style_codes),
             style_codes=style_codes,
             pyramid_features=pyramid,
+            hidden_states=hidden_states if output_hidden_states else None,
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
         return output if return_dict else output.to_tuple()
@@ -290,6 +336,7 @@ class GHFeatBackbone(BackboneMixin, GHFeatPreTrainedModel):
 
     ``stage_names`` are ``["p4", "p5", "p6"]`` (FPN levels on res4, res5, res6); ``out_features`` /
     ``out_indices`` choose which are returned as ``feature_maps`` ``[N, pyramid_channels, S/s, S/s]``.
+    ``output_hidden_states`` adds all 9 encoder feature maps, stem to p6 (as [`GHFeatModelOutput`]'s).
     Loads from a full [`GHFeatModel`] checkpoint (the synthesis weights are ignored quietly).
     """
 
@@ -309,12 +356,12 @@ class GHFeatBackbone(BackboneMixin, GHFeatPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> BackboneOutput:
-        self.encoder.check_input(pixel_values)
-        pyramid = self.encoder.forward_pyramid(pixel_values)
+    ) -> BackboneOutput | tuple:
+        hidden_states = self.encoder.forward_hidden_states(pixel_values)
+        pyramid = hidden_states[NUM_TRUNK_FEATURES:]
         feature_maps = tuple(pyramid[self.stage_names.index(name)] for name in self.out_features)
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        output = BackboneOutput(feature_maps=feature_maps, hidden_states=pyramid if output_hidden_states else None)
+        output = BackboneOutput(feature_maps=feature_maps, hidden_states=hidden_states if output_hidden_states else None)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         return output if return_dict else output.to_tuple()
 

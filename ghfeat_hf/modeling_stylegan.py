@@ -49,12 +49,18 @@ def compact_style_codes(style_codes: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(style_codes), dim=1)
 
 
+def untile_style_codes(tiled: torch.Tensor, style_dims: Sequence[int]) -> StyleCodes:
+    """Per-layer codes ``[N, 2C_l]`` of the official tiled layout ``[N, L, >= max(style_dims)]`` (no shape check,
+    static slicing only, so ``torch.fx`` can trace it)."""
+    return tuple(tiled[:, layer, :dim] for layer, dim in enumerate(style_dims))
+
+
 def as_style_code_tuple(codes: Sequence[torch.Tensor] | torch.Tensor, style_dims: Sequence[int]) -> StyleCodes:
     """Turn codes in any of the three layouts (see module docstring) into a tuple of ``[N, 2C_l]`` tensors."""
     num_layers, total = len(style_dims), sum(style_dims)
     if isinstance(codes, torch.Tensor):
         if codes.ndim == 3 and codes.shape[1] == num_layers and codes.shape[2] >= max(style_dims):
-            return tuple(codes[:, layer, :dim] for layer, dim in enumerate(style_dims))
+            return untile_style_codes(codes, style_dims)
         if codes.ndim == 2 and codes.shape[1] == total:
             return tuple(torch.split(codes, list(style_dims), dim=1))
         raise ValueError(
@@ -341,4 +347,5 @@ __all__ = [
     "compact_style_codes",
     "init_stylegan_module",
     "tile_style_codes",
+    "untile_style_codes",
 ]

@@ -11,9 +11,12 @@ Registered architectures (random init unless a pretrained tag / file is given), 
   ([`ghfeat_hf.embedded`]), so ``pretrained=True`` needs no network.
 
 Any other converted or trained architecture (a 32 px narrow model, another depth) is built from a preset plus
-``ghfeat_config=dict(...)`` (or a [`GHFeatConfig`]); [`timm_config_fields`] writes exactly that into a
-``config.json`` as ``model_args``, so ``timm.create_model("hf-hub:<repo>")`` / ``"local-dir:<dir>"`` rebuild
-the architecture of a directory saved by the converter.
+``ghfeat_config=dict(...)`` (or a [`GHFeatConfig`]). With ``pretrained=True`` and a ``pretrained_cfg_overlay``
+naming a GH-Feat directory's weights (``file=<dir>/model.safetensors``) or Hub repo (``hf_hub_id=<repo>``), the
+architecture is read from that directory's ``config.json`` (:func:`weights_ghfeat_config`), so any directory the
+converter or a trainer wrote loads by the preset name alone. ``config.json`` holds no timm keys: transformers
+(>= 5.25) takes a local directory whose ``config.json`` has ``pretrained_cfg`` for a timm checkpoint and builds
+the wrong image processor, so timm's ``hf-hub:`` / ``local-dir:`` prefixes, which need those keys, are not used.
 
 [`GHFeatTimm`] holds the encoder under the attribute name [`GHFeatModel`] uses (``encoder``), so the
 ``encoder.*`` tensors of one ``model.safetensors`` load with no renaming; the generator's ``synthesis.*``
@@ -32,6 +35,7 @@ Outputs, for images ``[N, C, S, S]`` in [-1, 1] (timm's data config: mean = std 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
@@ -44,15 +48,16 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Format
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers import AutoConfig
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_ghfeat import GHFeatConfig
 from .configuration_stylegan import StyleGANGeneratorConfig
 from .embedded import PRETRAINED_DIR
 from .modeling_ghfeat import GHFeatEncoder
-from .modeling_stylegan import as_style_code_tuple, compact_style_codes, tile_style_codes
+from .modeling_stylegan import compact_style_codes, tile_style_codes, untile_style_codes
 
 NUM_LEVELS = 3  # FPN levels P0 (res4), P1 (res5), P2 (res6)
 GLOBAL_POOLS = ("compact", "avg", "")
@@ -66,7 +71,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                              "dlatent_size": 128, "mapping_fmaps": 128, "mapping_layers": 4},
     },
 }
-DEFAULT_ARCHITECTURE = "ghfeat_resnet50_256"
 HUB_FILENAME = "model.safetensors"
 
 
@@ -117,54 +121,47 @@ def resolve_ghfeat_config(
     return GHFeatConfig(**fields)
 
 
-def _architecture_name(config: GHFeatConfig) -> str:
-    """The registered preset with exactly this architecture, else the 256 px one of the same depth (``model_args``
-    carry every other difference)."""
-    fields = ghfeat_config_dict(config)
-    for name, preset in PRESETS.items():
-        if ghfeat_config_dict(GHFeatConfig(**preset)) == fields:
-            return name
-    name = f"ghfeat_resnet{config.depth}_256"
-    return name if name in PRESETS else DEFAULT_ARCHITECTURE
-
-
 def _input_size(config: GHFeatConfig) -> tuple[int, int, int]:
     return config.num_channels, config.image_size, config.image_size
 
 
-def timm_config_fields(config: GHFeatConfig) -> dict[str, Any]:
-    """The timm keys to merge into a transformers ``config.json`` ("dual" config, one repo for both libraries).
+def weights_ghfeat_config(pretrained_cfg_overlay: dict[str, Any]) -> GHFeatConfig | None:
+    """The architecture saved with the weights a ``pretrained_cfg_overlay`` points at, if they are a GH-Feat directory.
 
-    ``architecture`` names a registered entry point, ``model_args.ghfeat_config`` holds the exact architecture
-    (``hf-hub:`` / ``local-dir:`` pass it to the entry point), ``pretrained_cfg`` the preprocessing and the
-    weight file, ``num_features`` the width of the default pooled output (the compact vector). ``num_classes``
-    is left out of ``model_args`` on purpose: transformers' ``TimmWrapperModel`` passes its own.
-
-    ``image_processor_type`` is included because of the timm keys: transformers 5.x treats a *local* directory
-    whose ``config.json`` has ``pretrained_cfg`` as a timm checkpoint, and ``AutoImageProcessor`` then looks
-    for the processor class in ``config.json`` instead of ``preprocessor_config.json`` (the settings are still
-    read from ``preprocessor_config.json``). For ``trust_remote_code`` loading of such a directory,
-    ``config.json``'s ``auto_map`` must also name ``AutoImageProcessor``.
+    ``file``: the ``config.json`` beside the weights file; ``hf_hub_id``: the repo's ``config.json``. Returns None
+    when there is no such GH-Feat config (e.g. a bare weights file), so the preset describes the architecture.
     """
-    pretrained_cfg = _cfg(input_size=list(_input_size(config)), hf_hub_filename=HUB_FILENAME)
-    pretrained_cfg["mean"], pretrained_cfg["std"] = list(pretrained_cfg["mean"]), list(pretrained_cfg["std"])
-    return {
-        "architecture": _architecture_name(config),
-        "num_features": sum(config.style_dims),
-        "global_pool": "compact",
-        "model_args": {"ghfeat_config": ghfeat_config_dict(config)},
-        "pretrained_cfg": pretrained_cfg,
-        "image_processor_type": "GHFeatImageProcessor",
-    }
+    if pretrained_cfg_overlay.get("file"):
+        directory = Path(pretrained_cfg_overlay["file"]).expanduser().parent
+        config_file = directory / "config.json"
+        if not config_file.is_file() or json.loads(config_file.read_text()).get("model_type") != GHFeatConfig.model_type:
+            return None
+        return GHFeatConfig.from_pretrained(directory)
+    if pretrained_cfg_overlay.get("hf_hub_id"):
+        try:
+            config = AutoConfig.from_pretrained(pretrained_cfg_overlay["hf_hub_id"])
+        except (OSError, ValueError):  # no transformers config.json in that repo
+            return None
+        return config if isinstance(config, GHFeatConfig) else None
+    return None
 
 
-def add_timm_config_fields(directory: str | Path) -> dict[str, Any]:
-    """Merge :func:`timm_config_fields` into ``<directory>/config.json`` (a saved [`GHFeatModel`]); returns them."""
-    path = Path(directory) / "config.json"
-    saved = json.loads(path.read_text())
-    fields = timm_config_fields(GHFeatConfig.from_pretrained(directory))
-    path.write_text(json.dumps({**saved, **fields}, indent=2, sort_keys=True) + "\n")
-    return fields
+def pyramid_level_indices(indices: int | Sequence[int] | None = None) -> list[int]:
+    """Absolute pyramid levels (0 = P0, fine, to 2 = P2, coarse) for timm's ``indices`` argument.
+
+    ``None``: all levels; an int ``n``: the last (coarsest) ``n``; a sequence: those levels, negatives counted from
+    the end. Out-of-range values raise a ValueError.
+    """
+    if indices is None:
+        return list(range(NUM_LEVELS))
+    if isinstance(indices, int):
+        if not 0 < indices <= NUM_LEVELS:
+            raise ValueError(f"indices={indices} asks for the last {indices} of {NUM_LEVELS} pyramid levels.")
+        return list(range(NUM_LEVELS - indices, NUM_LEVELS))
+    levels = [index + NUM_LEVELS if index < 0 else index for index in indices]
+    if not levels or not all(0 <= level < NUM_LEVELS for level in levels):
+        raise ValueError(f"indices={list(indices)} must name pyramid levels in [-{NUM_LEVELS}, {NUM_LEVELS - 1}].")
+    return levels
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -240,6 +237,8 @@ class GHFeatTimm(nn.Module):
             weights adapt to ``in_chans`` (timm adapts the stem) but not to ``img_size``: the dense style heads fix
             the input size, so with ``pretrained=True`` it must be the weights' own.
         drop_rate: dropout before the classifier.
+        device, dtype: where and in which floating-point type the parameters and buffers are created (timm's
+            ``create_model(device=..., dtype=...)``).
 
     ``timm.models.save_for_hf`` records the factory kwargs as ``model_args``: pass ``ghfeat_config`` to
     ``create_model`` as a dict (``ghfeat_config_dict(config)``), not a config object, to keep them JSON-able.
@@ -253,6 +252,8 @@ class GHFeatTimm(nn.Module):
         in_chans: int | None = None,
         img_size: int | Sequence[int] | None = None,
         drop_rate: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         config = resolve_ghfeat_config(ghfeat_config)
@@ -267,21 +268,28 @@ class GHFeatTimm(nn.Module):
         self.style_dims = list(config.style_dims)
         self.in_chans = config.num_channels
         self.drop_rate = drop_rate
-        self.grad_checkpointing = False
         self.output_fmt = "NCHW"
 
-        self.encoder = GHFeatEncoder(config)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self.encoder = GHFeatEncoder(config)
         self.feature_info = [
             dict(num_chs=config.pyramid_channels, reduction=stride, module=f"encoder.fpn.output_convs.{level}")
             for level, stride in enumerate(config.pyramid_strides)
         ]
         self.num_classes = 0
         self.global_pool = "compact"
-        self.num_features = self.head_hidden_size = sum(self.style_dims)
+        self.num_features = max(self.style_dims)  # width of forward_features' tiled codes
+        self.head_hidden_size = sum(self.style_dims)  # width of the pooled pre-logits (set by reset_classifier)
         self.head: nn.Module = nn.Identity()
+        self.init_weights()
+        if dtype is not None:
+            self.encoder.to(dtype=dtype)
         self.reset_classifier(num_classes, global_pool)
-        self.apply(self._init_weights)
         self.register_load_state_dict_pre_hook(_drop_foreign_keys)
+
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter and buffer, e.g. after ``to_empty()`` of a model built on the meta device."""
+        self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
         """The random init of [`GHFeatModel`]: normal(0, initializer_range) weights, zero biases, unit norms."""
@@ -313,11 +321,21 @@ class GHFeatTimm(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute the stem and every trunk unit in the backward pass (``torch.utils.checkpoint``).
+        """Recompute every trunk unit in the backward pass of a training step.
 
-        Note that BatchNorm running statistics are updated again by the recomputation in train mode.
+        The same mechanism as transformers' ``gradient_checkpointing_enable()``: the encoder's
+        ``GradientCheckpointingLayer``s run through non-reentrant ``torch.utils.checkpoint`` in train mode with
+        gradients on. The recomputation updates their BatchNorm running statistics a second time.
         """
-        self.grad_checkpointing = enable
+        for module in self.encoder.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.gradient_checkpointing = enable
+                module._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Whether ``set_grad_checkpointing`` is on."""
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.encoder.modules())
 
     @torch.jit.ignore
     def get_classifier(self, name_only: bool = False) -> str | nn.Module:
@@ -330,17 +348,15 @@ class GHFeatTimm(nn.Module):
                 raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}.")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = (
-            sum(self.style_dims) if self.global_pool == "compact" else max(self.style_dims)
-        )
+        self.head_hidden_size = sum(self.style_dims) if self.global_pool == "compact" else max(self.style_dims)
         reference = next(self.encoder.parameters(), None)
         if num_classes > 0:
             factory = {} if reference is None else dict(device=reference.device, dtype=reference.dtype)
-            self.head = nn.Linear(self.num_features, num_classes, **factory)
+            self.head = nn.Linear(self.head_hidden_size, num_classes, **factory).train(self.training)
             nn.init.normal_(self.head.weight, std=self.config.initializer_range)
             nn.init.zeros_(self.head.bias)
         else:
-            self.head = nn.Identity()
+            self.head = nn.Identity().train(self.training)
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = NUM_LEVELS, prune_norm: bool = False, prune_head: bool = True
@@ -350,31 +366,17 @@ class GHFeatTimm(nn.Module):
         Every level needs the whole trunk and FPN (top-down path), so only the style part (SAM, style heads)
         and the classifier can go (``prune_head``). A pruned model has no ``forward_features``.
         """
-        take_indices, _ = feature_take_indices(NUM_LEVELS, indices)
+        take_indices = pyramid_level_indices(indices)
         if prune_head and hasattr(self.encoder, "heads"):
             del self.encoder.alignment, self.encoder.heads
             self.reset_classifier(0, "")
         return take_indices
 
-    def _forward_pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        self.encoder.check_input(x)
-        if not (self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()):
-            return self.encoder.forward_pyramid(x)
-        encoder = self.encoder
-        x = checkpoint(encoder.stem, x, use_reentrant=False)
-        trunk = []
-        for stage in encoder.stages:
-            for unit in stage:
-                x = checkpoint(unit, x, use_reentrant=False)
-            trunk.append(x)
-        trunk.append(checkpoint(encoder.extra_stage, x, use_reentrant=False))
-        return encoder.fpn(trunk[2:])
-
     def _tiled_codes(self, pyramid: Sequence[torch.Tensor]) -> torch.Tensor:
         if not hasattr(self.encoder, "heads"):
             raise RuntimeError("The style heads were pruned (features_only / prune_intermediate_layers); "
                                "only forward_intermediates(..., intermediates_only=True) is available.")
-        return tile_style_codes(self.encoder.forward_heads(pyramid))
+        return tile_style_codes(self.encoder.forward_heads(pyramid), max(self.style_dims))
 
     def forward_intermediates(
         self,
@@ -393,8 +395,8 @@ class GHFeatTimm(nn.Module):
         output_fmt = Format(output_fmt)
         if output_fmt not in (Format.NCHW, Format.NHWC):
             raise ValueError(f"output_fmt must be NCHW or NHWC, got {output_fmt}.")
-        take_indices, _ = feature_take_indices(NUM_LEVELS, indices)
-        pyramid = self._forward_pyramid(x)
+        take_indices = pyramid_level_indices(indices)
+        pyramid = self.encoder.forward_pyramid(x)
         intermediates = [pyramid[level] for level in take_indices]
         if output_fmt == Format.NHWC:
             intermediates = [level.permute(0, 2, 3, 1) for level in intermediates]
@@ -404,12 +406,12 @@ class GHFeatTimm(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The official tiled codes ``[N, L, max(style_dims)]`` (``GHFeatModel``'s ``last_hidden_state``)."""
-        return self._tiled_codes(self._forward_pyramid(x))
+        return self._tiled_codes(self.encoder.forward_pyramid(x))
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Pool tiled codes ``[N, L, D]``: compact ``[N, sum(style_dims)]``, ``avg`` ``[N, D]`` or unchanged."""
         if self.global_pool == "compact":
-            return compact_style_codes(as_style_code_tuple(x, self.style_dims))
+            return compact_style_codes(untile_style_codes(x, self.style_dims))
         if self.global_pool == "avg":
             return x.mean(dim=1)
         return x
@@ -440,7 +442,11 @@ def _drop_foreign_keys(module: GHFeatTimm, state_dict, prefix, local_metadata, s
 
 
 def _create_ghfeat(variant: str, pretrained: bool = False, **kwargs) -> GHFeatTimm:
-    config = resolve_ghfeat_config(kwargs.pop("ghfeat_config", None), PRESETS[variant])
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    ghfeat_config = kwargs.pop("ghfeat_config", None)
+    if ghfeat_config is None and pretrained:
+        ghfeat_config = weights_ghfeat_config(overlay)
+    config = resolve_ghfeat_config(ghfeat_config, PRESETS[variant])
     img_size = kwargs.get("img_size")
     if pretrained and img_size is not None and _image_size(img_size) != config.image_size:
         raise ValueError(
@@ -449,8 +455,9 @@ def _create_ghfeat(variant: str, pretrained: bool = False, **kwargs) -> GHFeatTi
             "pretrained=False for a randomly initialised model of that size."
         )
     # the source checkpoint's input size follows its architecture (``in_chans`` adapts the pretrained stem)
-    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     overlay.setdefault("input_size", _input_size(config))
+    if overlay.get("hf_hub_id"):
+        overlay.setdefault("hf_hub_filename", HUB_FILENAME)
     return build_model_with_cfg(
         GHFeatTimm,
         variant,
@@ -483,9 +490,9 @@ def ghfeat_resnet18_256(pretrained: bool = False, **kwargs) -> GHFeatTimm:
 
 __all__ = [
     "GHFeatTimm",
-    "add_timm_config_fields",
     "checkpoint_filter_fn",
+    "pyramid_level_indices",
     "ghfeat_config_dict",
     "resolve_ghfeat_config",
-    "timm_config_fields",
+    "weights_ghfeat_config",
 ]

@@ -37,6 +37,16 @@ def tiny_discriminator_config(resolution: int = 32) -> StyleGANDiscriminatorConf
     return StyleGANDiscriminatorConfig(resolution=resolution, fmap_base=128, fmap_max=32)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions are faster on one thread; several threads crawl on a busy shared CPU. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -276,7 +276,7 @@ def test_timm_features_only_on_the_converted_directory(parity, converted):
 
 
 def test_every_loader_matches_on_the_converted_directory(parity, converted, tmp_path):
-    """Backbone, pipeline (pooled and not), hf-hub: from a populated cache and trust_remote_code without the
+    """Backbone, pipeline (pooled and not), timm from a populated Hub cache and trust_remote_code without the
     package all give GHFeatModel's outputs on the converter's own directory."""
     from transformers import pipeline
 
@@ -294,6 +294,7 @@ def test_every_loader_matches_on_the_converted_directory(parity, converted, tmp_
         torch.testing.assert_close(level, reference, rtol=0, atol=1e-6)
 
     extractor = pipeline("image-feature-extraction", model=str(output))
+    assert (extractor.image_processor.size.height, extractor.image_processor.size.width) == (256, 256)
     image = extractor.image_processor.postprocess(pixels)[0]
     pixel_values = extractor.image_processor(image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
@@ -316,7 +317,8 @@ def test_every_loader_matches_on_the_converted_directory(parity, converted, tmp_
         pixels = torch.from_numpy(np.load({pixels_file!r}))
         with torch.no_grad():
             codes = AutoModel.from_pretrained({repo!r})(pixel_values=pixels).last_hidden_state
-            timm_codes = timm.create_model("hf-hub:{repo}", pretrained=True).eval().forward_features(pixels)
+            timm_codes = timm.create_model("ghfeat_resnet50_256", pretrained=True,
+                                           pretrained_cfg_overlay=dict(hf_hub_id={repo!r})).eval().forward_features(pixels)
         print(json.dumps({{"codes": codes.tolist(), "timm": timm_codes.tolist()}}))
     """, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
     remote = _run(f"""

@@ -13,7 +13,7 @@ from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator, emb
 from ghfeat_hf.demo import demo_image_paths, run_demo
 from ghfeat_hf.extraction import load_model, resolve_model_path
 from ghfeat_hf.hub import save_ghfeat_directory
-from ghfeat_hf.timm_models import PRESETS, ghfeat_config_dict, resolve_ghfeat_config, timm_config_fields
+from ghfeat_hf.timm_models import PRESETS, ghfeat_config_dict, resolve_ghfeat_config
 from tests.conftest import tiny_discriminator_config, tiny_ghfeat_config
 from training.package_embedded_model import main as package_main
 
@@ -55,6 +55,7 @@ def test_package_embedded_model(tmp_path):
     assert not any(path.name.endswith(".py") for path in output.rglob("*"))
     packaged_config = json.loads((output / "config.json").read_text())
     assert "auto_map" not in packaged_config and "_name_or_path" not in packaged_config["generator_config"]
+    assert "auto_map" not in json.loads((output / "preprocessor_config.json").read_text())
     card = (output / "README.md").read_text()
     assert "license: mit" in card and "train_stylegan.py --resolution 32" in card
     assert 'ghfeat_hf.embedded_model_path("ghfeat-tiny")' in card
@@ -72,10 +73,8 @@ def test_package_embedded_model(tmp_path):
                                model(pixel_values=pixels).pooler_output)
 
 
-def test_timm_preset_names_its_architecture():
+def test_timm_preset_of_the_embedded_architecture():
     config = resolve_ghfeat_config(None, PRESETS["ghfeat_resnet18_32"])
-    assert timm_config_fields(config)["architecture"] == "ghfeat_resnet18_32"
-    assert timm_config_fields(tiny_ghfeat_config())["architecture"] == "ghfeat_resnet18_256"  # + model_args
     assert sum(config.style_dims) == 896 and config.num_layers == 8
 
 
@@ -94,7 +93,9 @@ def test_every_loader_reaches_the_shipped_model():
     assert ghfeat_config_dict(model.config) == ghfeat_config_dict(resolve_ghfeat_config(
         None, PRESETS["ghfeat_resnet18_32"]))  # the timm preset describes the shipped architecture
     images = [PIL.Image.open(p) for p in demo_image_paths()[:4]]
-    pixels = AutoImageProcessor.from_pretrained(path)(images, return_tensors="pt")["pixel_values"]
+    processor = AutoImageProcessor.from_pretrained(path)
+    assert (processor.size.height, processor.size.width) == (32, 32) == (model.config.image_size,) * 2
+    pixels = processor(images, return_tensors="pt")["pixel_values"]
     reference = model(pixel_values=pixels).pooler_output
     timm_model = timm.create_model("ghfeat_resnet18_32.fmnist32", pretrained=True).eval()
     torch.testing.assert_close(timm_model(pixels), reference)

@@ -42,7 +42,7 @@ def saved(tmp_path_factory):
     return directory, model, pixels, out
 
 
-def test_directory_layout_and_dual_config(saved):
+def test_directory_layout(saved):
     directory, *_ = saved
     names = {path.name for path in directory.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_ghfeat.py",
@@ -50,7 +50,7 @@ def test_directory_layout_and_dual_config(saved):
             "image_processing_ghfeat.py", "provenance.json", "metrics.json"} <= names
     config = json.loads((directory / "config.json").read_text())
     assert config["model_type"] == "ghfeat" and config["auto_map"]["AutoBackbone"] == "modeling_ghfeat.GHFeatBackbone"
-    assert config["architecture"].startswith("ghfeat") and "pretrained_cfg" in config
+    assert not {"architecture", "pretrained_cfg", "model_args"} & set(config)  # see test_processor_resolution.py
     assert config["auto_map"]["AutoImageProcessor"] == "image_processing_ghfeat.GHFeatImageProcessor"
 
 
@@ -179,7 +179,7 @@ def test_remote_code_without_the_package(saved):
 
 
 def test_loading_from_a_populated_hub_cache(saved, tmp_path):
-    """Offline from_pretrained("org/name") for transformers, the backbone helper and timm's hf-hub: loader."""
+    """Offline from_pretrained("org/name") for transformers, the backbone helper and timm (hf_hub_id overlay)."""
     directory, _, pixels, out = saved
     cache = tmp_path / "hub"
     snapshot = cache / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / ("0" * 40)
@@ -193,7 +193,8 @@ def test_loading_from_a_populated_hub_cache(saved, tmp_path):
         pixels = torch.from_numpy(np.load({str(directory.parent / "pixels.npy")!r}))
         model = AutoModel.from_pretrained({REPO_ID!r})
         backbone = load_backbone({REPO_ID!r}, out_indices=[1])
-        timm_model = timm.create_model("hf-hub:{REPO_ID}", pretrained=True).eval()
+        timm_model = timm.create_model("ghfeat_resnet18_256", pretrained=True,
+                                       pretrained_cfg_overlay=dict(hf_hub_id={REPO_ID!r})).eval()
         with torch.no_grad():
             print(json.dumps({{"codes": model(pixel_values=pixels).last_hidden_state.tolist(),
                               "p5": backbone(pixels).feature_maps[0].tolist(),

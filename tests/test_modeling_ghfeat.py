@@ -1,8 +1,13 @@
-"""GHFeatModel: shapes, layouts, head-to-layer mapping, save/load round trip, clear errors."""
+"""GHFeatModel: shapes, layouts, head-to-layer mapping, hidden states, gradient checkpointing, save/load, errors."""
+
+import copy
+from collections.abc import Callable
 
 import pytest
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 from transformers import AutoConfig, AutoModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ghfeat_hf import GHFeatConfig, GHFeatModel, tile_style_codes
 from ghfeat_hf.configuration_ghfeat import default_head_layer_groups
@@ -10,6 +15,47 @@ from tests.conftest import tiny_generator_config, tiny_ghfeat_config
 from tests.test_modeling_stylegan import assert_device_map_keeps_blocks_whole
 
 OFFICIAL_TRAINABLE = {50: 151_766_976, 18: 124_871_872}  # manifest.json, E_gpu0 trainable scalars
+
+
+def assert_checkpointing_recomputes_exactly(
+    model: torch.nn.Module,
+    enable: Callable[[torch.nn.Module], None],
+    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+    pixels: torch.Tensor,
+) -> None:
+    """A train step with gradient checkpointing (``enable``) gives the outputs and gradients of a plain one, and
+    really recomputes: the first trunk unit runs twice, and every BatchNorm inside a checkpointed layer has its
+    running statistics updated twice (as by two plain forwards), the others once."""
+    plain, checkpointed, twice = (copy.deepcopy(model).train() for _ in range(3))
+    enable(checkpointed)
+    unit_calls = []
+    first_unit = next(module for module in checkpointed.modules() if isinstance(module, GradientCheckpointingLayer))
+    first_norm = next(module for module in first_unit.modules() if isinstance(module, _BatchNorm))
+    first_norm.register_forward_pre_hook(lambda *_: unit_calls.append(1))
+    outputs = []
+    for candidate in (plain, checkpointed):
+        output = forward(candidate, pixels)
+        output.square().mean().backward()
+        outputs.append(output)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    assert len(unit_calls) == 2  # forward + recomputation in the backward pass
+    for (name, param), reference in zip(checkpointed.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(param.grad, reference.grad, rtol=1e-5, atol=1e-7, msg=name)
+    with torch.no_grad():
+        forward(twice, pixels)
+        forward(twice, pixels)
+    recomputed = {
+        f"{name}.{inner}".rstrip(".")
+        for name, layer in checkpointed.named_modules() if isinstance(layer, GradientCheckpointingLayer)
+        for inner, module in layer.named_modules() if isinstance(module, _BatchNorm)
+    }
+    assert recomputed
+    expected_models = dict(plain.named_modules()), dict(twice.named_modules())
+    for name, module in checkpointed.named_modules():
+        if isinstance(module, _BatchNorm):
+            expected = expected_models[name in recomputed][name]
+            for stat in ("running_mean", "running_var", "num_batches_tracked"):
+                torch.testing.assert_close(getattr(module, stat), getattr(expected, stat), msg=f"{name}.{stat}")
 
 
 @pytest.mark.parametrize("depth", [50, 18])
@@ -84,7 +130,34 @@ def test_output_layouts(tiny_model):
         torch.testing.assert_close(out.last_hidden_state[:, layer], code.repeat(1, repeats))
     assert [tuple(p.shape[1:]) for p in out.pyramid_features] == [(16, 8, 8), (16, 4, 4), (16, 2, 2)]
     assert list(out.keys())[0] == "last_hidden_state"  # what pipelines return by default
-    assert len(tiny_model(pixel_values=pixels, return_dict=False)) == 4
+    assert out.hidden_states is None and len(tiny_model(pixel_values=pixels, return_dict=False)) == 4
+
+
+def test_hidden_states_of_the_official_model():
+    """stem, res2..res6, p4..p6 at 256 px, as documented in GHFeatModelOutput; the last three are the pyramid."""
+    with torch.device("meta"):
+        model = GHFeatModel(GHFeatConfig())
+        out = model(pixel_values=torch.empty(2, 3, 256, 256), output_hidden_states=True)
+        as_tuple = model(pixel_values=torch.empty(2, 3, 256, 256), output_hidden_states=True, return_dict=False)
+    shapes = [tuple(state.shape[1:]) for state in out.hidden_states]
+    assert shapes == [(64, 64, 64), (256, 64, 64), (512, 32, 32), (1024, 16, 16), (2048, 8, 8), (2048, 4, 4),
+                      (512, 16, 16), (512, 8, 8), (512, 4, 4)]
+    assert out.hidden_states[-3:] == out.pyramid_features and list(out.keys())[-1] == "hidden_states"
+    assert len(as_tuple) == 5 and len(as_tuple[-1]) == 9
+
+
+def test_gradient_checkpointing_recomputes_with_identical_results(tiny_model):
+    assert GHFeatModel.supports_gradient_checkpointing
+    assert_checkpointing_recomputes_exactly(
+        tiny_model, lambda model: model.activation_checkpointing_enable(),
+        lambda model, pixels: model(pixel_values=pixels).pooler_output, torch.rand(4, 3, 32, 32) * 2 - 1,
+    )
+    model = copy.deepcopy(tiny_model)
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    assert set(tiny_model.state_dict()) == set(model.state_dict())  # checkpointing adds no state
+    model.activation_checkpointing_disable()
+    assert not model.is_activation_checkpointing
 
 
 def test_decode_accepts_every_layout_and_reconstruct(tiny_model):

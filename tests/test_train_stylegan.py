@@ -179,7 +179,8 @@ def test_two_cpu_processes(tmp_path, photo_dataset):
     """A real 2-process gloo run (accelerate launch --multi_gpu with ACCELERATE_USE_CPU=1)."""
     env = dict(os.environ, ACCELERATE_USE_CPU="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT))
-    command = get_launch_command(multi_gpu=True, num_processes=2, main_process_port=29000 + os.getpid() % 1000)
+    launch = get_launch_command(multi_gpu=True, num_processes=2, main_process_port=29000 + os.getpid() % 1000)
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch[2:]]  # this interpreter's accelerate
     command += [str(ROOT / "training" / "train_stylegan.py"),
                 *tiny_args(photo_dataset, tmp_path, "--max_steps", "3", "--checkpointing_steps", "2",
                            "--sample_every", "0", "--batch_size", "4")]

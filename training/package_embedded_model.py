@@ -78,10 +78,11 @@ def package(args: argparse.Namespace) -> Path:
         for name in MODEL_FILES:
             if (export / name).is_file():
                 shutil.copy2(export / name, staging / name)
-        config = json.loads((staging / "config.json").read_text())
-        config.pop("auto_map", None)  # no remote code inside the package
-        config.get("generator_config", {}).pop("_name_or_path", None)  # a path of the training machine
-        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name in ("config.json", "preprocessor_config.json"):
+            config = json.loads((staging / name).read_text())
+            config.pop("auto_map", None)  # no remote code inside the package
+            config.get("generator_config", {}).pop("_name_or_path", None)  # a path of the training machine
+            (staging / name).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name in (GENERATOR_DIR, DISCRIMINATOR_DIR):
             shutil.copytree(args.gan_run / name, staging / name,
                             ignore=shutil.ignore_patterns("*.py", "README.md"))
