@@ -46,7 +46,8 @@ class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
     extra_stage_channels (`int`, defaults to 2048): width of the extra bottleneck stage ("stage5", res6).
     pyramid_channels (`int`, defaults to 512): width of the FPN and of the spatial alignment module.
     image_size (`int`, defaults to 256): input resolution.
-    num_channels (`int`, defaults to 3): input channels.
+    num_channels (`int`, defaults to 3): input channels, 3 (RGB) or 1 (grayscale); must equal the generator's
+        `num_channels` (the reconstruction is compared with the input).
     stem_stride (`int`, defaults to 2): stride of the 7x7 stem convolution.
     stem_pool (`bool`, defaults to True): the 3x3/2 max pool after the stem. Small models (32 px) may drop
         the stem downsampling so that the pyramid keeps a useful size; the official model keeps both.
@@ -56,7 +57,8 @@ class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
         settings of the official code (TF decay 0.9).
     initializer_range (`float`, defaults to 0.02): std of the normal init of the encoder weights.
     generator_config (`dict` or [`StyleGANGeneratorConfig`]): the generator the encoder inverts. Only its
-        synthesis part is used by [`GHFeatModel`]; it is stored without StyleMod affines.
+        synthesis part is used by [`GHFeatModel`]; it is stored without StyleMod affines. Defaults to the
+        FFHQ-256 generator with `num_channels` channels.
     out_features (`list[str]`, *optional*), out_indices (`list[int]`, *optional*): pyramid levels returned by
         [`GHFeatBackbone`], among `stage_names = ["p4", "p5", "p6"]` (FPN levels on res4, res5, res6, strides
         `pyramid_strides`). Defaults to the coarsest level, as transformers backbones do.
@@ -84,7 +86,14 @@ class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
+        if self.generator_config is None:
+            self.generator_config = StyleGANGeneratorConfig(num_channels=self.num_channels)
         super().__post_init__(**kwargs)
+        if self.num_channels != self.generator_config.num_channels:
+            raise ValueError(
+                f"num_channels ({self.num_channels}) must equal the generator's num_channels "
+                f"({self.generator_config.num_channels}): the encoder reads the images the generator renders."
+            )
         if self.depth not in RESNET_UNITS:
             raise ValueError(f"depth must be one of {sorted(RESNET_UNITS)}, got {self.depth}.")
         if self.image_size % self.total_stride:

@@ -225,7 +225,8 @@ class ImageCollator:
 
     * ``pixel_values``: ``[N, num_channels, resolution, resolution]`` float32 in ``[-1, 1]``, produced by
       :class:`GHFeatImageProcessor` (images of any mode/size, arrays and tensors; grayscale replicated to RGB).
-      ``num_channels=1`` keeps the luminance (ITU-R 601 weights, like PIL's ``L``).
+      ``num_channels=1`` keeps the luminance, through the processor's ``num_channels=1`` (PIL's ``L`` for 8-bit
+      images, the same ITU-R 601 weights otherwise), exactly as the exported model's processor reads images.
     * unreadable samples (decode or processor errors) are dropped and counted in ``num_skipped``; with
       ``fill_skipped`` (default) they are replaced by readable samples of the same batch (or of the previous
       batch of this worker when the whole batch failed), so ``N`` stays the batch size. Only when nothing
@@ -249,12 +250,16 @@ class ImageCollator:
         fill_skipped: bool = True,
         extra_columns: Sequence[str] = (),
     ):
-        if processor is None:
-            processor = GHFeatImageProcessor(size={"height": resolution or 256, "width": resolution or 256})
-        elif resolution is not None:
-            processor = GHFeatImageProcessor(**{**processor.to_dict(), "size": {"height": resolution, "width": resolution}})
         if num_channels not in (1, 3):
             raise ValueError(f"num_channels must be 1 or 3, got {num_channels}.")
+        if processor is None:
+            size = resolution or 256
+            processor = GHFeatImageProcessor(size={"height": size, "width": size}, num_channels=num_channels)
+        elif processor.num_channels != num_channels:
+            raise ValueError(f"The processor outputs {processor.num_channels}-channel images, num_channels is "
+                             f"{num_channels}.")
+        elif resolution is not None:
+            processor = GHFeatImageProcessor(**{**processor.to_dict(), "size": {"height": resolution, "width": resolution}})
         self.processor = processor
         self.num_channels = num_channels
         self.image_column = image_column
@@ -301,10 +306,7 @@ class ImageCollator:
         if good:
             pixel_values = torch.stack([t for t, _ in good])
         else:
-            pixel_values = torch.zeros(0, 3, height, width)
-        if self.num_channels == 1:
-            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-            pixel_values = (pixel_values * weights).sum(1, keepdim=True)
+            pixel_values = torch.zeros(0, self.num_channels, height, width)
         indices = torch.tensor([int(r.get("__index__", -1)) for _, r in good], dtype=torch.long)
         if self.random_flip and good:
             if all("__index__" in r for _, r in good):

@@ -83,14 +83,18 @@ def save_ghfeat_directory(
     metrics: dict[str, Any] | None = None,
     repo_id: str | None = None,
 ) -> Path:
-    """Save a [`GHFeatModel`] with its image processor, remote code and model card."""
+    """Save a [`GHFeatModel`] with its image processor (default: [`GHFeatImageProcessor`] at the model's
+    `image_size` and `num_channels`), remote code and model card."""
     from .image_processing_ghfeat import GHFeatImageProcessor
 
+    size, num_channels = model.config.image_size, model.config.num_channels
+    processor = processor or GHFeatImageProcessor(size={"height": size, "width": size}, num_channels=num_channels)
+    if getattr(processor, "num_channels", num_channels) != num_channels:
+        raise ValueError(f"The processor outputs {processor.num_channels}-channel images, the model reads "
+                         f"{num_channels}-channel images.")
     directory = Path(directory)
     model.save_pretrained(directory)
     restore_default_file_mode(directory)
-    size = model.config.image_size
-    processor = processor or GHFeatImageProcessor(size={"height": size, "width": size})
     processor.save_pretrained(directory)
     for name in REMOTE_CODE_FILES:
         shutil.copyfile(PACKAGE_DIR / name, directory / name)

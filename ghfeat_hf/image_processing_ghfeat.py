@@ -13,33 +13,44 @@ from transformers.image_utils import ChannelDimension, ImageInput, PILImageResam
 from .configuration_ghfeat import GHFeatConfig
 
 _VALID_CHANNELS = (1, 3, 4)
+_OUTPUT_CHANNELS = (1, 3)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, the weights of PIL's "RGB" -> "L" conversion
 
 
-def _flatten_to_rgb(image: PIL.Image.Image) -> np.ndarray:
-    """An 8-bit PIL image as a `(H, W, 3)` uint8 RGB array; transparency (alpha or a palette's transparent index) is
-    composited onto white."""
+def _flatten(image: PIL.Image.Image, num_channels: int) -> np.ndarray:
+    """An 8-bit PIL image as a `(num_channels, H, W)` uint8 array: RGB, or PIL's "L" of that RGB image for one
+    channel; transparency (alpha or a palette's transparent index) is composited onto white first."""
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return np.asarray(image.convert("RGB"))
+    image = image.convert("RGB")
+    if num_channels == 1:
+        return np.asarray(image.convert("L"))[None]
+    return np.moveaxis(np.asarray(image), -1, 0)
 
 
 class GHFeatImageProcessor(PilBackend):
     r"""
     Constructs a GH-Feat image processor, reproducing the official GH-Feat preprocessing: convert to RGB, bilinear
     resize to the model resolution, then `x / 255 * 2 - 1` (expressed as `rescale_factor=1/127.5`, `image_mean=1`,
-    `image_std=1`). The result is `pixel_values` of shape `(batch_size, 3, height, width)`, float32 in `[-1, 1]`
-    (pass `return_tensors="pt"` to get a `torch.Tensor`).
+    `image_std=1`). The result is `pixel_values` of shape `(batch_size, num_channels, height, width)`, float32 in
+    `[-1, 1]` (pass `return_tensors="pt"` to get a `torch.Tensor`).
 
     Args:
         size (`dict[str, int]` or `int`, *optional*, defaults to `{"height": 256, "width": 256}`):
             Output resolution, the model's input resolution. Must be a `{"height", "width"}` size (an `int` `n`
             means `n x n`). Any other `ImagesKwargs` (`resample`, `do_resize`, ...) overrides the defaults below.
+        num_channels (`int`, *optional*, defaults to 3):
+            Output channels, the model's input channels (saved in `preprocessor_config.json`): 3 for RGB, 1 for
+            grayscale models, where every input is converted to its luminance after the RGB conversion below:
+            PIL's "L" conversion for 8-bit inputs, the same ITU-R 601 weights `(0.299, 0.587, 0.114)` in float for
+            16-bit and float inputs. `image_mean` / `image_std` default to `num_channels` ones; lists given must
+            have `num_channels` values.
 
     Accepted inputs: one image, a list of images, or a 4-D array/tensor holding a batch. An image is
         - a `PIL.Image.Image` of any size and mode. 8-bit modes are converted with PIL (alpha and palette
-          transparency are composited onto white, grayscale is replicated); 16-bit grayscale (`I;16*`, and `I`
+          transparency are composited onto white, grayscale is replicated to RGB); 16-bit grayscale (`I;16*`, and `I`
           holding values in `[0, 65535]`) is divided by 257, so 65535 maps to 1.0; `F` is read as float in `[0, 1]`;
         - a path to an image file (`str` or `os.PathLike`), opened with PIL without any mode conversion, or an
           `http(s)://` URL (loaded as RGB by `transformers.image_utils.load_image`);
@@ -64,18 +75,32 @@ class GHFeatImageProcessor(PilBackend):
     image_mean = [1.0, 1.0, 1.0]
     image_std = [1.0, 1.0, 1.0]
 
+    def __init__(self, num_channels: int = 3, **kwargs: Any) -> None:
+        if num_channels not in _OUTPUT_CHANNELS:
+            raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {num_channels}.")
+        for key in ("image_mean", "image_std"):
+            if kwargs.get(key) is None:
+                kwargs[key] = [1.0] * num_channels
+        super().__init__(**kwargs)
+        self.num_channels = num_channels
+        for key in ("image_mean", "image_std"):
+            value = getattr(self, key)
+            if isinstance(value, (list, tuple)) and len(value) != num_channels:
+                raise ValueError(f"{key} has {len(value)} values for num_channels={num_channels}: {list(value)}.")
+
     @classmethod
     def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> "GHFeatImageProcessor":
         """
         Build the processor from a `preprocessor_config.json` dict, or from a GH-Feat *model* configuration dict
-        (`model_type == "ghfeat"`): the default processor at the model's `image_size`.
+        (`model_type == "ghfeat"`): the default processor at the model's `image_size` and `num_channels`.
 
         transformers >= 5.25 passes a local directory's `config.json` here when it holds timm's `pretrained_cfg`,
         as directories written by ghfeat-hf before 0.2 do; they thus keep their model's resolution.
         """
         if image_processor_dict.get("model_type") == GHFeatConfig.model_type:
             size = int(image_processor_dict.get("image_size", cls.size["height"]))
-            image_processor_dict = {"size": {"height": size, "width": size}}
+            num_channels = int(image_processor_dict.get("num_channels", 3))
+            image_processor_dict = {"size": {"height": size, "width": size}, "num_channels": num_channels}
         return super().from_dict(image_processor_dict, **kwargs)
 
     def fetch_images(self, image_url_or_urls: ImageInput | str | os.PathLike) -> ImageInput:
@@ -119,11 +144,11 @@ class GHFeatImageProcessor(PilBackend):
         self, image: ImageInput, input_data_format: str | ChannelDimension | None = None, **kwargs
     ) -> np.ndarray:
         """
-        Convert one image to an RGB array of shape `(3, H, W)`: `uint8` for 8-bit inputs, float32 in `[0, 255]` for
-        16-bit and float inputs.
+        Convert one image to an array of shape `(num_channels, H, W)` (RGB or luminance): `uint8` for 8-bit inputs,
+        float32 in `[0, 255]` for 16-bit and float inputs.
         """
         if isinstance(image, PIL.Image.Image):
-            return self._pil_to_rgb(image)
+            return self._pil_to_array(image)
         if isinstance(image, torch.Tensor):
             image = image.detach().cpu()
             image = image.float().numpy() if image.dtype == torch.bfloat16 else image.numpy()
@@ -156,7 +181,7 @@ class GHFeatImageProcessor(PilBackend):
 
         if image.dtype == np.uint8:
             image = image[..., 0] if image.shape[-1] == 1 else image
-            return self._pil_to_rgb(PIL.Image.fromarray(np.ascontiguousarray(image)))
+            return self._pil_to_array(PIL.Image.fromarray(np.ascontiguousarray(image)))
         if image.dtype.type is np.uint16:
             image = image.astype(np.float64) / 257
         elif np.issubdtype(image.dtype, np.floating):
@@ -172,12 +197,14 @@ class GHFeatImageProcessor(PilBackend):
         if image.shape[-1] == 4:
             alpha = image[..., 3:] / 255
             image = image[..., :3] * alpha + 255 * (1 - alpha)
-        elif image.shape[-1] == 1:
+        if self.num_channels == 1 and image.shape[-1] == 3:
+            image = image @ np.array(_LUMA_WEIGHTS)[:, None]
+        elif self.num_channels == 3 and image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
         return np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float32)
 
-    def _pil_to_rgb(self, image: PIL.Image.Image) -> np.ndarray:
-        """Convert a PIL image to a `(3, H, W)` array (see `process_image`)."""
+    def _pil_to_array(self, image: PIL.Image.Image) -> np.ndarray:
+        """Convert a PIL image to a `(num_channels, H, W)` array (see `process_image`)."""
         if image.width == 0 or image.height == 0:
             raise ValueError(f"Got an empty image of size {image.size}.")
         if image.mode in _SIXTEEN_BIT_MODES:
@@ -189,7 +216,7 @@ class GHFeatImageProcessor(PilBackend):
             return self.process_image(array.astype(np.uint16))
         if image.mode == "F":
             return self.process_image(np.asarray(image))
-        return np.moveaxis(_flatten_to_rgb(image), -1, 0)
+        return _flatten(image, self.num_channels)
 
     def resize(
         self, image: np.ndarray, size: SizeDict, resample: PILImageResampling | int | None = None, **kwargs
@@ -209,27 +236,31 @@ class GHFeatImageProcessor(PilBackend):
 
     def postprocess(self, pixel_values: torch.Tensor | np.ndarray) -> list[PIL.Image.Image]:
         """
-        Map model-space images back to RGB PIL images as the official GH-Feat code does:
+        Map model-space images back to PIL images as the official GH-Feat code does:
         `uint8(clip((x + 1) * 127.5 + 0.5, 0, 255))`.
 
         Args:
             pixel_values (`torch.Tensor` or `np.ndarray`):
-                Images of shape `(batch_size, 3, height, width)` or `(3, height, width)`, values in `[-1, 1]`
-                (values outside are clipped).
+                Images of shape `(batch_size, C, height, width)` or `(C, height, width)` with `C` 3 (RGB) or 1
+                (grayscale), values in `[-1, 1]` (values outside are clipped).
 
         Returns:
-            `list[PIL.Image.Image]`: one RGB image of size `(width, height)` per batch element.
+            `list[PIL.Image.Image]`: one image of size `(width, height)` per batch element, mode "RGB" for 3
+            channels, "L" for 1.
         """
         if isinstance(pixel_values, torch.Tensor):
             pixel_values = pixel_values.detach().cpu().double().numpy()
         images = np.asarray(pixel_values, dtype=np.float64)
         images = images[None] if images.ndim == 3 else images
-        if images.ndim != 4 or images.shape[1] != 3 or images.size == 0:
-            raise ValueError(f"Expected pixel_values of shape (B, 3, H, W) or (3, H, W), got {images.shape}.")
+        if images.ndim != 4 or images.shape[1] not in _OUTPUT_CHANNELS or images.size == 0:
+            raise ValueError(
+                f"Expected pixel_values of shape (B, C, H, W) or (C, H, W) with C 3 or 1, got {images.shape}."
+            )
         if not np.isfinite(images).all():
             raise ValueError("pixel_values contains NaN or infinite values.")
         images = np.clip((images + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-        return [PIL.Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))) for image in images]
+        images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
+        return [PIL.Image.fromarray(np.ascontiguousarray(image)) for image in images]
 
 
 __all__ = ["GHFeatImageProcessor"]

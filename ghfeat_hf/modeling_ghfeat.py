@@ -284,8 +284,9 @@ class GHFeatPreTrainedModel(PreTrainedModel):
 class GHFeatModel(GHFeatPreTrainedModel):
     """GH-Feat encoder plus the (frozen in training) StyleGAN synthesis network it inverts into.
 
-    ``model(pixel_values=x)`` encodes images ``[N, 3, S, S]`` in [-1, 1] into a [`GHFeatModelOutput`];
-    ``model.decode(codes)`` renders images in [-1, 1]; ``model.reconstruct(x)`` is ``decode(encode(x))``.
+    ``model(pixel_values=x)`` encodes images ``[N, C, S, S]`` in [-1, 1] (``C = config.num_channels``, 3 or 1)
+    into a [`GHFeatModelOutput`]; ``model.decode(codes)`` renders images ``[N, C, R, R]`` in [-1, 1];
+    ``model.reconstruct(x)`` is ``decode(encode(x))``.
     """
 
     def __init__(self, config: GHFeatConfig):
@@ -295,16 +296,16 @@ class GHFeatModel(GHFeatPreTrainedModel):
         self.post_init()
 
     def encode(self, pixel_values: torch.Tensor) -> StyleCodes:
-        """Per-layer style codes (tuple of ``[N, 2C_l]``) of images ``[N, 3, S, S]`` in [-1, 1]."""
+        """Per-layer style codes (tuple of ``[N, 2C_l]``) of images ``[N, C, S, S]`` in [-1, 1]."""
         return self.encoder(pixel_values)[0]
 
     def decode(self, style_codes: Sequence[torch.Tensor] | torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
-        """Render images ``[N, 3, R, R]`` (about [-1, 1]) from codes: a per-layer tuple, the official tiled
+        """Render images ``[N, C, R, R]`` (about [-1, 1]) from codes: a per-layer tuple, the official tiled
         ``[N, L, 1024]`` tensor, or the compact ``[N, 9984]`` vector."""
         return self.synthesis(style_codes=style_codes, noise_mode=noise_mode)
 
     def reconstruct(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``decode(encode(pixel_values))``: images in, reconstructions ``[N, 3, R, R]`` out."""
+        """``decode(encode(pixel_values))``: images in, reconstructions ``[N, C, R, R]`` out."""
         return self.decode(self.encode(pixel_values))
 
     def forward(

@@ -15,8 +15,8 @@ from .visualization import enlarged_cell_size, make_grid, to_rgb
 
 
 class ReconstructionResult(NamedTuple):
-    """`inputs[i]` is image `i` as the model sees it (resized, RGB, 8-bit), `reconstructions[i]` its decoded codes
-    (8-bit RGB), `metrics[i]` `{"mse", "psnr"}` between the two."""
+    """`inputs[i]` is image `i` as the model sees it (resized, 8-bit, RGB or "L" for 1-channel models),
+    `reconstructions[i]` its decoded codes (same mode), `metrics[i]` `{"mse", "psnr"}` between the two."""
 
     inputs: list[PIL.Image.Image]
     reconstructions: list[PIL.Image.Image]
@@ -24,8 +24,8 @@ class ReconstructionResult(NamedTuple):
 
 
 def image_metrics(reference: PIL.Image.Image | np.ndarray, reconstruction: PIL.Image.Image | np.ndarray) -> dict:
-    """MSE and PSNR (dB, peak 1) of two 8-bit RGB images on pixels scaled to `[0, 1]`, over all pixels and
-    channels. A reconstruction of another size is first resized (bilinear) to the reference's size. Identical
+    """MSE and PSNR (dB, peak 1) of two 8-bit RGB images (grayscale ones replicated to RGB, which leaves both
+    unchanged) on pixels scaled to `[0, 1]`, over all pixels and channels. A reconstruction of another size is first resized (bilinear) to the reference's size. Identical
     images give `psnr = inf`."""
     reference, reconstruction = to_rgb(reference), to_rgb(reconstruction)
     if reconstruction.size != reference.size:

@@ -233,9 +233,9 @@ class GHFeatTimm(nn.Module):
         ghfeat_config: the architecture, a [`GHFeatConfig`] or a dict of its fields (``None``: the official one).
         num_classes: classifier outputs; 0 (default) returns the pooled codes.
         global_pool: ``'compact'`` (default), ``'avg'`` or ``''`` (see ``forward_head``).
-        in_chans, img_size: override the config's ``num_channels`` / ``image_size`` (timm passes them). Pretrained
-            weights adapt to ``in_chans`` (timm adapts the stem) but not to ``img_size``: the dense style heads fix
-            the input size, so with ``pretrained=True`` it must be the weights' own.
+        in_chans, img_size: override the config's ``num_channels`` (and its generator's) / ``image_size`` (timm
+            passes them). Pretrained weights adapt to ``in_chans`` (timm adapts the stem) but not to ``img_size``:
+            the dense style heads fix the input size, so with ``pretrained=True`` it must be the weights' own.
         drop_rate: dropout before the classifier.
         device, dtype: where and in which floating-point type the parameters and buffers are created (timm's
             ``create_model(device=..., dtype=...)``).
@@ -259,7 +259,9 @@ class GHFeatTimm(nn.Module):
         config = resolve_ghfeat_config(ghfeat_config)
         overrides = {}
         if in_chans is not None and in_chans != config.num_channels:
-            overrides["num_channels"] = in_chans
+            # GHFeatConfig requires the generator to render what the encoder reads
+            generator = {**ghfeat_config_dict(config)["generator_config"], "num_channels": in_chans}
+            overrides.update(num_channels=in_chans, generator_config=generator)
         if img_size is not None and _image_size(img_size) != config.image_size:
             overrides["image_size"] = _image_size(img_size)
         if overrides:

@@ -22,9 +22,10 @@ def load_font(size: int = 14) -> PIL.ImageFont.ImageFont | PIL.ImageFont.FreeTyp
 
 
 def to_rgb(image: PIL.Image.Image | np.ndarray, background: tuple[int, int, int] = (255, 255, 255)) -> PIL.Image.Image:
-    """An RGB PIL image; arrays are `uint8` `(H, W[, C])`; transparency is composited onto `background`."""
+    """An RGB PIL image for display; arrays are `uint8` `(H, W)` or `(H, W, C)`, `C` in 1, 3, 4; grayscale is
+    replicated to RGB; transparency is composited onto `background`."""
     if isinstance(image, np.ndarray):
-        image = PIL.Image.fromarray(np.ascontiguousarray(image))
+        image = PIL.Image.fromarray(np.ascontiguousarray(image[..., 0] if image.shape[-1:] == (1,) else image))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         canvas = PIL.Image.new("RGBA", rgba.size, (*background, 255))

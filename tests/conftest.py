@@ -23,18 +23,19 @@ def tiny_generator_config(resolution: int = 32, **overrides) -> StyleGANGenerato
     return StyleGANGeneratorConfig(**{**kwargs, **overrides})
 
 
-def tiny_ghfeat_config(resolution: int = 32, depth: int = 18, **overrides) -> GHFeatConfig:
+def tiny_ghfeat_config(resolution: int = 32, depth: int = 18, num_channels: int = 3, **overrides) -> GHFeatConfig:
+    """A tiny GH-Feat model; ``num_channels`` is both the encoder's input and the generator's output channels."""
     small = resolution <= 64
     # initializer_range 0.1 keeps the codes of a random tiny encoder O(1) (the default 0.02 gives ~1e-8, which
     # would make every tolerance check pass trivially)
     kwargs = dict(depth=depth, base_width=8, extra_stage_channels=32, pyramid_channels=16, image_size=resolution,
-                  stem_stride=1 if small else 2, stem_pool=not small, initializer_range=0.1,
-                  generator_config=tiny_generator_config(resolution).to_dict())
+                  num_channels=num_channels, stem_stride=1 if small else 2, stem_pool=not small, initializer_range=0.1,
+                  generator_config=tiny_generator_config(resolution, num_channels=num_channels).to_dict())
     return GHFeatConfig(**{**kwargs, **overrides})
 
 
-def tiny_discriminator_config(resolution: int = 32) -> StyleGANDiscriminatorConfig:
-    return StyleGANDiscriminatorConfig(resolution=resolution, fmap_base=128, fmap_max=32)
+def tiny_discriminator_config(resolution: int = 32, num_channels: int = 3) -> StyleGANDiscriminatorConfig:
+    return StyleGANDiscriminatorConfig(resolution=resolution, num_channels=num_channels, fmap_base=128, fmap_max=32)
 
 
 @pytest.fixture(scope="module")

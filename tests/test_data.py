@@ -130,9 +130,14 @@ def test_collator_matches_processor(photos):
     assert int(batch["num_skipped"]) == 0 and batch["indices"].tolist() == list(range(6))
 
     gray = gdata.ImageCollator(resolution=24, num_channels=1)(rows)["pixel_values"]
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    gray_processor = GHFeatImageProcessor(size={"height": 24, "width": 24}, num_channels=1)
     assert gray.shape == (6, 1, 24, 24)
-    torch.testing.assert_close(gray, (expected * weights).sum(1, keepdim=True))
+    assert torch.equal(gray, gray_processor(images, return_tensors="pt")["pixel_values"])
+    # the luminance of the RGB batch, up to PIL's 8-bit rounding of "L"
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    torch.testing.assert_close(gray, (expected * weights).sum(1, keepdim=True), rtol=0, atol=2 / 127.5)
+    with pytest.raises(ValueError, match="1-channel"):
+        gdata.ImageCollator(processor=gray_processor)
     # a grayscale photo (replicated channels) keeps its value exactly
     torch.testing.assert_close(gray[1, 0], expected[1, 0])
 

@@ -40,6 +40,21 @@ def test_demo_writes_the_four_outputs(tiny_dir, tmp_path):
     assert 0 < result.mean_psnr < 100 and "mean" in result.table
 
 
+def test_demo_with_a_grayscale_model(tmp_path):
+    """A 1-channel model: the RGB demo images are read as luminance, the grids show them replicated to RGB."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in demo_image_paths()[:3]:
+        shutil.copy(path, images / path.name)
+    model = save_ghfeat_directory(GHFeatModel(tiny_ghfeat_config(num_channels=1)).eval(), tmp_path / "gray")
+    result = run_demo(tmp_path / "demo", model=model, images=images, interpolation_steps=3)
+    for path in (result.reconstruction, result.style_mixing, result.interpolation):
+        with PIL.Image.open(path) as grid:
+            assert grid.mode == "RGB" and grid.width > 100
+    rows = datasets.load_dataset("parquet", data_files=str(result.features), split="train")
+    assert rows.num_rows == 3 and 0 < result.mean_psnr < 100
+
+
 def _open_demo_images() -> list[str]:
     """The bundled demo images this process holds open (from /proc/self/fd)."""
     targets = []

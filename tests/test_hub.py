@@ -141,6 +141,32 @@ def test_pipeline_pooled_and_not(saved, capsys):
     torch.testing.assert_close(torch.cat(pooled), expected.pooler_output, rtol=0, atol=1e-6)
 
 
+def test_grayscale_directory_processor_and_pipeline(tmp_path):
+    from transformers import AutoImageProcessor, AutoModel
+
+    from ghfeat_hf import GHFeatImageProcessor
+
+    model = GHFeatModel(tiny_ghfeat_config(num_channels=1)).eval()
+    with pytest.raises(ValueError, match="3-channel images"):
+        save_ghfeat_directory(model, tmp_path / "mismatch", processor=GHFeatImageProcessor(size=32))
+    directory = save_ghfeat_directory(model, tmp_path / "gray")
+    assert json.loads((directory / "preprocessor_config.json").read_text())["num_channels"] == 1
+    processor = AutoImageProcessor.from_pretrained(directory)
+    assert processor.num_channels == 1 and (processor.size.height, processor.size.width) == (32, 32)
+    # directories of the old layout take the processor from config.json: the model's channels too
+    assert GHFeatImageProcessor.from_dict(json.loads((directory / "config.json").read_text())).num_channels == 1
+    images = [_to_pil(image) for image in torch.rand(2, 3, 40, 40) * 2 - 1]  # RGB photos, read as luminance
+    pixel_values = processor(images, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (2, 1, 32, 32)
+    loaded = AutoModel.from_pretrained(directory).eval()
+    with torch.no_grad():
+        assert loaded.reconstruct(pixel_values).shape == (2, 1, 32, 32)
+        expected = torch.cat([loaded(pixel_values=pixel_values[i : i + 1]).pooler_output for i in range(2)])
+    pooled = pipeline("image-feature-extraction", model=str(directory))(images, pool=True, return_tensors=True)
+    torch.testing.assert_close(torch.cat(pooled), expected, rtol=0, atol=1e-6)
+    assert [image.mode for image in processor.postprocess(pixel_values)] == ["L", "L"]
+
+
 def _to_pil(pixels: torch.Tensor):
     from PIL import Image
 

@@ -242,4 +242,82 @@ def test_postprocess_rounding_and_clipping(processor):
     with pytest.raises(ValueError, match="NaN"):
         processor.postprocess(torch.full((1, 3, 4, 4), float("nan")))
     with pytest.raises(ValueError, match="shape"):
-        processor.postprocess(torch.zeros(1, 1, 4, 4))
+        processor.postprocess(torch.zeros(1, 2, 4, 4))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Grayscale (num_channels=1)
+
+
+@pytest.fixture(scope="module")
+def gray_processor() -> GHFeatImageProcessor:
+    return GHFeatImageProcessor(num_channels=1)
+
+
+def test_grayscale_processor_takes_pil_luminance(gray_processor, rgb, rgb256, gray):
+    """8-bit inputs: PIL's "L" of the RGB image the 3-channel path sees (transparency on white), then resized."""
+    expected = _to_model_space(_pil_bilinear(np.asarray(PIL.Image.fromarray(rgb).convert("L")))[..., None])
+    out = _run(gray_processor, PIL.Image.fromarray(rgb))
+    assert out.shape == (1, 1, 256, 256) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    for variant in (rgb, torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))):
+        np.testing.assert_array_equal(_run(gray_processor, variant), out)
+    np.testing.assert_allclose(_run(gray_processor, gray), _run(GHFeatImageProcessor(), gray)[:, :1], rtol=0, atol=0)
+    np.testing.assert_array_equal(_run(gray_processor, PIL.Image.fromarray(gray).convert("LA")),
+                                  _run(gray_processor, PIL.Image.fromarray(gray)))
+    half = np.concatenate([rgb256, np.full((256, 256, 1), 128, np.uint8)], axis=-1)
+    on_white = PIL.Image.alpha_composite(PIL.Image.new("RGBA", (256, 256), "white"), PIL.Image.fromarray(half))
+    expected = _to_model_space(np.asarray(on_white.convert("L"))[..., None])
+    np.testing.assert_allclose(_run(gray_processor, PIL.Image.fromarray(half)), expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(_run(gray_processor, half), _run(gray_processor, PIL.Image.fromarray(half)))
+
+
+def test_grayscale_processor_sixteen_bit_and_float_use_luma_weights(gray_processor, rgb256, gray):
+    weights = np.array([0.299, 0.587, 0.114])
+    luma = (rgb256.astype(np.float64) / 255) @ weights
+    expected = (luma * 2 - 1)[None, None]
+    for image in (rgb256.astype(np.float32) / 255, torch.from_numpy(rgb256.astype(np.float64) / 255).permute(2, 0, 1),
+                  rgb256.astype(np.uint16) * 257):
+        np.testing.assert_allclose(_run(gray_processor, image), expected, rtol=0, atol=1e-5)
+    # PIL's 8-bit "L" rounds to the nearest level: within half a step of the float luma.
+    np.testing.assert_allclose(_run(gray_processor, rgb256), expected, rtol=0, atol=STEP / 2 + 1e-6)
+    gray256 = np.ascontiguousarray(gray[::2, ::2])
+    for image in (PIL.Image.fromarray(gray256.astype(np.uint16) * 257), gray256.astype(np.float32) / 255):
+        np.testing.assert_allclose(_run(gray_processor, image), _run(gray_processor, gray256), rtol=0, atol=1e-6)
+    rgba = np.concatenate([rgb256.astype(np.float64) / 255, np.full((256, 256, 1), 0.5)], axis=-1)
+    on_white = (rgba[..., :3] * 0.5 + 0.5) @ weights
+    np.testing.assert_allclose(_run(gray_processor, rgba), (on_white * 2 - 1)[None, None], rtol=0, atol=1e-5)
+
+
+def test_grayscale_processor_batches_and_postprocess(gray_processor, rgb, rgb256, gray):
+    out = gray_processor([PIL.Image.fromarray(rgb), gray, rgb256], return_tensors="pt")["pixel_values"]
+    assert out.shape == (3, 1, 256, 256) and out.min() >= -1 and out.max() <= 1
+    restored = gray_processor.postprocess(out)
+    assert [image.mode for image in restored] == ["L"] * 3 and restored[0].size == (256, 256)
+    np.testing.assert_array_equal(np.asarray(restored[2]), np.asarray(PIL.Image.fromarray(rgb256).convert("L")))
+    assert gray_processor.postprocess(out[0].numpy())[0].mode == "L"
+
+
+def test_grayscale_processor_settings_are_saved(tmp_path, rgb):
+    processor = GHFeatImageProcessor(size=32, num_channels=1)
+    assert list(processor.image_mean) == [1.0] and list(processor.image_std) == [1.0]
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["num_channels"] == 1 and saved["image_mean"] == [1.0] and saved["image_std"] == [1.0]
+    loaded = GHFeatImageProcessor.from_pretrained(tmp_path)
+    assert loaded.num_channels == 1 and loaded.to_dict() == processor.to_dict()
+    np.testing.assert_array_equal(_run(loaded, rgb), _run(processor, rgb))
+    assert GHFeatImageProcessor().to_dict()["num_channels"] == 3
+    model_config = {"model_type": "ghfeat", "image_size": 64, "num_channels": 1}
+    from_model = GHFeatImageProcessor.from_dict(model_config)
+    assert from_model.num_channels == 1 and dict(from_model.size) == {"height": 64, "width": 64}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(num_channels=2), "num_channels must be 1"), (dict(num_channels=1, image_mean=[0.5] * 3), "image_mean"),
+     (dict(image_std=[1.0]), "image_std")],
+)
+def test_bad_channel_settings_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GHFeatImageProcessor(**kwargs)

@@ -95,6 +95,28 @@ def test_config_errors_and_round_trip(tmp_path):
     assert loaded.generator_config.resolution == 32
 
 
+def test_grayscale_model_encodes_and_decodes_one_channel():
+    config = tiny_ghfeat_config(num_channels=1)
+    assert config.num_channels == 1 and config.generator_config.num_channels == 1
+    model = GHFeatModel(config).eval()
+    pixels = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out = model(pixel_values=pixels)
+        assert out.pooler_output.shape == (2, sum(config.style_dims))
+        assert model.decode(out.style_codes).shape == (2, 1, 32, 32)
+        assert model.reconstruct(pixels).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match=r"\[N, 1, 32, 32\]"):
+        model(pixel_values=torch.zeros(1, 3, 32, 32))
+
+
+def test_encoder_and_generator_channels_must_match():
+    with pytest.raises(ValueError, match=r"num_channels \(1\) must equal the generator's num_channels \(3\)"):
+        tiny_ghfeat_config(num_channels=1, generator_config=tiny_generator_config().to_dict())
+    with pytest.raises(ValueError, match="generator's num_channels"):
+        GHFeatConfig(generator_config={"num_channels": 1})
+    assert GHFeatConfig(num_channels=1).generator_config.num_channels == 1  # the default generator follows
+
+
 def test_head_layer_groups_are_checked_after_a_new_generator_config():
     config = tiny_ghfeat_config()  # 8 generator layers, groups [2, 2, 4]
     config.generator_config = tiny_generator_config(64)  # 10 layers: the groups are stale

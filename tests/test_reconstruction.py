@@ -143,3 +143,11 @@ def test_make_grid_layout_and_boxes():
     assert (np.asarray(big)[:top, left:] < 128).any() and (np.asarray(big)[top:, :left] < 128).any()
     with pytest.raises(ValueError):
         make_grid([[red]], row_labels=["a", "b"])
+
+
+def test_make_grid_replicates_grayscale_cells():
+    gray = np.full((10, 10, 1), 77, np.uint8)  # a 1-channel image as (H, W, 1), and as a PIL "L" image
+    grid, boxes = make_grid([[gray, PIL.Image.fromarray(gray[..., 0])]], padding=2, return_boxes=True)
+    assert grid.mode == "RGB"
+    for left, top, _, _ in boxes[0]:
+        assert grid.getpixel((left + 5, top + 5)) == (77, 77, 77)

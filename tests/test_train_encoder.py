@@ -448,6 +448,35 @@ def test_nonfinite_gradients_skip_the_update(fx, tmp_path):
     assert weights and all(torch.equal(init[k], trained[k]) for k in weights)
 
 
+def test_grayscale_generator_trains_and_exports_a_grayscale_encoder(fx, tmp_path):
+    """A 1-channel generator: the encoder reads 1 channel, the RGB photos arrive as luminance, the export's processor
+    has num_channels=1 and its model reconstructs [N, 1, 32, 32]."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    gan = tmp_path / "gray_gan"
+    generator = StyleGANGenerator(tiny_generator_config(32, num_channels=1))
+    generator.save_pretrained(gan / "stylegan-generator")
+    StyleGANDiscriminator(tiny_discriminator_config(32, num_channels=1)).save_pretrained(gan / "stylegan-discriminator")
+    with pytest.raises(ValueError, match="1 channels"):  # a 3-channel encoder cannot fine-tune against it
+        train_encoder.build_ghfeat_model(train_encoder.parse_args(_argv(fx, tmp_path / "x", "--encoder_init",
+                                                                        fx["init"])), generator)
+    argv = _argv(fx, tmp_path / "gray", "--max_steps", 2, "--checkpointing_steps", 0, "--validation_steps", 0,
+                 "--sample_every", 0, "--num_validation_images", 2, "--num_grid_images", 2)
+    argv[argv.index("--generator") + 1] = str(gan)
+    summary = train_encoder.main(argv)
+    assert summary["step"] == 2 and all(math.isfinite(v) for v in summary["last"].values())
+    assert summary["last"]["loss_feat"] > 0  # the perceptual loss sees the gray images replicated to RGB
+    assert (tmp_path / "gray" / "samples" / "step_0000002.png").is_file()
+    export = tmp_path / "gray" / "ghfeat"
+    processor = AutoImageProcessor.from_pretrained(export)
+    model = AutoModel.from_pretrained(export).eval()
+    assert processor.num_channels == 1 and model.config.num_channels == 1
+    pixels = processor(_photo_crops(3, seed=5), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (3, 1, 32, 32)
+    with torch.no_grad():
+        assert model.reconstruct(pixels).shape == (3, 1, 32, 32)
+
+
 @pytest.mark.filterwarnings("ignore:--validation_split is the training split")
 def test_overfit_16_images_reconstruction_mse_falls_5x(fx, tmp_path):
     """The whole loop learns: E, G, D and R1 at the official loss weights (no VGG), 16 training images reused as the

@@ -325,10 +325,12 @@ def build_ghfeat_model(args: argparse.Namespace, generator: StyleGANGenerator) -
     g_config = generator.config
     if args.encoder_init:
         model = _from_pretrained(GHFeatModel, args.encoder_init)
-        if model.config.style_dims != g_config.style_dims or model.config.image_size != g_config.resolution:
+        if (model.config.style_dims, model.config.image_size, model.config.num_channels) != (
+                g_config.style_dims, g_config.resolution, g_config.num_channels):
             raise ValueError(
-                f"--encoder_init {args.encoder_init} encodes into style widths {model.config.style_dims} at "
-                f"{model.config.image_size} px; the generator needs {g_config.style_dims} at {g_config.resolution} px."
+                f"--encoder_init {args.encoder_init} encodes {model.config.num_channels}-channel images at "
+                f"{model.config.image_size} px into style widths {model.config.style_dims}; the generator needs "
+                f"{g_config.style_dims} at {g_config.resolution} px with {g_config.num_channels} channels."
             )
         model.config.generator_config = copy.deepcopy(g_config)
     else:
