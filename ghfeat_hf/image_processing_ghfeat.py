@@ -1,6 +1,7 @@
 """Image processor class for GH-Feat (PIL backend, no torchvision needed)."""
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -104,8 +105,9 @@ class GHFeatImageProcessor(PilBackend):
         return super().from_dict(image_processor_dict, **kwargs)
 
     def fetch_images(self, image_url_or_urls: ImageInput | str | os.PathLike) -> ImageInput:
-        """Open file paths and URLs (recursively in lists); pass images through; reject anything else."""
-        if isinstance(image_url_or_urls, (list, tuple)):
+        """Open file paths and URLs (recursively in lists and other sequences, such as a `datasets` column); pass
+        images through; reject anything else."""
+        if isinstance(image_url_or_urls, Sequence) and not isinstance(image_url_or_urls, (str, bytes)):
             return [self.fetch_images(image) for image in image_url_or_urls]
         if isinstance(image_url_or_urls, (PIL.Image.Image, np.ndarray, torch.Tensor)):
             return image_url_or_urls
@@ -127,7 +129,7 @@ class GHFeatImageProcessor(PilBackend):
 
     def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> list:
         """Return a flat list of single images; a 4-D array or tensor is split along its first axis."""
-        if isinstance(images, (list, tuple)):
+        if isinstance(images, Sequence) and not isinstance(images, (str, bytes)):  # also a `datasets` column
             if len(images) == 0:
                 raise ValueError("Expected at least one image, got an empty list.")
             if any(isinstance(image, (list, tuple)) for image in images):

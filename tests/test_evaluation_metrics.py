@@ -50,6 +50,7 @@ def test_psnr_and_wilson_interval_hand_cases():
     low, high = wilson_interval(8, 10)  # textbook: p = 0.8, n = 10 -> [0.490, 0.943]
     assert low == pytest.approx(0.4901625, abs=1e-6) and high == pytest.approx(0.9433178, abs=1e-6)
     assert wilson_interval(0, 20)[0] == 0 and wilson_interval(20, 20)[1] == 1
+    assert all(wilson_interval(n, n)[1] == 1 and wilson_interval(0, n)[0] == 0 for n in range(1, 500))
     result = accuracy_with_ci(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]))
     assert result["accuracy"] == 0.75 and result["ci95"] == list(wilson_interval(3, 4))
 

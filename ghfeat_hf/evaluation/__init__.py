@@ -9,7 +9,9 @@ the baselines), the data as `datasets.Dataset` splits, task options; the result 
 * [`evaluate_classification`]: linear probe (C chosen on a validation split) and k-NN accuracy, 95% intervals;
 * [`evaluate_retrieval`]: mAP and recall@k with cosine similarity, queries and gallery from the labels;
 * [`evaluate_verification`]: LFW-style 10-fold pair verification accuracy, per layer group;
-* [`evaluate_landmarks`]: linear keypoint regression and its normalised mean error.
+* [`evaluate_landmarks`]: linear keypoint regression and its normalised mean error;
+* [`evaluate_style_mixing`]: which class A shows with one layer group of B, judged by a [`DomainClassifier`];
+* [`evaluate_generation`]: the Fréchet distance of generator samples to real images in that classifier's features.
 
 Features come from [`GHFeatExtractor`] (chosen layers of the style codes), [`PixelExtractor`], a random-init encoder
 ([`random_init_model`]) or [`TimmExtractor`] ([`build_baselines`] builds them by name), and are extracted once per
@@ -28,6 +30,7 @@ report.save("eval/")   # eval/classification.json + eval/classification.md
 
 from .classification import evaluate_classification
 from .data import load_split, subsample
+from .domain_classifier import DomainClassifier, embedded_classifiers, load_domain_classifier
 from .extractors import (
     FeatureExtractor,
     GHFeatExtractor,
@@ -37,6 +40,8 @@ from .extractors import (
     random_init_model,
 )
 from .features import ExtractionOptions, FeatureTable, extract_features, resolve_layer_groups
+from .generation import evaluate_generation, frechet_distance
+from .hierarchy import evaluate_style_mixing
 from .landmarks import evaluate_landmarks
 from .probes import knn_predict, linear_probe, ridge_regression
 from .reconstruction import LPIPS_NOTE, evaluate_reconstruction
@@ -46,6 +51,7 @@ from .verification import evaluate_verification
 
 __all__ = [
     "LPIPS_NOTE",
+    "DomainClassifier",
     "EvaluationReport",
     "ExtractionOptions",
     "FeatureExtractor",
@@ -56,14 +62,19 @@ __all__ = [
     "ProtocolItem",
     "TimmExtractor",
     "build_baselines",
+    "embedded_classifiers",
     "evaluate_classification",
+    "evaluate_generation",
     "evaluate_landmarks",
     "evaluate_reconstruction",
     "evaluate_retrieval",
+    "evaluate_style_mixing",
     "evaluate_verification",
     "extract_features",
+    "frechet_distance",
     "knn_predict",
     "linear_probe",
+    "load_domain_classifier",
     "load_split",
     "random_init_model",
     "resolve_layer_groups",

@@ -5,22 +5,31 @@
     ghfeat evaluate verification --model M --dataset pairs/ --image-columns image_a image_b --same-column same
     ghfeat evaluate landmarks --model M --dataset D --train-split train --test-split test
     ghfeat evaluate reconstruction --model M --dataset D --split test [--grid-count 4]
+    ghfeat evaluate style-mixing --model M --dataset fashion-mnist --split test [--num-pairs 1000]
+    ghfeat evaluate generation --model M --dataset fashion-mnist --split test [--generators DIR ...]
 
-Each run writes `<output-dir>/<task>.json` and `<task>.md` (plus `reconstruction_grid.png`) and prints the table.
+Each run writes `<output-dir>/<task>.json` and `<task>.md` (plus `reconstruction_grid.png` or
+`style_mixing_grid.png`) and prints the table. `style-mixing` and `generation` are judged by a domain classifier
+(`--classifier`; the shipped Fashion-MNIST one by default for fashion-mnist).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from ..cli import int_at_least
-from ..extraction import UsageError, load_model, resolve_device, resolve_model_path
+from ..extraction import UsageError, load_model, resolve_device, resolve_dtype, resolve_model_path
+from ..modeling_stylegan import StyleGANGenerator
 from .classification import evaluate_classification
 from .data import load_split, subsample
+from .domain_classifier import DEFAULT_CLASSIFIER, load_domain_classifier
 from .extractors import GHFeatExtractor, build_baselines
 from .features import ExtractionOptions, as_pil_image
+from .generation import evaluate_generation
+from .hierarchy import DEFAULT_GROUPS, evaluate_style_mixing
 from .landmarks import evaluate_landmarks
 from .probes import DEFAULT_C_GRID
 from .reconstruction import evaluate_reconstruction
@@ -29,33 +38,48 @@ from .retrieval import evaluate_retrieval
 from .verification import DEFAULT_LAYER_GROUPS, evaluate_verification
 
 DEFAULT_BASELINES = {"reconstruction": ["random-init"]}
+JUDGED_TASKS = ("style-mixing", "generation")
+GENERATOR_SUBFOLDER = "stylegan-generator"
 FEATURE_BASELINES = ["pixels", "random-init"]
 
 
-def _common_arguments() -> argparse.ArgumentParser:
+def _run_arguments() -> argparse.ArgumentParser:
+    """The options of every task: model, data, device, output."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--model", help="Hub id or local GH-Feat model directory (default: $GHFEAT_MODEL).")
     parser.add_argument("--dataset", required=True,
                         help="fashion-mnist, a datasets Hub name, an image folder or a save_to_disk folder")
     parser.add_argument("--dataset-config", help="dataset configuration name (Hub datasets)")
     parser.add_argument("--image-column", default="image", help="column holding the images (default: image)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps, ...")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="compute dtype (autocast)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per batch (default: 64)")
+    parser.add_argument("-o", "--output-dir", default="ghfeat-eval", help="report folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of subsets, splits, pairs, samples and baselines")
+    parser.add_argument("--update-model-card", action="store_true",
+                        help="store the report in the (local) model directory and render its model card again")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    return parser
+
+
+def _feature_arguments() -> argparse.ArgumentParser:
+    """The options of the feature tasks: layer groups, baselines, the feature cache."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--layers", nargs="+", metavar="GROUP",
                         help="layer groups evaluated separately: all, coarse, middle, fine or selections such as 0-3,8 "
                              "(default: all; verification: all coarse middle fine)")
     parser.add_argument("--baselines", nargs="*", metavar="BASELINE",
                         help="pixels[:SIZE], random-init, timm:<model>[@random|@<weights file>]; none with an empty "
                              "list (default: pixels random-init; reconstruction: random-init)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps, ...")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="compute dtype (autocast)")
-    parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per extraction batch (default: 64)")
-    parser.add_argument("-o", "--output-dir", default="ghfeat-eval", help="report folder (default: %(default)s)")
     parser.add_argument("--cache-dir", help="feature cache folder (default: <HF datasets cache>/ghfeat_evaluation)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
-    parser.add_argument("--seed", type=int, default=0, help="seed of subsets, splits and random baselines")
-    parser.add_argument("--update-model-card", action="store_true",
-                        help="store the report in the (local) model directory and render its model card again")
-    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     return parser
+
+
+def _add_classifier(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--classifier", help="the judging DomainClassifier: a shipped name or a save_pretrained "
+                        f"folder (default for fashion-mnist: {DEFAULT_CLASSIFIER}; train one with "
+                        "training/train_classifier.py)")
 
 
 def _add_splits(parser: argparse.ArgumentParser, two_splits: bool, default_split: str = "test") -> None:
@@ -73,20 +97,21 @@ def add_evaluate_parser(subparsers) -> None:
     """Register `ghfeat evaluate` and its task sub-commands on the `ghfeat` sub-parsers."""
     parser = subparsers.add_parser(
         "evaluate",
-        help="evaluate a GH-Feat model (reconstruction, classification, retrieval, verification, landmarks) with "
-             "baselines in the same run",
+        help="evaluate a GH-Feat model (reconstruction, classification, retrieval, verification, landmarks, style "
+             "mixing, generation) with baselines in the same run",
         description="Evaluate a GH-Feat model on a datasets source, with baselines (raw pixels, a random-init "
                     "encoder, timm models) through the same pipeline. Features are extracted once per model and "
                     "dataset and cached. Writes a JSON report and a Markdown table.",
     )
     tasks = parser.add_subparsers(dest="task", title="tasks", metavar="<task>", required=True)
-    common = _common_arguments()
+    run_options = _run_arguments()
+    common = [run_options, _feature_arguments()]
 
-    task = tasks.add_parser("reconstruction", parents=[common], help="MSE, PSNR, SSIM and a worst / best grid")
+    task = tasks.add_parser("reconstruction", parents=common, help="MSE, PSNR, SSIM and a worst / best grid")
     _add_splits(task, two_splits=False)
     task.add_argument("--grid-count", type=int, default=4, help="worst and best images in the grid (default: 4)")
 
-    task = tasks.add_parser("classification", parents=[common], help="linear probe and k-NN accuracy")
+    task = tasks.add_parser("classification", parents=common, help="linear probe and k-NN accuracy")
     _add_splits(task, two_splits=True)
     task.add_argument("--validation-split", help="split choosing the probe's C (default: 10%% of the training split)")
     task.add_argument("--label-column", default="label", help="label column (default: label)")
@@ -95,14 +120,14 @@ def add_evaluate_parser(subparsers) -> None:
     task.add_argument("--validation-fraction", type=float, default=0.1, help="held-out share for C (default: 0.1)")
     task.add_argument("--max-iter", type=int, default=1000, help="lbfgs iterations per probe fit (default: 1000)")
 
-    task = tasks.add_parser("retrieval", parents=[common], help="mAP and recall@k with cosine similarity")
+    task = tasks.add_parser("retrieval", parents=common, help="mAP and recall@k with cosine similarity")
     _add_splits(task, two_splits=False)
     task.add_argument("--gallery-split", help="gallery split (default: queries and gallery from --split by label)")
     task.add_argument("--label-column", default="label", help="label column (default: label)")
     task.add_argument("--query-fraction", type=float, default=0.2, help="share of each class used as queries")
     task.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10], help="k of recall@k (default: 1 5 10)")
 
-    task = tasks.add_parser("verification", parents=[common], help="LFW-style 10-fold pair verification accuracy")
+    task = tasks.add_parser("verification", parents=common, help="LFW-style 10-fold pair verification accuracy")
     _add_splits(task, two_splits=False)
     task.add_argument("--image-columns", nargs=2, default=["image_a", "image_b"], metavar=("A", "B"),
                       help="the two image columns (default: image_a image_b)")
@@ -110,11 +135,34 @@ def add_evaluate_parser(subparsers) -> None:
     task.add_argument("--fold-column", help="column of fold ids (default: folds assigned in dataset order)")
     task.add_argument("--num-folds", type=int, default=10, help="folds when none are given (default: 10)")
 
-    task = tasks.add_parser("landmarks", parents=[common], help="linear keypoint regression, normalised mean error")
+    task = tasks.add_parser("landmarks", parents=common, help="linear keypoint regression, normalised mean error")
     _add_splits(task, two_splits=True)
     task.add_argument("--keypoints-column", help="column of [K, 2] keypoints (default: <name>_x / <name>_y columns)")
     task.add_argument("--keypoint-names", help="comma-separated names of the keypoints column's points (without "
                       "--keypoints-column: the <name>_x / <name>_y pairs to use; default: all of them)")
+
+    task = tasks.add_parser("style-mixing", parents=[run_options],
+                            help="class transfer when A takes one layer group of B, judged by a domain classifier")
+    _add_splits(task, two_splits=False)
+    _add_classifier(task)
+    task.add_argument("--label-column", default="label", help="label column (default: label)")
+    task.add_argument("--layers", nargs="+", metavar="GROUP", default=list(DEFAULT_GROUPS),
+                      help="layer groups taken from B (default: coarse middle fine)")
+    task.add_argument("--num-pairs", type=int_at_least(1), default=1000, help="image pairs (default: 1000)")
+    task.add_argument("--grid-pairs", type=int_at_least(0), default=6, help="pairs in the picture (default: 6)")
+
+    task = tasks.add_parser("generation", parents=[run_options],
+                            help="FD of StyleGAN samples vs real images in a domain classifier's feature space")
+    _add_splits(task, two_splits=False)
+    _add_classifier(task)
+    task.add_argument("--generators", nargs="*", default=[], metavar="[NAME=]DIR",
+                      help="StyleGAN generator folders compared with the model's own (<model>/stylegan-generator), "
+                           "each row named NAME (default: the folder)")
+    task.add_argument("--real-split", default="train",
+                      help="real images of this split as the floor row; 'none' for no row (default: train)")
+    task.add_argument("--num-images", type=int_at_least(2), default=10000,
+                      help="samples per generator and real baseline images (default: 10000)")
+    task.add_argument("--truncation-psi", type=float, default=1.0, help="truncation of the samples (default: 1.0)")
 
     parser.set_defaults(handler=run_evaluate)
 
@@ -172,22 +220,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         model_path = resolve_model_path(args.model)
         if args.update_model_card and not Path(model_path).is_dir():
             raise UsageError("--update-model-card needs a local model directory (--model).")
-        options = ExtractionOptions(batch_size=args.batch_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                                    progress=not args.no_progress)
-        state = options.process_state
-        device = state.device if state is not None and args.device == "auto" else resolve_device(args.device)
-        data = _load_data(args)
-        model, processor = load_model(model_path)
-        baselines = args.baselines
-        if baselines is None:
-            baselines = DEFAULT_BASELINES.get(args.task, FEATURE_BASELINES)
-        first = next(iter(data.values()))
-        column = args.image_columns[0] if args.task == "verification" else args.image_column
-        sample = as_pil_image(first[0][column]) if len(first) and column in first.column_names else None
-        extractors = [GHFeatExtractor(model, processor, device=device, dtype=args.dtype)]
-        extractors += build_baselines(baselines, model, processor, sample_image=sample, device=device,
-                                      dtype=args.dtype, seed=args.seed)
-        report = _run_task(args, data, extractors, options)
+        if args.task in JUDGED_TASKS:
+            report = _run_judged_task(args, model_path)
+        else:
+            report = _run_feature_task(args, model_path)
         if report is None:  # a non-main process of a multi-process run
             return 0
         report.settings = {key: value for key, value in vars(args).items() if key != "handler"}
@@ -203,9 +239,71 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     print(f"\nreport: {json_path} and {markdown_path}")
-    if "grid" in report.artifacts:
-        print(f"worst / best reconstructions: {report.artifacts['grid']}")
+    for name, path in report.artifacts.items():
+        print(f"{name}: {path}")
     return 0
+
+
+def _run_feature_task(args: argparse.Namespace, model_path: str) -> EvaluationReport | None:
+    """The feature tasks: extract features of the model and its baselines, run the task."""
+    options = ExtractionOptions(batch_size=args.batch_size, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                                progress=not args.no_progress)
+    state = options.process_state
+    device = state.device if state is not None and args.device == "auto" else resolve_device(args.device)
+    data = _load_data(args)
+    model, processor = load_model(model_path)
+    baselines = args.baselines
+    if baselines is None:
+        baselines = DEFAULT_BASELINES.get(args.task, FEATURE_BASELINES)
+    first = next(iter(data.values()))
+    column = args.image_columns[0] if args.task == "verification" else args.image_column
+    sample = as_pil_image(first[0][column]) if len(first) and column in first.column_names else None
+    extractors = [GHFeatExtractor(model, processor, device=device, dtype=args.dtype)]
+    extractors += build_baselines(baselines, model, processor, sample_image=sample, device=device,
+                                  dtype=args.dtype, seed=args.seed)
+    return _run_task(args, data, extractors, options)
+
+
+def _classifier(args: argparse.Namespace):
+    if args.classifier:
+        return load_domain_classifier(args.classifier)
+    if str(args.dataset).lower() in ("fashion-mnist", "fashion_mnist", "zalando-datasets/fashion_mnist"):
+        return load_domain_classifier(DEFAULT_CLASSIFIER)
+    raise UsageError(f"{args.task} needs --classifier for {args.dataset!r} (a DomainClassifier folder; train one with "
+                     "`python training/train_classifier.py --dataset <data> --output_dir <folder>`).")
+
+
+def _run_judged_task(args: argparse.Namespace, model_path: str) -> EvaluationReport:
+    """`style-mixing` and `generation`: tasks judged by a domain classifier."""
+    started = time.perf_counter()
+    device = resolve_device(args.device)
+    classifier = _classifier(args).to(device)
+    data = _load(args, args.split, args.max_samples)
+    model, processor = load_model(model_path)
+    if args.task == "style-mixing":
+        extractor = GHFeatExtractor(model, processor, device=device, dtype=args.dtype)
+        grid = Path(args.output_dir) / "style_mixing_grid.png" if args.grid_pairs else None
+        report = evaluate_style_mixing(extractor, data, classifier, image_column=args.image_column,
+                                       label_column=args.label_column, num_pairs=args.num_pairs,
+                                       layer_groups=args.layers, batch_size=args.batch_size, seed=args.seed,
+                                       grid_path=grid, grid_pairs=args.grid_pairs, dataset_name=args.dataset)
+    else:
+        generators = {}
+        for spec in [f"{Path(model_path).name}={Path(model_path) / GENERATOR_SUBFOLDER}", *args.generators]:
+            name, _, path = spec.rpartition("=") if "=" in spec else (spec, "", spec)
+            if not (Path(path) / "config.json").is_file():
+                raise UsageError(f"no StyleGAN generator in {path} (expected a folder with config.json).")
+            if name in generators:
+                raise UsageError(f"two generators are named {name!r}; name them with NAME=DIR.")
+            generators[name] = StyleGANGenerator.from_pretrained(path).eval()
+        real = {} if args.real_split.lower() == "none" else {
+            f"{args.real_split} images": _load(args, args.real_split)}
+        report = evaluate_generation(generators, data, classifier, processor, real_baselines=real,
+                                     image_column=args.image_column, num_images=args.num_images,
+                                     truncation_psi=args.truncation_psi, batch_size=args.batch_size,
+                                     dtype=resolve_dtype(args.dtype), seed=args.seed, dataset_name=args.dataset)
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 __all__ = ["add_evaluate_parser", "run_evaluate"]

@@ -85,14 +85,15 @@ def psnr(mse: np.ndarray | float, peak: float = 1.0) -> np.ndarray:
 
 
 def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default); `(0, 1)` for `total == 0`."""
+    """Wilson score interval of a binomial proportion (95% by default); `(0, 1)` for `total == 0`. The interval
+    always contains `successes / total` (exactly 1 or 0 at the ends, where float round-off could exclude them)."""
     if total == 0:
         return 0.0, 1.0
     p = successes / total
     denominator = 1 + z**2 / total
     centre = (p + z**2 / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def accuracy_with_ci(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float | list[float]]:

@@ -139,7 +139,7 @@ class EvaluationReport:
         return "\n".join(lines)
 
     def title(self) -> str:
-        return f"{self.task.capitalize()} on {self.data.get('name', 'the data')}"
+        return f"{self.task.replace('_', ' ').capitalize()} on {self.data.get('name', 'the data')}"
 
     def to_markdown(self) -> str:
         """A standalone Markdown document: title, model and data, the table, the protocol and the notes."""
