@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from ghfeat_hf.cli import main as ghfeat  # noqa: E402
 from ghfeat_hf.demo import demo_image_paths  # noqa: E402
+from ghfeat_hf.error_reporting import run_script  # noqa: E402
 
 OUTPUT_DIR = Path(__file__).resolve().parent / "editing"
 FOOTWEAR = "5,7,9"  # Fashion-MNIST classes Sandal, Sneaker, Ankle boot
@@ -90,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

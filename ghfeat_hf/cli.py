@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 from . import __version__
+from .error_reporting import DEBUG_ENV, run_command
 
 
 def _default_num_workers() -> int:
@@ -114,12 +115,8 @@ def _add_demo_parser(subparsers) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    from .extraction import UsageError
 
-    try:
-        result = run_demo(args.output_dir, model=args.model, device=args.device)
-    except UsageError as error:
-        return _error("demo", str(error))
+    result = run_demo(args.output_dir, model=args.model, device=args.device)
     print(result.table)
     print(f"\nmean reconstruction PSNR: {result.mean_psnr:.2f} dB")
     for label, path in (("input | reconstruction", result.reconstruction), ("style mixing", result.style_mixing),
@@ -134,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="GH-Feat (Generative Hierarchical Features) for PyTorch, transformers and timm.",
     )
     parser.add_argument("--version", action="version", version=f"ghfeat-hf {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error instead of one line (also: {DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", title="commands", metavar="<command>")
     _add_extract_parser(subparsers)
     _add_reconstruct_parser(subparsers)
@@ -145,11 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_parser(subparsers)
     return parser
-
-
-def _error(command: str, message: str) -> int:
-    print(f"ghfeat {command}: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _run_extract(args: argparse.Namespace) -> int:
@@ -189,8 +183,6 @@ def _run_extract(args: argparse.Namespace) -> int:
             keep_tiled=args.keep_tiled, reconstructions_dir=args.reconstructions, resume=args.resume,
             overwrite=args.overwrite, progress=not args.no_progress,
         )
-    except UsageError as error:
-        return _error("extract", str(error))
     except KeyboardInterrupt:
         state = read_partial_progress(args.output) or {"rows": 0, "skipped": []}
         print(f"\ninterrupted: {state['rows']} rows and {len(state['skipped'])} skipped items are saved in "
@@ -209,15 +201,12 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     from .extraction import UsageError, decode_image, file_sources, image_extensions, load_model, open_image
     from .reconstruction import format_metrics_table, reconstruct_images, reconstruction_grid
 
-    try:
-        suffix = os.path.splitext(args.output)[1].lower()
-        if suffix not in image_extensions():
-            raise UsageError(f"unknown image extension {suffix or '(none)'!r} for --output {args.output!r}; "
-                             "use .png (or .jpg, .webp, ...).")
-        source = file_sources(args.inputs)
-        model, processor = load_model(args.model, device=args.device)
-    except UsageError as error:
-        return _error("reconstruct", str(error))
+    suffix = os.path.splitext(args.output)[1].lower()
+    if suffix not in image_extensions():
+        raise UsageError(f"unknown image extension {suffix or '(none)'!r} for --output {args.output!r}; "
+                         "use .png (or .jpg, .webp, ...).")
+    source = file_sources(args.inputs)
+    model, processor = load_model(args.model, device=args.device)
     names, images = [], []
     for item in source.items():
         _, error = decode_image(item.payload, processor)
@@ -227,7 +216,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         names.append(item.id)
         images.append(open_image(item.payload))
     if not images:
-        return _error("reconstruct", "none of the inputs could be read as an image.")
+        raise UsageError("none of the inputs could be read as an image.")
     result = reconstruct_images(model, processor, images, batch_size=args.batch_size, dtype=args.dtype)
     print(format_metrics_table(names, result.metrics))
     grid_kwargs = {"cell_size": args.cell_size} if args.cell_size is not None else {}
@@ -239,12 +228,16 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `ghfeat` with `argv` (default: the process arguments); returns the exit status. Errors end in one line
+    on stderr (see [`ghfeat_hf.error_reporting`])."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.handler(args)
+    words = ["ghfeat", args.command] + [word for word in (getattr(args, "task", None),
+                                                           getattr(args, "operation", None)) if word]
+    return run_command(" ".join(words), lambda: args.handler(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from ghfeat_hf.data import FASHION_MNIST_CLASSES, fashion_mnist_arrays  # noqa: E402
 from ghfeat_hf.demo import DEMO_IMAGES  # noqa: E402
+from ghfeat_hf.error_reporting import run_script  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,4 +37,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

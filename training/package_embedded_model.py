@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `training` and `ghfeat_hf
 import torch
 from safetensors.torch import load_file
 
+from ghfeat_hf.error_reporting import run_script
 from ghfeat_hf.model_card import render_model_card, write_provenance
 from training.engine import atomic_directory
 
@@ -105,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -31,6 +31,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ghfeat_hf import GHFeatImageProcessor
+from ghfeat_hf.error_reporting import run_script
 from ghfeat_hf.evaluation.data import class_names, encode_labels, load_split
 from ghfeat_hf.evaluation.domain_classifier import DomainClassifier
 from ghfeat_hf.evaluation.features import as_pil_image
@@ -167,4 +168,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -90,6 +90,7 @@ from torch import nn
 
 from ghfeat_hf import GHFeatConfig, GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
 from ghfeat_hf.data import load_fashion_mnist, load_image_dataset, make_image_dataloader
+from ghfeat_hf.error_reporting import run_command
 from ghfeat_hf.hub import push_to_hub, save_ghfeat_directory
 from training.encoder_trainer import (
     EncoderTrainer,
@@ -116,7 +117,6 @@ from training.engine import (
 from training.losses import (
     DEFAULT_PERCEPTUAL_MODEL,
     PerceptualLoss,
-    PerceptualWeightsUnavailable,
     build_perceptual_loss,
 )
 
@@ -638,12 +638,8 @@ def training_iteration(trainer: EncoderTrainer, micro_batches: list[torch.Tensor
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        main(argv)
-    except PerceptualWeightsUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    """`main` with the project's one error path: an error is one line on stderr and a non-zero exit status."""
+    return run_command("train_encoder.py", lambda: main(argv))
 
 
 if __name__ == "__main__":

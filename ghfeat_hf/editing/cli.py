@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -149,16 +148,12 @@ def _save(image: PIL.Image.Image, path: str, what: str) -> None:
 
 
 def _operation(function: Callable[[argparse.Namespace, _Editor], None]) -> Callable[[argparse.Namespace], int]:
-    """Run an operation: check the output name, load the model, print a ``UsageError`` without a trace."""
+    """Run an operation: check the output name, load the model, run it (errors go to `ghfeat`'s one error path)."""
 
     @functools.wraps(function)
     def run(args: argparse.Namespace) -> int:
-        try:
-            _check_suffix(args.output, args.output_suffixes)
-            function(args, _Editor(args))
-        except UsageError as error:
-            print(f"ghfeat edit {args.operation}: error: {error}", file=sys.stderr)
-            return 2
+        _check_suffix(args.output, args.output_suffixes)
+        function(args, _Editor(args))
         return 0
 
     return run

@@ -16,7 +16,6 @@ Each run writes `<output-dir>/<task>.json` and `<task>.md` (plus `reconstruction
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -216,25 +215,21 @@ def _run_task(args: argparse.Namespace, data: dict, extractors, options: Extract
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of `ghfeat evaluate <task>`: load the model and the data, build the baselines, run the task, write
     the report; returns the exit status."""
-    try:
-        model_path = resolve_model_path(args.model)
-        if args.update_model_card and not Path(model_path).is_dir():
-            raise UsageError("--update-model-card needs a local model directory (--model).")
-        if args.task in JUDGED_TASKS:
-            report = _run_judged_task(args, model_path)
-        else:
-            report = _run_feature_task(args, model_path)
-        if report is None:  # a non-main process of a multi-process run
-            return 0
-        report.settings = {key: value for key, value in vars(args).items() if key != "handler"}
-        json_path, markdown_path = report.save(args.output_dir)
-        if args.update_model_card:
-            from ..model_card import add_evaluation_report
+    model_path = resolve_model_path(args.model)
+    if args.update_model_card and not Path(model_path).is_dir():
+        raise UsageError("--update-model-card needs a local model directory (--model).")
+    if args.task in JUDGED_TASKS:
+        report = _run_judged_task(args, model_path)
+    else:
+        report = _run_feature_task(args, model_path)
+    if report is None:  # a non-main process of a multi-process run
+        return 0
+    report.settings = {key: value for key, value in vars(args).items() if key != "handler"}
+    json_path, markdown_path = report.save(args.output_dir)
+    if args.update_model_card:
+        from ..model_card import add_evaluation_report
 
-            print(f"model card: {add_evaluation_report(model_path, report)}")
-    except UsageError as error:
-        print(f"ghfeat evaluate {args.task}: error: {error}", file=sys.stderr)
-        return 2
+        print(f"model card: {add_evaluation_report(model_path, report)}")
     print(report.table())
     for note in report.notes:
         print(f"note: {note}")
