@@ -1,7 +1,11 @@
 """The benchmarks run end to end (smallest settings, tiny models); no timing assertions."""
 
+import io
 import json
 import math
+
+import pytest
+from accelerate.state import AcceleratorState
 
 from benchmarks.extract import Settings, build_parser, plan_cells, render_markdown, run_benchmark
 
@@ -63,9 +67,40 @@ def test_train_step_benchmark_interleaves_with_naive(tmp_path, capsys):
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert "| vs naive |" in table[0]
     rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in table[1:]}
-    assert set(rows) == {"naive", "bf16"} and rows["naive"][6] == "1.00x"
+    assert set(rows) == {"naive", "bf16"} and rows["naive"][1] == "1" and rows["naive"][7] == "1.00x"
     results = {r["config"]: r for r in json.loads(results_file.read_text())["results"]}
     bf16 = results["bf16"]
     assert len(bf16["naive_seconds"]) == len(bf16["iteration_seconds"]) == 1  # one round, naive timed in it
     assert bf16["vs_naive"] == bf16["naive_seconds"][0] / bf16["iteration_seconds"][0]
-    assert rows["bf16"][6] == f"{bf16['vs_naive']:.2f}x"
+    assert rows["bf16"][7] == f"{bf16['vs_naive']:.2f}x"
+
+
+@pytest.mark.parametrize("step", ["encoder", "stylegan"])
+def test_train_step_worker_fmnist32(step, monkeypatch, capsys, one_thread):
+    """The per-configuration entry (`--single`) of `benchmarks/train_step.py` on the fmnist32 preset: one timed
+    iteration at batch 2, reported as JSON; a StyleGAN iteration is the 4 steps of one lazy-R1 interval."""
+    from benchmarks import train_step
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("1\n"))  # the driver asks for one timed iteration
+    argv = ["--single", "naive", "--preset", "fmnist32", "--step", step, "--device", "cpu", "--batch_size", "2",
+            "--warmup", "0"]
+    try:
+        assert train_step.main(argv) == 0
+    finally:
+        AcceleratorState._reset_state(True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "READY" and lines[1].startswith("TIMES ")
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert {"config", "preset", "step", "batch_size", "images_per_iteration", "steps_per_iteration", "resolution",
+            "num_channels", "params", "iteration_seconds", "median_seconds", "images_per_second", "peak_memory_mb",
+            "threads", "torch"} <= set(result)
+    assert (result["preset"], result["step"], result["resolution"], result["num_channels"]) == ("fmnist32", step, 32, 1)
+    assert result["iteration_seconds"] == json.loads(lines[1].removeprefix("TIMES "))
+    steps = {"encoder": 1, "stylegan": 4}[step]
+    assert result["steps_per_iteration"] == steps and result["images_per_iteration"] == 2 * steps
+    assert math.isfinite(result["images_per_second"]) and result["images_per_second"] > 0
+    assert result["images_per_second"] == result["images_per_iteration"] / result["median_seconds"]
+    if step == "encoder":
+        assert result["depth"] == 18 and result["perceptual_size"] == 256 and set(result["params"]) == {"E", "G", "D", "VGG"}
+    else:
+        assert result["r1_interval"] == 4 and set(result["params"]) == {"G", "D"}

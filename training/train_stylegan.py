@@ -38,6 +38,7 @@ from torch import nn
 
 from ghfeat_hf import StyleGANDiscriminator, StyleGANDiscriminatorConfig, StyleGANGenerator, StyleGANGeneratorConfig
 from ghfeat_hf.data import load_training_images, make_image_dataloader
+from ghfeat_hf.error_reporting import run_script
 from training.engine import (
     CheckpointManager,
     Progress,
@@ -214,6 +215,63 @@ def g_step(ctx: dict, batch_size: int, step: int) -> dict[str, torch.Tensor]:
     return {"loss_G": total, "grad_norm_G": torch.tensor(norm)}
 
 
+def build_networks(args: argparse.Namespace) -> tuple[StyleGANGenerator, StyleGANDiscriminator]:
+    """A new generator and discriminator of the architecture the flags describe (random weights)."""
+    common = dict(resolution=args.resolution, num_channels=args.num_channels, fmap_base=args.fmap_base,
+                  fmap_max=args.fmap_max)
+    g_config = StyleGANGeneratorConfig(
+        **common, latent_size=args.latent_size, dlatent_size=args.latent_size, mapping_fmaps=args.latent_size,
+        mapping_layers=args.mapping_layers, mapping_lr_multiplier=args.mapping_lr_multiplier,
+        style_mixing_prob=args.style_mixing_prob, dlatent_avg_beta=args.dlatent_avg_beta,
+    )
+    return StyleGANGenerator(g_config), StyleGANDiscriminator(StyleGANDiscriminatorConfig(**common))
+
+
+def build_training(accelerator, args: argparse.Namespace, dataloader=None,
+                   prepare_dataloader: bool = True) -> tuple[dict, object]:
+    """The context of :func:`training_step` (also used by ``benchmarks/train_step.py``): new networks, the EMA
+    generator, channels_last / torch.compile as flagged, both Adam optimizers, all ``accelerator.prepare``d (with the
+    map-style ``dataloader`` when given and ``prepare_dataloader``). Returns ``(ctx, dataloader)``."""
+    generator, discriminator = build_networks(args)
+    g_ema = copy.deepcopy(generator).eval().requires_grad_(False)
+    generator = maybe_channels_last(generator, args.channels_last)
+    discriminator = maybe_channels_last(discriminator, args.channels_last)
+    g_train = maybe_compile(MixingGenerator(generator), args.compile)
+    if args.compile and args.r1_gamma == 0:
+        discriminator = maybe_compile(discriminator, True)
+    adam = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    g_opt = torch.optim.Adam(g_train.parameters(), **adam)
+    d_opt = torch.optim.Adam(discriminator.parameters(), **adam)
+    if dataloader is not None and prepare_dataloader:
+        g_train, discriminator, g_opt, d_opt, dataloader = accelerator.prepare(
+            g_train, discriminator, g_opt, d_opt, dataloader
+        )
+    else:
+        g_train, discriminator, g_opt, d_opt = accelerator.prepare(g_train, discriminator, g_opt, d_opt)
+    g_ema.to(accelerator.device)
+    global_batch = args.batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    sample_z = torch.randn(args.num_samples, generator.config.latent_size,
+                           generator=torch.Generator().manual_seed(args.seed))
+    ctx = dict(accelerator=accelerator, args=args, G=g_train, g_module=accelerator.unwrap_model(g_train),
+               D=discriminator, G_ema=g_ema, g_opt=g_opt, d_opt=d_opt, g_config=generator.config,
+               ema_beta=0.5 ** (global_batch / max(args.ema_kimg * 1000.0, 1e-8)),
+               sample_z=sample_z.to(accelerator.device))
+    return ctx, dataloader
+
+
+def training_step(ctx: dict, micro_batches: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+    """One training step as the loop runs it (also timed by ``benchmarks/train_step.py``): channels_last inputs when
+    flagged, the step's seed, the D update (R1 on steps that are multiples of ``--r1_interval``), then the G update
+    and the EMA update."""
+    args = ctx["args"]
+    if args.channels_last:
+        micro_batches = [m.contiguous(memory_format=torch.channels_last) for m in micro_batches]
+    seed_step(args.seed, step, ctx["accelerator"].process_index)
+    metrics = d_step(ctx, micro_batches, step)
+    metrics.update(g_step(ctx, args.batch_size, step))
+    return metrics
+
+
 def save_samples(ctx: dict, step: int) -> Path:
     accelerator, args = ctx["accelerator"], ctx["args"]
     path = Path(args.output_dir) / "samples" / f"step_{step:07d}.png"
@@ -253,31 +311,8 @@ def main(argv: list[str] | None = None) -> dict:
         random_flip=args.mirror_augment, seed=args.seed, shuffle=True, drop_last=True, num_workers=args.num_workers,
     )
 
-    common = dict(resolution=args.resolution, num_channels=args.num_channels, fmap_base=args.fmap_base,
-                  fmap_max=args.fmap_max)
-    g_config = StyleGANGeneratorConfig(
-        **common, latent_size=args.latent_size, dlatent_size=args.latent_size, mapping_fmaps=args.latent_size,
-        mapping_layers=args.mapping_layers, mapping_lr_multiplier=args.mapping_lr_multiplier,
-        style_mixing_prob=args.style_mixing_prob, dlatent_avg_beta=args.dlatent_avg_beta,
-    )
-    generator = StyleGANGenerator(g_config)
-    discriminator = StyleGANDiscriminator(StyleGANDiscriminatorConfig(**common))
-    g_ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    generator = maybe_channels_last(generator, args.channels_last)
-    discriminator = maybe_channels_last(discriminator, args.channels_last)
-    g_train = maybe_compile(MixingGenerator(generator), args.compile)
-    if args.compile and args.r1_gamma == 0:
-        discriminator = maybe_compile(discriminator, True)
-    adam = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-    g_opt = torch.optim.Adam(g_train.parameters(), **adam)
-    d_opt = torch.optim.Adam(discriminator.parameters(), **adam)
-    if args.streaming:
-        g_train, discriminator, g_opt, d_opt = accelerator.prepare(g_train, discriminator, g_opt, d_opt)
-    else:
-        g_train, discriminator, g_opt, d_opt, dataloader = accelerator.prepare(
-            g_train, discriminator, g_opt, d_opt, dataloader
-        )
-    g_ema.to(accelerator.device)
+    ctx, dataloader = build_training(accelerator, args, dataloader, prepare_dataloader=not args.streaming)
+    g_ema, g_opt, d_opt, g_config = ctx["G_ema"], ctx["g_opt"], ctx["d_opt"], ctx["g_config"]
 
     state = TrainState()
     accelerator.register_for_checkpointing(state)
@@ -287,12 +322,8 @@ def main(argv: list[str] | None = None) -> dict:
     init_trackers(accelerator, "train_stylegan", args)
 
     global_batch = args.batch_size * world * args.gradient_accumulation_steps
-    sample_z = torch.randn(args.num_samples, g_config.latent_size, generator=torch.Generator().manual_seed(args.seed))
-    ctx = dict(accelerator=accelerator, args=args, G=g_train, g_module=accelerator.unwrap_model(g_train),
-               D=discriminator, G_ema=g_ema, g_opt=g_opt, d_opt=d_opt, g_config=g_config,
-               ema_beta=0.5 ** (global_batch / max(args.ema_kimg * 1000.0, 1e-8)),
-               sample_z=sample_z.to(accelerator.device))
-    n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in (("G", generator), ("D", discriminator))}
+    n_params = {name: sum(p.numel() for p in m.parameters())
+                for name, m in (("G", ctx["g_module"].generator), ("D", ctx["D"]))}
     accelerator.print(
         f"StyleGAN {args.resolution}px x{args.num_channels}: G {n_params['G'] / 1e6:.2f}M, D {n_params['D'] / 1e6:.2f}M "
         f"params; layer widths {g_config.layer_channels}; global batch {global_batch}; "
@@ -305,11 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps_run, exported_at = 0, None
     while state.step < args.max_steps:
         micro = [next(batches)["pixel_values"] for _ in range(args.gradient_accumulation_steps)]
-        if args.channels_last:
-            micro = [m.contiguous(memory_format=torch.channels_last) for m in micro]
-        seed_step(args.seed, state.step, rank)
-        metrics = d_step(ctx, micro, state.step)
-        metrics.update(g_step(ctx, args.batch_size, state.step))
+        metrics = training_step(ctx, micro, state.step)
         state.step += 1
         steps_run += 1
         values = {k: float(v) for k, v in metrics.items()}
@@ -362,4 +389,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
