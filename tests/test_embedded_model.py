@@ -6,6 +6,7 @@ import PIL.Image
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
 import ghfeat_hf
@@ -71,6 +72,32 @@ def test_package_embedded_model(tmp_path):
         package_main(argv)
     torch.testing.assert_close(AutoModel.from_pretrained(output)(pixel_values=pixels).pooler_output,
                                model(pixel_values=pixels).pooler_output)
+
+
+def test_package_in_half_precision_loads_and_computes_in_float32(tmp_path):
+    model = GHFeatModel(tiny_ghfeat_config()).eval()
+    save_ghfeat_directory(model, tmp_path / "encoder-run" / "ghfeat")
+    generator = StyleGANGenerator(model.config.generator_config)
+    generator.synthesis.load_state_dict(model.synthesis.state_dict(), strict=False)
+    generator.save_pretrained(tmp_path / "gan-run" / "stylegan-generator")
+    StyleGANDiscriminator(tiny_discriminator_config()).save_pretrained(tmp_path / "gan-run" / "stylegan-discriminator")
+    (tmp_path / "recipe.md").write_text("Recipe.\n")
+    output = tmp_path / "ghfeat-half"
+    assert package_main(["--encoder-run", str(tmp_path / "encoder-run"), "--gan-run", str(tmp_path / "gan-run"),
+                         "--recipe", str(tmp_path / "recipe.md"), "--output", str(output),
+                         "--storage-dtype", "float16"]) == 0
+    for weights in output.rglob("model.safetensors"):
+        stored = load_file(str(weights))
+        assert {tensor.dtype for tensor in stored.values() if tensor.is_floating_point()} == {torch.float16}
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    loaded = AutoModel.from_pretrained(output)
+    assert {parameter.dtype for parameter in loaded.parameters()} == {torch.float32}
+    expected = model(pixel_values=pixels).pooler_output
+    torch.testing.assert_close(loaded(pixel_values=pixels).pooler_output, expected, rtol=2e-2, atol=2e-2)
+    backbone = timm.create_model("ghfeat_resnet18_32", pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(output / "model.safetensors")))
+    assert {parameter.dtype for parameter in backbone.parameters()} == {torch.float32}
+    assert StyleGANGenerator.from_pretrained(output / "stylegan-generator").mapping.w_avg.dtype == torch.float32
 
 
 def test_timm_preset_of_the_embedded_architecture():

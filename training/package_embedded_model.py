@@ -12,6 +12,11 @@ path of the training machine). The GAN run's generator must be the one the encod
 synthesis tensors must equal the export's ``synthesis.*`` tensors. The recipe (exact commands, hardware, wall
 times) becomes the model card's source section. The evaluation numbers are added afterwards by
 ``ghfeat evaluate <task> --model <output> --update-model-card``, which renders the card again.
+
+``--storage-dtype float16`` stores every floating-point tensor (encoder, generator, discriminator) in half precision,
+halving the package; the configs keep ``"dtype": "float32"``, so every loader computes in float32 (transformers'
+``dtype="auto"`` reads the config's dtype; timm copies the tensors into float32 parameters). Evaluate the packaged
+model to check that the numbers hold.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `training` and `ghfeat_hf
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ghfeat_hf.error_reporting import run_script
 from ghfeat_hf.model_card import render_model_card, write_provenance
@@ -35,6 +40,7 @@ from training.engine import atomic_directory
 GENERATOR_DIR = "stylegan-generator"
 DISCRIMINATOR_DIR = "stylegan-discriminator"
 MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "provenance.json", "metrics.json")
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--domain", default="Fashion-MNIST: 28x28 grayscale garment photos padded to 32x32")
     parser.add_argument("--dataset-id", default="zalando-datasets/fashion_mnist", help="Hub id for the card metadata")
     parser.add_argument("--license", default="mit", help="SPDX id of the weights (default: mit, as the data)")
+    parser.add_argument("--storage-dtype", choices=sorted(STORAGE_DTYPES), default="float32",
+                        help="dtype of the stored floating-point tensors; the models still load and compute in "
+                             "float32 (default: float32)")
     return parser.parse_args(argv)
 
 
@@ -65,6 +74,19 @@ def check_same_synthesis(export_weights: Path, generator_weights: Path) -> None:
             f"trained against: {len(differing)} of {len(export)} synthesis tensors are missing or differ (e.g. "
             f"{', '.join(differing[:3])}). Pass the --gan-run whose stylegan-generator/ the encoder run used."
         )
+
+
+def store_as(weights: Path, dtype: torch.dtype) -> None:
+    """Rewrite a safetensors file with its floating-point tensors cast to `dtype` (others unchanged). Refuses a cast
+    that overflows (a value beyond the dtype's range)."""
+    tensors = load_file(str(weights))
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.dtype != dtype:
+            cast = tensor.to(dtype)
+            if not bool(torch.isfinite(cast).all()):
+                raise ValueError(f"{weights}: {key} does not fit in {dtype} (max |value| {tensor.abs().max():g}).")
+            tensors[key] = cast
+    save_file(tensors, str(weights), metadata={"format": "pt"})
 
 
 def package(args: argparse.Namespace) -> Path:
@@ -87,6 +109,9 @@ def package(args: argparse.Namespace) -> Path:
         for name in (GENERATOR_DIR, DISCRIMINATOR_DIR):
             shutil.copytree(args.gan_run / name, staging / name,
                             ignore=shutil.ignore_patterns("*.py", "README.md"))
+        if args.storage_dtype != "float32":
+            for weights in staging.rglob("model.safetensors"):
+                store_as(weights, STORAGE_DTYPES[args.storage_dtype])
         load_args = f'ghfeat_hf.embedded_model_path("{args.output.name}")'
         write_provenance(staging, source=args.recipe.read_text().strip(), domain=args.domain,
                          datasets=[args.dataset_id], license=args.license, load_args=load_args,
