@@ -47,8 +47,12 @@ def _select_split(dataset, split: str | None, source: str):
     import datasets
 
     if not isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        if split is not None:
-            raise ValueError(f"{source!r} holds a single split; do not pass split={split!r}.")
+        # a single split (a saved `Dataset`): it is the data, whatever split name is asked for, unless it is
+        # known to be another split
+        named = str(dataset.split) if dataset.split is not None else None
+        if split is not None and named is not None and named != split:
+            raise ValueError(f"{source!r} holds only the split {named!r}, not {split!r}; pass split={named!r} (or "
+                             "no split).")
         return dataset
     names = list(dataset.keys())
     if split is None:

@@ -99,6 +99,13 @@ def test_load_saved_dataset_and_dict(tmp_path, photos):
         gdata.load_image_dataset(tmp_path / "dict", split="train")
     with pytest.raises(ValueError, match="Column 'pixels' not found"):
         gdata.load_image_dataset(path, image_column="pixels")
+    # a single saved split is the data whatever split is asked for, unless it is named as another split
+    assert len(gdata.load_image_dataset(path, split="test")) == len(photos)
+    datasets.Dataset.from_dict(dataset.select(range(5)).to_dict(), features=dataset.features,
+                               split="test").save_to_disk(str(tmp_path / "named"))
+    assert len(gdata.load_image_dataset(tmp_path / "named", split="test")) == 5
+    with pytest.raises(ValueError, match="holds only the split 'test', not 'train'"):
+        gdata.load_image_dataset(tmp_path / "named", split="train")
     assert len(gdata.load_training_images(path, max_samples=4)) == 4
     assert sum(1 for _ in gdata.load_training_images(path, streaming=True, max_samples=5)) == 5
 

@@ -29,6 +29,9 @@ def data_dirs(tmp_path_factory):
     datasets.DatasetDict(splits).save_to_disk(root / "faces")
     datasets.DatasetDict({"test": verification_pairs(num_photos=6, pairs_per_kind=20)}).save_to_disk(root / "pairs")
     datasets.DatasetDict({"test": augmented_copies(num_photos=4, copies=4)}).save_to_disk(root / "copies")
+    # single-split folders (a saved `Dataset`), the way the README saves its pairs
+    verification_pairs(num_photos=4, pairs_per_kind=10).save_to_disk(root / "single-pairs")
+    faces.select(range(40)).save_to_disk(root / "single-faces")
     points = astronaut_landmarks(count=40)
     datasets.DatasetDict({"train": points.select(range(30)), "test": points.select(range(30, 40))}).save_to_disk(
         root / "points")
@@ -131,10 +134,20 @@ def test_argument_errors(model_dir, data_dirs, tmp_path, capsys):
         ([*faces, "--max-train-samples", "1"], "all of one class; the linear probe needs two classes or more"),
         (["retrieval", "--model", str(model_dir), "--dataset", str(data_dirs / "copies"), "--gallery-split", "test",
           "--max-samples", "8"], "--gallery-split test is the query split"),  # a subset of the gallery as queries
+        (["classification", "--model", str(model_dir), "--dataset", str(data_dirs / "single-faces")],
+         "gives the same data for --train-split train and --test-split test"),
     ]
     for argv, message in cases:
         err = _run(argv, tmp_path, capsys, code=2).err
         assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_single_split_folders_are_the_data(model_dir, data_dirs, tmp_path, capsys):
+    """A folder saved from one `Dataset` is read whatever --split says (it has no split name)."""
+    for extra in ([], ["--split", "validation"]):
+        out = _run(["verification", "--model", str(model_dir), "--dataset", str(data_dirs / "single-pairs"),
+                    "--baselines", "-o", str(tmp_path / "v"), *extra], tmp_path, capsys).out
+        assert "| GH-Feat | all |" in out
 
 
 @pytest.mark.slow

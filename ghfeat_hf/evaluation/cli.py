@@ -175,8 +175,12 @@ def _load(args: argparse.Namespace, split: str, max_samples: int | None = None, 
 def _load_data(args: argparse.Namespace) -> dict:
     """The task's splits: `train` / `test` for classification and landmarks, else `data`."""
     if args.task in ("classification", "landmarks"):
-        return {"train": _load(args, args.train_split, args.max_train_samples),
-                "test": _load(args, args.test_split, args.max_test_samples)}
+        splits = {"train": _load(args, args.train_split, args.max_train_samples),
+                  "test": _load(args, args.test_split, args.max_test_samples)}
+        if splits["train"]._fingerprint == splits["test"]._fingerprint:
+            raise UsageError(f"{args.dataset} gives the same data for --train-split {args.train_split} and "
+                             f"--test-split {args.test_split} (a single-split dataset?): evaluate on separate splits.")
+        return splits
     column = args.image_columns[0] if args.task == "verification" else None
     return {"data": _load(args, args.split, args.max_samples, column)}
 
