@@ -17,6 +17,8 @@ of generator layers. Every head outputs the concatenation of the codes of its la
 
 from __future__ import annotations
 
+import math
+
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
@@ -25,6 +27,15 @@ from .configuration_stylegan import StyleGANGeneratorConfig
 RESNET_UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 HEAD_NAMES = ("coarse", "middle", "fine")
 PYRAMID_LEVELS = ["p4", "p5", "p6"]  # FPN levels built on res4, res5, res6 (fine to coarse)
+MAX_RESOLUTION = 2**14  # of the input and of the generator
+# Inclusive ranges of the integer hyper-parameters: positive, and far above any released model (64/2048/512/256 px).
+INTEGER_RANGES = {
+    "base_width": (1, 2**12),
+    "extra_stage_channels": (1, 2**16),
+    "pyramid_channels": (1, 2**16),
+    "image_size": (1, MAX_RESOLUTION),
+    "stem_stride": (1, 4),
+}
 
 
 def default_head_layer_groups(num_layers: int) -> list[int]:
@@ -33,6 +44,16 @@ def default_head_layer_groups(num_layers: int) -> list[int]:
     base, remainder = divmod(resolutions, 3)
     coarse, middle, fine = base + (remainder == 2), base, base + (remainder >= 1)
     return [2 * coarse, 2 * middle, 2 * fine]
+
+
+def _is_int(value) -> bool:
+    """An integer, not a bool (JSON ``true`` would otherwise pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
@@ -89,13 +110,12 @@ class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
         if self.generator_config is None:
             self.generator_config = StyleGANGeneratorConfig(num_channels=self.num_channels)
         super().__post_init__(**kwargs)
+        self.check_ranges()
         if self.num_channels != self.generator_config.num_channels:
             raise ValueError(
                 f"num_channels ({self.num_channels}) must equal the generator's num_channels "
                 f"({self.generator_config.num_channels}): the encoder reads the images the generator renders."
             )
-        if self.depth not in RESNET_UNITS:
-            raise ValueError(f"depth must be one of {sorted(RESNET_UNITS)}, got {self.depth}.")
         if self.image_size % self.total_stride:
             raise ValueError(
                 f"image_size ({self.image_size}) must be divisible by the encoder's total stride "
@@ -103,8 +123,36 @@ class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
             )
         if self.head_layer_groups is None:
             self.head_layer_groups = default_head_layer_groups(self.num_layers)
+        if not isinstance(self.head_layer_groups, (list, tuple)):
+            raise ValueError(f"head_layer_groups must be a list of three layer counts, got {self.head_layer_groups!r}.")
         self.head_layer_groups = list(self.head_layer_groups)
         self.check_head_layer_groups()
+
+    def check_ranges(self) -> None:
+        """Raise a ValueError naming the first hyper-parameter of a wrong type or out of range."""
+        if not _is_int(self.depth) or self.depth not in RESNET_UNITS:
+            raise ValueError(f"depth must be one of {sorted(RESNET_UNITS)}, got {self.depth!r}.")
+        for key, (low, high) in INTEGER_RANGES.items():
+            value = getattr(self, key)
+            if not _is_int(value) or not low <= value <= high:
+                raise ValueError(f"{key} must be an integer in [{low}, {high}], got {value!r}.")
+        if not _is_int(self.num_channels) or self.num_channels not in (1, 3):
+            raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {self.num_channels!r}.")
+        if not isinstance(self.stem_pool, bool):
+            raise ValueError(f"stem_pool must be true or false, got {self.stem_pool!r}.")
+        if not _is_number(self.batch_norm_eps) or not 0 < self.batch_norm_eps <= 1:
+            raise ValueError(f"batch_norm_eps must be a number in (0, 1], got {self.batch_norm_eps!r}.")
+        if self.batch_norm_momentum is not None and not (
+            _is_number(self.batch_norm_momentum) and 0 <= self.batch_norm_momentum <= 1
+        ):
+            raise ValueError(f"batch_norm_momentum must be null or a number in [0, 1], got {self.batch_norm_momentum!r}.")
+        if self.generator_config.resolution > MAX_RESOLUTION:
+            raise ValueError(
+                f"generator_config.resolution must be at most {MAX_RESOLUTION}, got {self.generator_config.resolution}."
+            )
+        widths = self.generator_config.layer_channels
+        if min(widths) < 1:
+            raise ValueError(f"generator_config gives synthesis layers without channels: layer widths {widths}.")
 
     def check_head_layer_groups(self) -> None:
         """Raise a ValueError unless ``head_layer_groups`` splits the generator's layers in three.
@@ -112,7 +160,9 @@ class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
         The groups are fixed when the config is built: after assigning another ``generator_config``, set them
         again (e.g. to ``default_head_layer_groups(config.num_layers)``).
         """
-        if len(self.head_layer_groups) != 3 or sum(self.head_layer_groups) != self.num_layers:
+        groups = self.head_layer_groups
+        counts_ok = all(_is_int(count) and count >= 0 for count in groups)
+        if len(groups) != 3 or not counts_ok or sum(groups) != self.num_layers:
             raise ValueError(
                 f"head_layer_groups must be three layer counts summing to {self.num_layers} (the generator's "
                 f"layers), got {self.head_layer_groups}; set them again after changing generator_config."

@@ -1,5 +1,6 @@
 """Image processor class for GH-Feat (PIL backend, no torchvision needed)."""
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -17,15 +18,36 @@ _VALID_CHANNELS = (1, 3, 4)
 _OUTPUT_CHANNELS = (1, 3)
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, the weights of PIL's "RGB" -> "L" conversion
+_ALPHA_MODES = ("RGBA", "LA", "PA")
+_UNPREMULTIPLIED = {"RGBa": "RGBA", "La": "LA"}  # premultiplied alpha, undone before compositing
+
+
+def _finite_numbers(value: Any) -> bool:
+    """Whether `value` is a finite number or a non-empty sequence of them (bools and strings excluded)."""
+    values = value if isinstance(value, (list, tuple)) and value else [value]
+    return all(
+        isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item) for item in values
+    )
+
+
+def _to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An 8-bit PIL image in mode "RGB" (see the class docstring for each mode); transparency (an alpha band or a
+    palette's transparent index) is composited onto white."""
+    mode = image.mode
+    try:
+        image = image.convert(_UNPREMULTIPLIED[mode]) if mode in _UNPREMULTIPLIED else image
+        if image.mode in _ALPHA_MODES or image.info.get("transparency") is not None:
+            rgba = image.convert("RGBA")
+            image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        return image.convert("RGB")
+    except ValueError as error:
+        raise ValueError(f"Unsupported PIL image mode {mode!r}: {error}") from error
 
 
 def _flatten(image: PIL.Image.Image, num_channels: int) -> np.ndarray:
-    """An 8-bit PIL image as a `(num_channels, H, W)` uint8 array: RGB, or PIL's "L" of that RGB image for one
-    channel; transparency (alpha or a palette's transparent index) is composited onto white first."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    image = image.convert("RGB")
+    """An 8-bit PIL image as a `(num_channels, H, W)` uint8 array: RGB ([`_to_rgb`]), or PIL's "L" of that RGB
+    image for one channel."""
+    image = _to_rgb(image)
     if num_channels == 1:
         return np.asarray(image.convert("L"))[None]
     return np.moveaxis(np.asarray(image), -1, 0)
@@ -50,8 +72,18 @@ class GHFeatImageProcessor(PilBackend):
             have `num_channels` values.
 
     Accepted inputs: one image, a list of images, or a 4-D array/tensor holding a batch. An image is
-        - a `PIL.Image.Image` of any size and mode. 8-bit modes are converted with PIL (alpha and palette
-          transparency are composited onto white, grayscale is replicated to RGB); 16-bit grayscale (`I;16*`, and `I`
+        - a `PIL.Image.Image` of any size and mode. 8-bit modes are converted to RGB with PIL's `convert`:
+            - `RGB` as is, `RGBX` without its padding band, `L` and `1` replicated to RGB, `P` through its palette;
+            - `RGBA`, `LA`, `PA` and images with a `transparency` entry (palette index or color) are composited onto
+              white; `RGBa` and `La` (premultiplied alpha) are un-premultiplied first;
+            - `YCbCr`: the JPEG (full-range ITU-R BT.601) YCbCr -> RGB conversion;
+            - `CMYK`: `R = (255 - C) * (255 - K) / 255` (likewise G, B), no color management;
+            - `HSV` (Pillow's layout: hue 0-255 for 0-360 degrees, saturation and value 0-255): the exact HSV -> RGB
+              conversion (as `colorsys.hsv_to_rgb`);
+            - `LAB` (Pillow's layout: L* 0-255 for 0-100, a* and b* offset by 128): CIE L*a*b* (D50) to sRGB, the
+              conversion of `PIL.ImageCms` with its built-in LAB and sRGB profiles (Pillow >= 9.3);
+            - a mode the installed Pillow cannot convert raises a `ValueError` naming it.
+          Embedded ICC profiles are not applied (the pixels are read as sRGB). 16-bit grayscale (`I;16*`, and `I`
           holding values in `[0, 65535]`) is divided by 257, so 65535 maps to 1.0; `F` is read as float in `[0, 1]`;
         - a path to an image file (`str` or `os.PathLike`), opened with PIL without any mode conversion, or an
           `http(s)://` URL (loaded as RGB by `transformers.image_utils.load_image`);
@@ -77,8 +109,8 @@ class GHFeatImageProcessor(PilBackend):
     image_std = [1.0, 1.0, 1.0]
 
     def __init__(self, num_channels: int = 3, **kwargs: Any) -> None:
-        if num_channels not in _OUTPUT_CHANNELS:
-            raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {num_channels}.")
+        if isinstance(num_channels, bool) or num_channels not in _OUTPUT_CHANNELS:
+            raise ValueError(f"num_channels must be 1 (grayscale) or 3 (RGB), got {num_channels!r}.")
         for key in ("image_mean", "image_std"):
             if kwargs.get(key) is None:
                 kwargs[key] = [1.0] * num_channels
@@ -88,6 +120,20 @@ class GHFeatImageProcessor(PilBackend):
             value = getattr(self, key)
             if isinstance(value, (list, tuple)) and len(value) != num_channels:
                 raise ValueError(f"{key} has {len(value)} values for num_channels={num_channels}: {list(value)}.")
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Raise a ValueError naming a setting no image can be processed with."""
+        factor = self.rescale_factor
+        if not _finite_numbers(factor) or factor <= 0:
+            raise ValueError(f"rescale_factor must be a positive finite number, got {factor!r}.")
+        sides = (self.size.height, self.size.width)
+        if not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in sides):
+            raise ValueError(f"size must give a positive integer 'height' and 'width', got {dict(self.size)}.")
+        if not _finite_numbers(self.image_mean):
+            raise ValueError(f"image_mean must be finite numbers, got {self.image_mean!r}.")
+        if not _finite_numbers(self.image_std) or 0 in np.atleast_1d(self.image_std):
+            raise ValueError(f"image_std must be finite non-zero numbers, got {self.image_std!r}.")
 
     @classmethod
     def from_dict(cls, image_processor_dict: dict[str, Any], **kwargs: Any) -> "GHFeatImageProcessor":

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Sequence
 
 import torch
+from transformers.utils import cached_file
 
 from ..configuration_ghfeat import HEAD_NAMES
 from ..embedded import embedded_model_path, embedded_models
 from ..image_processing_ghfeat import GHFeatImageProcessor
 from ..modeling_ghfeat import GHFeatModel
+from ..strict_loading import CONFIG_NAME, CheckpointError, load_checked_model, one_line
 from ..timm_models import ghfeat_config_dict
 from .errors import UsageError
 
@@ -40,13 +43,16 @@ def default_model_path() -> str | None:
 
 
 def resolve_model_path(model: str | os.PathLike | None = None) -> str:
-    """`model`, else `$GHFEAT_MODEL`, else [`default_model_path`]; a [`UsageError`] when none is set. The name of
-    an embedded model (e.g. `"ghfeat-fmnist32"`) resolves to its directory.
+    """`model`, else `$GHFEAT_MODEL`, else [`default_model_path`]; a [`UsageError`] when none is set, or when
+    `model` is given but empty (`--model ''`; an empty `$GHFEAT_MODEL` counts as unset). The name of an embedded
+    model (e.g. `"ghfeat-fmnist32"`) resolves to its directory.
 
     The hook is read from the package (`ghfeat_hf.extraction.default_model_path`) at call time, so replacing it
     there (a deployment, a test) takes effect."""
     from . import default_model_path as hook
 
+    if model is not None and not os.fspath(model).strip():
+        raise UsageError("--model is empty: pass a Hub id, a local model directory or the name of an embedded model.")
     for candidate in (model, os.environ.get(MODEL_ENV_VAR), hook()):
         if candidate:
             candidate = os.fspath(candidate)
@@ -65,11 +71,16 @@ def _looks_like_local_path(name: str) -> bool:
 def load_model(
     model: str | os.PathLike | None = None, device: str | torch.device | None = None
 ) -> tuple[GHFeatModel, GHFeatImageProcessor]:
-    """Load a [`GHFeatModel`] (eval mode) and its [`GHFeatImageProcessor`] from a Hub id or a local directory.
+    """Load a [`GHFeatModel`] (float32, eval mode) and its [`GHFeatImageProcessor`] from a Hub id or a local
+    directory.
 
-    A directory without `preprocessor_config.json` gets the default processor at the model's `image_size`.
-    Raises [`UsageError`] for a missing directory or a model that cannot be loaded.
+    Strict, unlike `GHFeatModel.from_pretrained` ([`ghfeat_hf.strict_loading`]): a config of another model or out of
+    range, a missing, unexpected or reshaped tensor, a weight of another dtype, a NaN, a negative running variance,
+    or processor settings the model cannot use raise a [`UsageError`] naming the file and the key. A directory
+    without `preprocessor_config.json` gets the default processor at the model's `image_size` and `num_channels`.
+    Also raises [`UsageError`] for a missing directory, an unknown Hub id or a device that cannot run the model.
     """
+    target = None if device is None else resolve_device(device)
     path = resolve_model_path(model)
     expanded = os.path.expanduser(path)
     if os.path.exists(expanded):
@@ -79,18 +90,18 @@ def load_model(
     elif _looks_like_local_path(path):
         raise UsageError(f"model directory {path!r} does not exist.")
     try:
-        loaded = GHFeatModel.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as error:
+        if not os.path.isdir(path):
+            cached_file(path, CONFIG_NAME)  # an unknown repo, or offline without a cached copy, fails here
+        loaded, processor = load_checked_model(
+            functools.partial(cached_file, path, _raise_exceptions_for_missing_entries=False), path
+        )
+    except CheckpointError as error:
+        raise UsageError(str(error)) from error
+    except OSError as error:
         where = "the local directory" if os.path.isdir(path) else "the Hub id (not a local directory)"
-        raise UsageError(f"could not load a GH-Feat model from {where} {path!r}: {error}") from error
-    try:
-        processor = GHFeatImageProcessor.from_pretrained(path)
-    except OSError:
-        size = loaded.config.image_size
-        processor = GHFeatImageProcessor(size={"height": size, "width": size})
-    loaded.eval()
-    if device is not None:
-        loaded.to(resolve_device(device))
+        raise UsageError(f"could not load a GH-Feat model from {where} {path!r}: {one_line(error)}") from error
+    if target is not None:
+        loaded.to(target)
     return loaded, processor
 
 
@@ -120,7 +131,8 @@ def processor_size(processor) -> tuple[int | None, int | None]:
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """`"auto"`/`None` -> CUDA when available, else MPS, else CPU; anything else is passed to `torch.device`."""
+    """`"auto"`/`None` -> CUDA when available, else MPS, else CPU; anything else is passed to `torch.device` and
+    must be able to hold a tensor here (a [`UsageError`] for `meta`, a missing backend or device index)."""
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -131,8 +143,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         device = torch.device(device)
     except RuntimeError as error:
         raise UsageError(f"invalid device {device!r}: {error}") from error
+    if device.type == "meta":
+        raise UsageError("device 'meta' holds no data and cannot run a model; use --device cpu, cuda or auto.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {str(device)!r} requested but CUDA is not available here; use --device cpu.")
+    try:
+        torch.empty(1, device=device)  # an unknown index (cuda:7), a backend this build or machine lacks
+    except (RuntimeError, AssertionError, NotImplementedError, ImportError) as error:
+        raise UsageError(f"device {str(device)!r} cannot be used here ({one_line(error)}); use --device cpu.") from error
     return device
 
 
