@@ -43,12 +43,16 @@ NUM_TRUNK_FEATURES = 6  # stem, res2..res5 (stage1..stage4), res6 (extra stage)
 
 
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size: int) -> torch.Tensor:
-    """``pixel_values`` itself, after raising a ValueError unless it is ``[N, num_channels, image_size, image_size]``.
+    """``pixel_values`` itself, after raising a ValueError unless it is a floating-point
+    ``[N, num_channels, image_size, image_size]`` tensor.
 
     A leaf of ``torch.fx`` graphs (``torch.fx.wrap`` below): a traced model checks its real input the same way.
     """
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
         raise ValueError("pixel_values must be a 4-D tensor [N, C, H, W]; use GHFeatImageProcessor on images.")
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be floating point in [-1, 1], got {pixel_values.dtype}; convert 8-bit "
+                         "images with GHFeatImageProcessor (or x / 127.5 - 1).")
     if tuple(pixel_values.shape[1:]) != (num_channels, image_size, image_size):
         raise ValueError(f"pixel_values must be [N, {num_channels}, {image_size}, {image_size}], "
                          f"got {list(pixel_values.shape)}; resize with GHFeatImageProcessor.")

@@ -86,6 +86,7 @@ class StyleGANMapping(nn.Module):
         self.normalize_latents = config.normalize_latents
         self.num_layers = config.num_layers
         self.truncation_cutoff = config.truncation_cutoff
+        self.latent_size = config.latent_size
         widths = [config.latent_size] + [config.mapping_fmaps] * (config.mapping_layers - 1) + [config.dlatent_size]
         self.layers = nn.ModuleList(
             EqualizedLinear(fan_in, fan_out, lr_multiplier=config.mapping_lr_multiplier)
@@ -96,6 +97,9 @@ class StyleGANMapping(nn.Module):
     def forward(
         self, z: torch.Tensor, truncation_psi: float | None = None, truncation_cutoff: int | None = None
     ) -> torch.Tensor:
+        if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.latent_size:
+            shape = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must be a [N, {self.latent_size}] tensor (this generator's latent_size), got {shape}.")
         x = pixel_norm(z) if self.normalize_latents else z
         for layer in self.layers:
             x = F.leaky_relu(layer(x), LRELU_SLOPE)

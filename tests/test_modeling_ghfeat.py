@@ -247,3 +247,11 @@ def test_device_map_keeps_blocks_whole(depth):
     assert_device_map_keeps_blocks_whole(model)
     present = {type(module).__name__ for module in model.modules()}
     assert set(model._no_split_modules) <= present | {"BasicUnit", "BottleneckUnit"}  # no misspelt class name
+
+
+def test_integer_pixel_values_are_refused_with_the_conversion():
+    model = GHFeatModel(tiny_ghfeat_config()).eval()
+    pixels = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"floating point in \[-1, 1\], got torch.uint8.*GHFeatImageProcessor"):
+        model(pixel_values=pixels)
+    assert model(pixel_values=pixels / 127.5 - 1).pooler_output.shape == (1, sum(model.config.style_dims))

@@ -128,3 +128,12 @@ def test_device_map_keeps_blocks_whole():
         assert_device_map_keeps_blocks_whole(model)
     classes = {type(module).__name__ for model in models for module in model.modules()}
     assert set(StyleGANGenerator._no_split_modules) <= classes  # no misspelt class name
+
+
+def test_latents_of_the_wrong_width_are_refused_with_the_expected_shape():
+    generator = StyleGANGenerator(tiny_generator_config()).eval()
+    with pytest.raises(ValueError, match=r"z must be a \[N, 16\] tensor \(this generator's latent_size\), got \[4, 512\]"):
+        generator.mapping(torch.randn(4, 512))
+    with pytest.raises(ValueError, match="got list"):
+        generator([0.0] * 16)
+    assert generator(torch.randn(2, 16)).shape == (2, 3, 32, 32)
