@@ -76,7 +76,15 @@ def _add_extract_parser(subparsers) -> None:
     parser.add_argument("--keep-tiled", action="store_true",
                         help="also store the official tiled array, [L_kept, max(style_dims)] per image")
     parser.add_argument("--reconstructions", metavar="DIR", help="also save every reconstruction as a PNG in DIR")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run of the same command (its progress record and parts are "
+                             "checked against their checksums; a finished output is read back whole first)")
+    parser.add_argument("--fingerprint", choices=["stat", "content"], default="stat",
+                        help="how input files are fingerprinted for --resume to find the ones changed since: stat "
+                             "(size + mtime, default) or content (sha256; a resume reads the files already done again)")
+    parser.add_argument("--on-changed-input", choices=["reencode", "error"], default="reencode",
+                        help="what --resume does with input files changed since the interrupted run read them: "
+                             "extract them again (default) or stop with an error")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output or discard an interrupted run")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
@@ -181,7 +189,8 @@ def _run_extract(args: argparse.Namespace) -> int:
             model, processor, source, args.output, batch_size=args.batch_size, device=device, dtype=args.dtype,
             num_workers=args.num_workers, layers=args.layers, keep_codes=args.keep_codes,
             keep_tiled=args.keep_tiled, reconstructions_dir=args.reconstructions, resume=args.resume,
-            overwrite=args.overwrite, progress=not args.no_progress,
+            overwrite=args.overwrite, fingerprint=args.fingerprint, on_changed_input=args.on_changed_input,
+            progress=not args.no_progress,
         )
     except KeyboardInterrupt:
         state = read_partial_progress(args.output) or {"rows": 0, "skipped": []}
@@ -189,6 +198,8 @@ def _run_extract(args: argparse.Namespace) -> int:
               f"{partial_path(args.output)}; run the same command with --resume to continue.", file=sys.stderr)
         return 130
     resumed = f" ({result.num_resumed} from the interrupted run)" if result.num_resumed else ""
+    if result.num_changed:
+        resumed += f" ({result.num_changed} changed inputs extracted again)"
     print(f"wrote {result.num_rows} rows to {result.output}{resumed}")
     if result.skipped:
         print(f"skipped {len(result.skipped)} unreadable items (also in the output metadata):")

@@ -7,10 +7,17 @@ output file, written to a temporary name and moved into place with `os.replace`.
 
 `resume=True` reads the committed rows, skips the ids already done (rows and skipped items) and continues in a
 new part file; the final file is a merge of all parts, ordered by source position. It refuses a run whose settings
-differ: the model, the source (its description and `datasets` fingerprint), the layers, the columns, the dtype and
-the batch size. With BatchNorm in eval mode a row does not depend on its batch mathematically, but the kernels
-round differently for another batch shape (differences of about 1e-6); with the same batch size, a resumed session
-restarts at a batch boundary, sees the same batches of an unchanged source and gives identical rows.
+differ: the model, the source (its description and `datasets` fingerprint), the layers, the columns, the dtype, the
+batch size and the fingerprint mode. With BatchNorm in eval mode a row does not depend on its batch mathematically,
+but the kernels round differently for another batch shape (differences of about 1e-6); with the same batch size, a
+resumed session restarts at a batch boundary, sees the same batches of an unchanged source and gives identical rows.
+
+A resume trusts nothing in `<output>.partial/` unchecked: the progress record carries a sha256 checksum and the size
+and sha256 of every part, parts are read only from that directory, an item committed twice is refused, and input
+files whose fingerprint (size + mtime, or content sha256) changed since they were read are extracted again (or
+refused, `on_changed_input="error"`). A lock file next to the output keeps a second run off it; temporary files of
+killed runs are removed; a finished output is read back whole before a resume returns it. FIFOs, sockets and devices
+are skip records, never opened.
 
 Output layouts (by extension):
     `.parquet` / `.arrow` (Arrow IPC stream, `datasets`' own cache format): columns `id` (string), `ghfeat`
@@ -27,11 +34,12 @@ Output layouts (by extension):
 All vectors are stored as float32 whatever the compute dtype.
 
 Modules: [`runtime`] (models, devices, dtypes, layers), [`sources`] (inputs and decoding), [`storage`] (partial
-state and output files), [`extract`] (the loop). Everything public is re-exported here.
+state and output files), [`extract`] (the loop, the output lock and path checks). Everything public is re-exported
+here.
 """
 
-from .errors import UsageError
-from .extract import BatchProgress, ExtractionResult, extract_features
+from .errors import DestinationError, UsageError
+from .extract import CHANGED_INPUT_POLICIES, BatchProgress, ExtractionResult, extract_features, reconstruction_names
 from .runtime import (
     MODEL_ENV_VAR,
     autocast_context,
@@ -44,6 +52,7 @@ from .runtime import (
     resolve_model_path,
 )
 from .sources import (
+    FINGERPRINT_MODES,
     LIST_FILE_SUFFIXES,
     DatasetSource,
     FileSource,
@@ -52,11 +61,13 @@ from .sources import (
     dataset_source,
     decode_image,
     file_sources,
+    fingerprint_file,
     folder_source,
     glob_source,
     image_extensions,
     list_file_source,
     open_image,
+    open_regular_file,
     resolve_source,
 )
 from .storage import (
@@ -66,15 +77,17 @@ from .storage import (
     partial_path,
     read_extraction_metadata,
     read_partial_progress,
-    reconstruction_names,
 )
 
 __all__ = [
+    "CHANGED_INPUT_POLICIES",
+    "FINGERPRINT_MODES",
     "LIST_FILE_SUFFIXES",
     "MODEL_ENV_VAR",
     "OUTPUT_FORMATS",
     "BatchProgress",
     "DatasetSource",
+    "DestinationError",
     "ExtractionResult",
     "FileSource",
     "ImageSource",
@@ -87,6 +100,7 @@ __all__ = [
     "default_model_path",
     "extract_features",
     "file_sources",
+    "fingerprint_file",
     "folder_source",
     "glob_source",
     "image_extensions",
@@ -94,6 +108,7 @@ __all__ = [
     "load_model",
     "model_fingerprint",
     "open_image",
+    "open_regular_file",
     "output_format",
     "parse_layers",
     "partial_path",

@@ -1,14 +1,19 @@
-"""[`extract_features`]: the batch loop of `ghfeat extract` (decode -> encode -> commit), its resume logic and the
-final merge into one output file."""
+"""[`extract_features`]: the batch loop of `ghfeat extract` (decode -> encode -> commit, reconstruction PNG names),
+its resume logic and the final merge into one output file; and the destination it writes: the checks of the output
+path, the lock that keeps a second run off the same output, and the removal of the temporary files of killed runs."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
-from collections.abc import Callable, Sequence
+import stat
+import warnings
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -17,11 +22,23 @@ import torch
 
 from ..image_processing_ghfeat import GHFeatImageProcessor
 from ..modeling_ghfeat import GHFeatModel
-from .errors import UsageError
+from .errors import DestinationError, UsageError
 from .runtime import autocast_context, model_fingerprint, parse_layers, processor_size, resolve_device, resolve_dtype
-from .sources import ImageSource, SourceItem, decoded_chunks, resolve_source
+from .sources import (
+    FINGERPRINT_MODES,
+    FileSource,
+    ImageSource,
+    SourceItem,
+    decoded_chunks,
+    fingerprint_file,
+    image_extensions,
+    resolve_source,
+)
 from .storage import (
+    FINGERPRINT_COLUMN,
+    OUTPUT_FORMATS,
     POSITION_COLUMN,
+    TEMPORARY_NAME,
     PartialRun,
     SkippedImage,
     atomic_write_bytes,
@@ -30,10 +47,18 @@ from .storage import (
     output_format,
     partial_path,
     read_extraction_metadata,
-    reconstruction_names,
+    read_partial_progress,
     row_schema,
     write_output,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks there
+    fcntl = None
+
+CHANGED_INPUT_POLICIES = ("reencode", "error")
+"""What `--resume` does with inputs whose fingerprint changed since the interrupted run read them."""
 
 
 @dataclass
@@ -46,6 +71,8 @@ class ExtractionResult:
     layers: list[int] = field(default_factory=list)
     num_resumed: int = 0
     """Rows that came from an earlier, interrupted session."""
+    num_changed: int = 0
+    """Inputs of the interrupted session that changed since it read them, extracted again."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +83,36 @@ class BatchProgress:
     rows: int
     processed: int
     skipped: int
+
+
+def _safe_relative(item_id: str) -> PurePosixPath:
+    parts = [part for part in PurePosixPath(item_id.replace("\\", "/")).parts if part not in ("/", "", ".")]
+    parts = ["__" if part == ".." else part.replace(":", "_") for part in parts]
+    return PurePosixPath(*parts) if parts else PurePosixPath("_")
+
+
+def reconstruction_names(ids: Sequence[str], taken: Collection[str] = ()) -> dict[str, str]:
+    """PNG paths (relative to the reconstructions folder) for distinct ids, distinct from each other and from
+    `taken`: the id with its image extension replaced by `.png`; `.png` appended when that would collide or the id
+    has no image extension; `-2`, `-3`, ... before that `.png` in the rare case that still collides."""
+    extensions = image_extensions()
+    paths = {item_id: _safe_relative(item_id) for item_id in ids}
+    short = {item_id: (path.with_suffix(".png") if path.suffix.lower() in extensions else
+                       path.with_name(path.name + ".png")).as_posix() for item_id, path in paths.items()}
+    counts = Counter(short.values())
+    used = set(taken)
+    names = {}
+    for item_id, path in paths.items():
+        name = short[item_id]
+        if counts[name] > 1 or name in used:
+            name = path.with_name(path.name + ".png").as_posix()
+        copy = 2
+        while name in used:
+            name = path.with_name(f"{path.name}-{copy}.png").as_posix()
+            copy += 1
+        used.add(name)
+        names[item_id] = name
+    return names
 
 
 @dataclass
@@ -96,6 +153,7 @@ class _BatchEncoder:
         if decoded is not None:
             columns["reconstruction"] = pa.array(self._save_reconstructions(good, decoded), pa.string())
         columns[POSITION_COLUMN] = pa.array([item.position for item, _ in good], pa.int64())
+        columns[FINGERPRINT_COLUMN] = pa.array([item.fingerprint for item, _ in good], pa.string())
         return pa.RecordBatch.from_arrays(list(columns.values()), schema=self.schema)
 
     def _names(self, ids: list[str]) -> list[str]:
@@ -133,6 +191,8 @@ def extract_features(
     reconstructions_dir: str | os.PathLike | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    fingerprint: str = "stat",
+    on_changed_input: str = "reencode",
     progress: bool = True,
     on_batch: Callable[[BatchProgress], None] | None = None,
 ) -> ExtractionResult:
@@ -154,13 +214,21 @@ def extract_features(
         reconstructions_dir: also decode the codes (all layers) and save every reconstruction as a PNG there.
         resume: continue an interrupted run of the same command from `<output>.partial/` (same settings, batch
             size and source, else a [`UsageError`]); with a finished `output` written with the same settings,
-            return it as it is.
+            check that it reads back whole and return it as it is.
         overwrite: replace an existing output or discard an interrupted run.
+        fingerprint: how each input file is fingerprinted when read, for `resume` to find the files that changed
+            since: `"stat"` (size and mtime_ns, free) or `"content"` (sha256 of the bytes; a resume reads every
+            file already done again). Datasets are identified by their `datasets` fingerprint instead.
+        on_changed_input: what `resume` does with files whose fingerprint changed: `"reencode"` drops their rows
+            and extracts them again (with a warning), `"error"` refuses to resume.
         progress: show a tqdm bar (images/s, skipped count).
         on_batch: called with a [`BatchProgress`] after every committed batch.
 
     Unreadable items never stop the run: they are listed in [`ExtractionResult.skipped`] and in the output's
-    metadata. On an exception or Ctrl-C the committed rows stay in `<output>.partial/` and no output is written.
+    metadata; so are FIFOs, sockets and devices, which are never opened. On an exception or Ctrl-C the committed
+    rows stay in `<output>.partial/` and no output is written. A second run on the same output is refused while
+    this one holds its lock (`.<output name>.lock`); an error writing the output (read-only or full file system)
+    is a [`DestinationError`].
     """
     output = Path(output)
     fmt = output_format(output)
@@ -169,6 +237,10 @@ def extract_features(
                          "per-layer codes or the tiled array.")
     if batch_size < 1:
         raise UsageError(f"batch size must be positive, got {batch_size}.")
+    for name, value, choices in (("fingerprint", fingerprint, FINGERPRINT_MODES),
+                                 ("on_changed_input", on_changed_input, CHANGED_INPUT_POLICIES)):
+        if value not in choices:
+            raise UsageError(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
     config = model.config
     layer_list = parse_layers(layers, config)
     style_dims = list(config.style_dims)
@@ -181,83 +253,123 @@ def extract_features(
     model.eval().to(device)
     source = resolve_source(source)
     recon_dir = Path(reconstructions_dir) if reconstructions_dir is not None else None
+    fingerprint_mode = fingerprint if isinstance(source, FileSource) else None
 
     settings = {
         "model": model_fingerprint(model), "source": source.identity(), "batch_size": batch_size,
         "layers": layer_list, "keep_codes": keep_codes, "keep_tiled": keep_tiled, "format": fmt,
         "dtype": str(compute_dtype).removeprefix("torch."),
         "reconstructions": os.fspath(recon_dir.resolve()) if recon_dir is not None else None,
+        "fingerprint": fingerprint_mode,
     }
     partial_dir = partial_path(output)
-    if partial_dir.exists() and not (resume or overwrite):
-        raise UsageError(f"found an interrupted run in {os.fspath(partial_dir)!r}: pass --resume to continue it or "
-                         "--overwrite to start over.")
-    if output.exists() and not partial_dir.exists():
-        if resume:
-            meta = read_extraction_metadata(output)
-            check_settings(meta.get("settings", {}), settings, f"the finished run that wrote {os.fspath(output)!r}")
-            return ExtractionResult(output, meta["num_rows"], [SkippedImage(**s) for s in meta.get("skipped", [])],
-                                    layer_list, meta["num_rows"])
-        if not overwrite:
-            raise UsageError(f"{os.fspath(output)!r} already exists: pass --overwrite to replace it.")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    with _claimed(output):
+        if partial_dir.exists() and not (resume or overwrite):
+            raise UsageError(f"found an interrupted run in {os.fspath(partial_dir)!r}: pass --resume to continue "
+                             "it or --overwrite to start over.")
+        if output.exists() and not partial_dir.exists():
+            if resume:
+                return _finished_result(output, settings, layer_list)
+            if not overwrite:
+                raise UsageError(f"{os.fspath(output)!r} already exists: pass --overwrite to replace it.")
+        if recon_dir is not None:
+            remove_stale_temporaries(recon_dir, recursive=True)
 
-    schema = row_schema(kept_dims, layer_list, keep_codes, keep_tiled, max(style_dims), recon_dir is not None)
-    open_run = PartialRun.reopen if resume and partial_dir.exists() else PartialRun.start
-    run = open_run(partial_dir, schema, settings)
-
-    try:
-        done_rows, skipped_records = run.done()
-        done_ids = set(done_rows) | {record["id"] for record in skipped_records}
-        positions, pending, total = _pending(source, done_rows, skipped_records, done_ids)
-        encode = _BatchEncoder(model, processor, device, compute_dtype, layer_list, keep_codes, keep_tiled,
-                               run.schema, recon_dir)
-        if recon_dir is not None and positions is not None:
-            encode.recon_names = reconstruction_names(list(positions))
-        elif recon_dir is not None:  # streaming: named batch by batch, after the interrupted session's names
-            encode.taken_names = set(run.committed_table().column("reconstruction").to_pylist())
-
-        bar = _progress_bar(total, len(done_ids), progress, output)
-        rows, skipped_count, batches, processed = run.num_rows, len(skipped_records), 0, len(done_ids)
-        chunks = decoded_chunks(source, pending, processor, batch_size, num_workers)
+        schema = row_schema(kept_dims, layer_list, keep_codes, keep_tiled, max(style_dims), recon_dir is not None)
+        open_run = PartialRun.reopen if resume and partial_dir.exists() else PartialRun.start
+        run = open_run(partial_dir, schema, settings, "id" if source.finite else POSITION_COLUMN)
         try:
-            for chunk in chunks:
-                good = [(item, pixels) for item, pixels, error in chunk if error is None]
-                bad = [{"id": item.id, "position": item.position, "error": error}
-                       for item, _, error in chunk if error is not None]
-                run.commit(encode(good) if good else None, bad)
-                batches += 1
-                rows += len(good)
-                skipped_count += len(bad)
-                bar.update(len(chunk))
-                if bad:
-                    bar.set_postfix(skipped=skipped_count, refresh=False)
-                processed += len(chunk)
-                if on_batch is not None:
-                    on_batch(BatchProgress(batches, rows, processed, skipped_count))
+            committed = run.committed_table()
+            changed = (_changed_inputs(source, committed, run.state["skipped"], fingerprint_mode)
+                       if fingerprint_mode is not None else [])
+            if changed:
+                _drop_changed(run, changed, on_changed_input)
+                committed = run.committed_table()
+            skipped_records = list(run.state["skipped"])
+            done_rows = dict(zip(committed.column("id").to_pylist(), committed.column(POSITION_COLUMN).to_pylist()))
+            done_ids = set(done_rows) | {record["id"] for record in skipped_records}
+            positions, pending, total = _pending(source, done_rows, skipped_records, done_ids)
+            encode = _BatchEncoder(model, processor, device, compute_dtype, layer_list, keep_codes, keep_tiled,
+                                   run.schema, recon_dir)
+            if recon_dir is not None and positions is not None:
+                encode.recon_names = reconstruction_names(list(positions))
+            elif recon_dir is not None:  # streaming: named batch by batch, after the interrupted session's names
+                encode.taken_names = set(committed.column("reconstruction").to_pylist())
+            del committed
+
+            bar = _progress_bar(total, len(done_ids), progress, output)
+            rows, skipped_count, batches, processed = run.num_rows, len(skipped_records), 0, len(done_ids)
+            chunks = decoded_chunks(source, pending, processor, batch_size, num_workers, fingerprint_mode)
+            try:
+                for chunk in chunks:
+                    good = [(item, pixels) for item, pixels, error in chunk if error is None]
+                    bad = [{"id": item.id, "position": item.position, "error": error,
+                            "fingerprint": item.fingerprint} for item, _, error in chunk if error is not None]
+                    run.commit(encode(good) if good else None, bad)
+                    batches += 1
+                    rows += len(good)
+                    skipped_count += len(bad)
+                    bar.update(len(chunk))
+                    if bad:
+                        bar.set_postfix(skipped=skipped_count, refresh=False)
+                    processed += len(chunk)
+                    if on_batch is not None:
+                        on_batch(BatchProgress(batches, rows, processed, skipped_count))
+            finally:
+                chunks.close()
+                bar.close()
+                run.close()
+
+            # Merge the committed parts into the final file, in source order.
+            table = run.committed_table()
+            if positions is not None:
+                keys = np.array([positions[item_id] for item_id in table.column("id").to_pylist()], dtype=np.int64)
+                skipped_records = sorted(run.state["skipped"], key=lambda record: positions[record["id"]])
+            else:
+                keys = table.column(POSITION_COLUMN).to_numpy()
+                skipped_records = sorted(run.state["skipped"], key=lambda record: record["position"])
+            order = np.argsort(keys, kind="stable") if keys.size and np.any(np.diff(keys) < 0) else None
+            table = table.drop_columns([POSITION_COLUMN, FINGERPRINT_COLUMN])
+            skipped = [SkippedImage(record["id"], record["error"]) for record in skipped_records]
+            write_output(fmt, output, table, order, schema,
+                         _output_metadata(model, source, layer_list, kept_dims, skipped, settings))
+            run.close()
+            shutil.rmtree(partial_dir, ignore_errors=True)
+            return ExtractionResult(output, table.num_rows, skipped, layer_list, len(done_rows), len(changed))
         finally:
-            chunks.close()
-            bar.close()
             run.close()
 
-        # Merge the committed parts into the final file, in source order.
-        table = run.committed_table()
-        if positions is not None:
-            keys = np.array([positions[item_id] for item_id in table.column("id").to_pylist()], dtype=np.int64)
-            skipped_records = sorted(run.state["skipped"], key=lambda record: positions[record["id"]])
-        else:
-            keys = table.column(POSITION_COLUMN).to_numpy()
-            skipped_records = sorted(run.state["skipped"], key=lambda record: record["position"])
-        order = np.argsort(keys, kind="stable") if keys.size and np.any(np.diff(keys) < 0) else None
-        table = table.drop_columns([POSITION_COLUMN])
-        skipped = [SkippedImage(record["id"], record["error"]) for record in skipped_records]
-        write_output(fmt, output, table, order, schema,
-                     _output_metadata(model, source, layer_list, kept_dims, skipped, settings))
-        run.close()
-        shutil.rmtree(partial_dir, ignore_errors=True)
-        return ExtractionResult(output, table.num_rows, skipped, layer_list, len(done_rows))
-    finally:
-        run.close()
+
+def _finished_result(output: Path, settings: dict, layers: list[int]) -> ExtractionResult:
+    """`--resume` of a finished run: its output, once read back whole and found written with `settings`."""
+    try:
+        meta = read_extraction_metadata(output, verify=True)
+    except UsageError as error:
+        raise UsageError(f"cannot resume: {error} Pass --overwrite to extract it again.") from error
+    check_settings(meta.get("settings", {}), settings, f"the finished run that wrote {os.fspath(output)!r}")
+    return ExtractionResult(output, meta["num_rows"], [SkippedImage(**s) for s in meta.get("skipped", [])],
+                            layers, meta["num_rows"])
+
+
+def _changed_inputs(source: FileSource, committed: pa.Table, skipped: list[dict], mode: str) -> list[str]:
+    """Ids of the items done by an interrupted run (rows and skip records) whose file no longer has the
+    fingerprint it was read with, in source order."""
+    if not (committed.num_rows or skipped):
+        return []
+    recorded = dict(zip(committed.column("id").to_pylist(), committed.column(FINGERPRINT_COLUMN).to_pylist()))
+    recorded.update((record["id"], record["fingerprint"]) for record in skipped)
+    return [item_id for item_id, path in zip(source.ids, source.paths)
+            if item_id in recorded and fingerprint_file(path, mode) != recorded[item_id]]
+
+
+def _drop_changed(run: PartialRun, changed: list[str], policy: str) -> None:
+    """Apply `--on-changed-input` to the inputs that changed since the interrupted run read them."""
+    summary = f"{len(changed)} input(s) changed since the interrupted run read them (e.g. {changed[0]!r})"
+    if policy == "error":
+        raise UsageError(f"cannot resume: {summary}. Drop --on-changed-input error to extract them again, or pass "
+                         "--overwrite to start over.")
+    warnings.warn(f"{summary}: their rows are dropped and they are extracted again.", stacklevel=3)
+    run.drop(set(changed))
 
 
 def _pending(source: ImageSource, done_rows: dict[str, int], skipped_records: list[dict], done_ids: set[str]):
@@ -305,4 +417,129 @@ def _progress_bar(total: int | None, initial: int, enabled: bool, output: Path):
                 disable=not enabled, dynamic_ncols=True, smoothing=0.1)
 
 
-__all__ = ["BatchProgress", "ExtractionResult", "extract_features"]
+# ----------------------------------------------------------------------------------------------------------------
+# Destination
+
+
+def check_destination(output: Path) -> None:
+    """A [`UsageError`] when `output` cannot become a file: an existing folder, FIFO, socket or device, or a path
+    below something that is not a folder."""
+    for ancestor in output.absolute().parents:
+        if os.path.isdir(ancestor):
+            break
+        if os.path.lexists(ancestor):
+            raise UsageError(f"cannot write {os.fspath(output)!r}: {os.fspath(ancestor)!r} is a file, not a folder.")
+    try:
+        mode = os.stat(output).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"the output {os.fspath(output)!r} is a folder: name a file ending in "
+                         f"{', '.join(OUTPUT_FORMATS)}.")
+    if not stat.S_ISREG(mode):
+        raise UsageError(f"the output {os.fspath(output)!r} exists and is not a regular file (a FIFO, socket or "
+                         "device).")
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists (always `True` off POSIX, where `os.kill` would terminate it)."""
+    if os.name != "posix":
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path, names: Collection[str] | None = None, recursive: bool = False) -> None:
+    """Remove the `.<name>.tmp-<PID>` files that killed writers left in `directory` (and its subfolders with
+    `recursive`): those whose PID no longer runs, and only for `names` when given."""
+    if not directory.is_dir():
+        return
+    folders = (folder for folder, _, _ in os.walk(directory)) if recursive else [directory]
+    for folder in folders:
+        with os.scandir(folder) as entries:
+            stale = [entry.path for entry in entries if (match := TEMPORARY_NAME.fullmatch(entry.name))
+                     and (names is None or match[1] in names) and entry.is_file(follow_symlinks=False)
+                     and not _running(int(match[2]))]
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+@contextlib.contextmanager
+def output_lock(output: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `.<name>.lock` next to `output` while a run writes it: a second run on the same
+    output gets a [`UsageError`] at once. The file is removed on release; a run re-checks after locking that its
+    file is still the one at that name, so the removal never lets two runs in. (No lock without `fcntl`.)"""
+    if fcntl is None:
+        yield
+        return
+    path = output.with_name(f".{output.name}.lock")
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 32).decode(errors="replace").strip()
+            os.close(descriptor)
+            gone = (" (that process is gone: its decoding workers are still exiting, retry in a few seconds)"
+                    if holder.isdigit() and not _running(int(holder)) else "")
+            raise UsageError(f"another run (PID {holder or '?'}) is writing {os.fspath(output)!r}{gone}; wait for "
+                             f"it to end or stop it (lock file {os.fspath(path)!r}).") from None
+        if _same_file(descriptor, path):
+            break
+        os.close(descriptor)
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _claimed(output: Path) -> Iterator[None]:
+    """Check the output path, create its folder, hold its lock and remove the temporary files of killed runs; an
+    `OSError` of the run (a read-only or full file system, ...) becomes a one-line [`DestinationError`]."""
+    try:
+        check_destination(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output_lock(output):
+            remove_stale_temporaries(output.parent, {output.name, f"{output.name}.json"})
+            remove_stale_temporaries(partial_path(output))
+            yield
+    except OSError as error:
+        reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+        where = f" ({os.fspath(error.filename)!r})" if error.filename else ""
+        kept = (f"; the rows committed so far stay in {os.fspath(partial_path(output))!r}: run the same command "
+                "with --resume once that is fixed" if read_partial_progress(output) else "")
+        raise DestinationError(f"cannot write {os.fspath(output)!r}: {reason}{where}{kept}.") from error
+
+
+__all__ = [
+    "CHANGED_INPUT_POLICIES",
+    "BatchProgress",
+    "ExtractionResult",
+    "check_destination",
+    "extract_features",
+    "output_lock",
+    "reconstruction_names",
+    "remove_stale_temporaries",
+]

@@ -1,20 +1,27 @@
 """Extraction sources (files, folders, globs, text lists, `datasets` datasets) and their decoding in workers.
 
 Finite sources are decoded in DataLoader worker processes, streaming datasets in threads; an unreadable item
-becomes an error string next to its [`SourceItem`], never an exception.
+becomes an error string next to its [`SourceItem`], never an exception. Files are `stat`ed before they are opened
+and opened non-blocking: a FIFO, socket, device or folder named like an image is a skip record, never opened, so
+nothing can block. Decoding a file records its fingerprint (size and mtime, or a sha256 of its content) in the
+item, so that `--resume` can tell which inputs changed since.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import glob as globlib
+import hashlib
 import io
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import PIL.Image
@@ -27,8 +34,15 @@ from ..image_processing_ghfeat import GHFeatImageProcessor
 from .errors import UsageError
 
 LIST_FILE_SUFFIXES = (".txt", ".lst", ".list")
+FINGERPRINT_MODES = ("stat", "content")
+"""How decoding fingerprints an input file: `stat` (size and mtime_ns) or `content` (sha256 of its bytes)."""
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+_SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 DecodedItem = tuple["SourceItem", "torch.Tensor | None", "str | None"]
+_Decoded = tuple["torch.Tensor | None", "str | None", "str | None"]
+"""Pixels, error and the fingerprint of the file read."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -37,12 +51,14 @@ DecodedItem = tuple["SourceItem", "torch.Tensor | None", "str | None"]
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One image of a source: its position in the source order, its id (the output's `id`) and a payload that
-    [`ImageSource.load`] turns into something [`open_image`] reads."""
+    """One image of a source: its position in the source order, its id (the output's `id`), a payload that
+    [`ImageSource.load`] turns into something [`open_image`] reads and, once decoded from a file, the
+    fingerprint of what was read (see [`fingerprint_file`])."""
 
     position: int
     id: str
     payload: Any
+    fingerprint: str | None = None
 
 
 class ImageSource:
@@ -111,7 +127,8 @@ def folder_source(root: str | os.PathLike, id_prefix: str = "") -> FileSource:
 
 def glob_source(pattern: str) -> FileSource:
     """Files matching a glob pattern (`**` recurses), sorted. Ids are the matched paths as written."""
-    matches = sorted(path for path in globlib.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(path))
+    matches = sorted(path for path in globlib.glob(os.path.expanduser(pattern), recursive=True)
+                     if not os.path.isdir(path))
     if not matches:
         raise UsageError(f"no files match {pattern!r}.")
     return FileSource(matches, [Path(path).as_posix() for path in matches], f"glob {pattern}")
@@ -119,12 +136,21 @@ def glob_source(pattern: str) -> FileSource:
 
 def list_file_source(list_file: str | os.PathLike) -> FileSource:
     """A text file with one image path per line (blank lines and `#` comments ignored), kept in file order.
-    Relative paths are relative to the list file's folder; ids are the lines as written."""
+    Relative paths are relative to the list file's folder; ids are the lines as written. A binary or non-UTF-8
+    file, or anything but a regular file, is a [`UsageError`]."""
     list_file = Path(list_file)
+    name = os.fspath(list_file)
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise UsageError(f"cannot read the list file {os.fspath(list_file)!r}: {error}") from error
+        with open_regular_file(list_file) as (handle, _):
+            data = handle.read()
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read the list file {name!r}: {error}") from error
+    if b"\0" in data:
+        raise UsageError(f"the list file {name!r} is binary, not a text list of image paths (one per line).")
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise UsageError(f"the list file {name!r} is not UTF-8 text (byte {error.start}: {error.reason}).") from error
     entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     if not entries:
         raise UsageError(f"the list file {os.fspath(list_file)!r} names no images.")
@@ -134,7 +160,8 @@ def list_file_source(list_file: str | os.PathLike) -> FileSource:
 
 def file_sources(inputs: Sequence[str | os.PathLike]) -> FileSource:
     """Resolve command-line inputs: folders (recursive), globs, text lists (`.txt`, `.lst`, `.list`) and image
-    files. A single folder gives ids relative to it; otherwise folder ids keep the folder as written."""
+    files. A single folder gives ids relative to it; otherwise folder ids keep the folder as written. A FIFO,
+    socket or device among them (or in a folder) becomes a skip record when decoded, never opened."""
     inputs = [os.fspath(item) for item in inputs]
     if not inputs:
         raise UsageError("no inputs: pass image files, folders, glob patterns or a text list (or --dataset).")
@@ -144,9 +171,9 @@ def file_sources(inputs: Sequence[str | os.PathLike]) -> FileSource:
     for item in inputs:
         if os.path.isdir(item):
             parts.append(folder_source(item, id_prefix=Path(item).as_posix().rstrip("/") + "/"))
-        elif os.path.isfile(item) and item.lower().endswith(LIST_FILE_SUFFIXES):
+        elif os.path.exists(item) and item.lower().endswith(LIST_FILE_SUFFIXES):
             parts.append(list_file_source(item))
-        elif os.path.isfile(item):
+        elif os.path.exists(item):
             parts.append(FileSource([item], [Path(item).as_posix()]))
         elif globlib.has_magic(item):
             parts.append(glob_source(item))
@@ -269,11 +296,60 @@ def resolve_source(source) -> ImageSource:
 # Decoding
 
 
-def open_image(raw: Any) -> PIL.Image.Image | np.ndarray | torch.Tensor:
-    """Open one image from a path, a `datasets` `{"bytes", "path"}` record, bytes, a PIL image or an array; the
-    pixels are fully decoded (so truncated files fail here) and EXIF orientation is applied."""
+def _refuse_special(mode: int) -> None:
+    """A `ValueError` naming what a non-regular file is (a FIFO, a socket, ...)."""
+    if not stat.S_ISREG(mode):
+        kind = next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "a special file")
+        raise ValueError(f"{kind}, not a regular file (not opened)")
+
+
+@contextlib.contextmanager
+def open_regular_file(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, os.stat_result]]:
+    """Open a regular file for reading without ever blocking: `stat` first (a FIFO, socket, device or folder is
+    refused unopened), then a non-blocking `open` and an `fstat` of what was opened (the name may have been
+    swapped in between). Yields the binary file and that `fstat`; a `ValueError` for anything not regular."""
+    _refuse_special(os.stat(path).st_mode)
+    descriptor = os.open(path, _OPEN_FLAGS)
+    try:
+        status = os.fstat(descriptor)
+        _refuse_special(status.st_mode)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with os.fdopen(descriptor, "rb") as handle:
+        yield handle, status
+
+
+def _fingerprinted(handle: BinaryIO, status: os.stat_result, mode: str | None) -> tuple[BinaryIO, str | None]:
+    """The stream to decode and the file's fingerprint: `stat:<size>:<mtime_ns>`, or `sha256:<hex>` of the bytes
+    read (`content`, which then decodes them from memory), or `None` without a mode."""
+    if mode == "content":
+        data = handle.read()
+        return io.BytesIO(data), "sha256:" + hashlib.sha256(data).hexdigest()
+    return handle, f"stat:{status.st_size}:{status.st_mtime_ns}" if mode == "stat" else None
+
+
+def fingerprint_file(path: str | os.PathLike, mode: str) -> str | None:
+    """A file's fingerprint as decoding records it (`mode` in [`FINGERPRINT_MODES`]); `None` when it is not a
+    readable regular file."""
+    try:
+        with open_regular_file(path) as (handle, status):
+            return _fingerprinted(handle, status, mode)[1]
+    except (OSError, ValueError):
+        return None
+
+
+def _load_image(stream: Any) -> PIL.Image.Image:
+    with PIL.Image.open(stream) as opened:
+        opened.load()
+        image = PIL.ImageOps.exif_transpose(opened)
+        return opened.copy() if image is opened else image
+
+
+def _open(raw: Any, mode: str | None) -> tuple[PIL.Image.Image | np.ndarray | torch.Tensor, str | None]:
+    """[`open_image`], with the fingerprint (`mode`) of the file read when `raw` names one."""
     if isinstance(raw, (np.ndarray, torch.Tensor, PIL.Image.Image)):
-        return raw
+        return raw, None
     if isinstance(raw, dict):
         if raw.get("bytes") is not None:
             raw = raw["bytes"]
@@ -282,33 +358,46 @@ def open_image(raw: Any) -> PIL.Image.Image | np.ndarray | torch.Tensor:
         else:
             raise ValueError("empty image record (no bytes and no path).")
     if isinstance(raw, (bytes, bytearray, memoryview)):
-        raw = io.BytesIO(bytes(raw))
-    elif raw is None:
+        return _load_image(io.BytesIO(bytes(raw))), None
+    if raw is None:
         raise ValueError("missing image (None).")
-    elif not isinstance(raw, (str, os.PathLike)):
+    if not isinstance(raw, (str, os.PathLike)):
         raise ValueError(f"unsupported image value of type {type(raw).__name__}.")
-    with PIL.Image.open(raw) as opened:
-        opened.load()
-        image = PIL.ImageOps.exif_transpose(opened)
-        return opened.copy() if image is opened else image
+    with open_regular_file(raw) as (handle, status):
+        stream, fingerprint = _fingerprinted(handle, status, mode)
+        return _load_image(stream), fingerprint
+
+
+def open_image(raw: Any) -> PIL.Image.Image | np.ndarray | torch.Tensor:
+    """Open one image from a path, a `datasets` `{"bytes", "path"}` record, bytes, a PIL image or an array; the
+    pixels are fully decoded (so truncated files fail here) and EXIF orientation is applied. A path that is not a
+    regular file is refused before it is opened (see [`open_regular_file`])."""
+    return _open(raw, None)[0]
+
+
+def _decode(raw: Any, processor: GHFeatImageProcessor, mode: str | None) -> _Decoded:
+    """[`decode_image`] plus the fingerprint (`mode`) of the file read, also when it could not be decoded."""
+    try:
+        image, fingerprint = _open(raw, mode)
+        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return pixel_values.float().contiguous(), None, fingerprint
+    except Exception as error:  # noqa: BLE001 - any failure of one image is a skip record
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        fingerprint = fingerprint_file(raw, mode) if mode and isinstance(raw, (str, os.PathLike)) else None
+        return None, f"{type(error).__name__}: {message}" if message else type(error).__name__, fingerprint
 
 
 def decode_image(raw: Any, processor: GHFeatImageProcessor) -> tuple[torch.Tensor | None, str | None]:
     """`(pixel_values [3, H, W], None)` or `(None, "ErrorType: message")`: never raises for a bad image."""
-    try:
-        image = open_image(raw)
-        pixel_values = processor(images=image, return_tensors="pt")["pixel_values"][0]
-        return pixel_values.float().contiguous(), None
-    except Exception as error:  # noqa: BLE001 - any failure of one image is a skip record
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return None, f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return _decode(raw, processor, None)[:2]
 
 
 class _DecodeDataset(TorchDataset):
-    """Map-style torch dataset over pending items: `(index, pixel_values | None, error | None)`."""
+    """Map-style torch dataset over pending items: `(index, pixel_values | None, error | None, fingerprint)`."""
 
-    def __init__(self, source: ImageSource, items: Sequence[SourceItem], processor: GHFeatImageProcessor):
-        self.source, self.items, self.processor = source, items, processor
+    def __init__(self, source: ImageSource, items: Sequence[SourceItem], processor: GHFeatImageProcessor,
+                 fingerprint_mode: str | None):
+        self.source, self.items, self.processor, self.fingerprint_mode = source, items, processor, fingerprint_mode
 
     def __len__(self) -> int:
         return len(self.items)
@@ -317,8 +406,8 @@ class _DecodeDataset(TorchDataset):
         try:
             raw = self.source.load(self.items[index].payload)
         except Exception as error:  # noqa: BLE001
-            return index, None, f"{type(error).__name__}: {error}"
-        return (index, *decode_image(raw, self.processor))
+            return index, None, f"{type(error).__name__}: {error}", None
+        return (index, *_decode(raw, self.processor, self.fingerprint_mode))
 
 
 def _collate_records(records):
@@ -353,20 +442,23 @@ def _threaded_map(function: Callable, iterable: Iterable, num_workers: int, wind
 
 
 def decoded_chunks(
-    source: ImageSource, pending: Iterable[SourceItem], processor, batch_size: int, num_workers: int
+    source: ImageSource, pending: Iterable[SourceItem], processor, batch_size: int, num_workers: int,
+    fingerprint_mode: str | None = None,
 ) -> Iterator[list[DecodedItem]]:
-    """Yield consecutive chunks of `batch_size` pending items with their decoded pixels or error, in order."""
+    """Yield consecutive chunks of `batch_size` pending items with their decoded pixels or error, in order; with
+    a `fingerprint_mode`, each item carries the fingerprint of the file it was decoded from."""
     if source.finite:
         items = list(pending)
         loader = DataLoader(
-            _DecodeDataset(source, items, processor), batch_size=batch_size, shuffle=False,
+            _DecodeDataset(source, items, processor, fingerprint_mode), batch_size=batch_size, shuffle=False,
             num_workers=num_workers, collate_fn=_collate_records,
             prefetch_factor=2 if num_workers > 0 else None,
         )
         iterator = iter(loader)
         try:
             for records in iterator:
-                yield [(items[index], pixels, error) for index, pixels, error in records]
+                yield [(dataclasses.replace(items[index], fingerprint=fingerprint), pixels, error)
+                       for index, pixels, error, fingerprint in records]
         finally:
             shutdown = getattr(iterator, "_shutdown_workers", None)
             if shutdown is not None:
@@ -374,7 +466,8 @@ def decoded_chunks(
         return
 
     def decode(item: SourceItem) -> DecodedItem:
-        return item, *decode_image(item.payload, processor)
+        pixels, error, fingerprint = _decode(item.payload, processor, fingerprint_mode)
+        return dataclasses.replace(item, fingerprint=fingerprint), pixels, error
 
     if num_workers <= 0:
         decoded: Iterator[DecodedItem] = map(decode, pending)
@@ -389,6 +482,7 @@ def decoded_chunks(
 
 
 __all__ = [
+    "FINGERPRINT_MODES",
     "LIST_FILE_SUFFIXES",
     "DatasetSource",
     "FileSource",
@@ -398,10 +492,12 @@ __all__ = [
     "decode_image",
     "decoded_chunks",
     "file_sources",
+    "fingerprint_file",
     "folder_source",
     "glob_source",
     "image_extensions",
     "list_file_source",
     "open_image",
+    "open_regular_file",
     "resolve_source",
 ]

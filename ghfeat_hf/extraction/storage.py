@@ -2,38 +2,53 @@
 Parquet / Arrow / npy / safetensors writers and the metadata reader.
 
 Partial run directory (`<output>.partial/`):
-    `progress.json`     the commit record, rewritten atomically after every batch: settings, committed batch count
-                        of every part file, skipped items;
-    `part-NNNNN.arrows` one Arrow IPC stream per session (fsync'ed after every record batch). A killed session may
-                        leave a torn message at the end of its part; readers stop at the committed batch count.
+    `progress.json`     the commit record, rewritten atomically after every batch: settings, the committed batch
+                        count, byte size and sha256 of every part file (and the rows dropped from it), the skipped
+                        items, and a sha256 `checksum` of the record itself (canonical JSON, the field left out);
+    `part-NNNNN.arrows` one Arrow IPC stream per session (fsync'ed after every record batch); each row keeps its
+                        source position and the fingerprint of the input it was computed from. A killed session may
+                        leave a torn message at the end of its part; readers stop at the committed byte size.
+A resume refuses a record that fails its checksum, is malformed, names a part twice or outside its own directory,
+whose parts do not hash to the recorded sha256, or that commits an item twice.
 Every final file is written to a temporary sibling and moved into place with `os.replace`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import struct
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from safetensors import SafetensorError
 
 from .errors import UsageError
-from .sources import image_extensions
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".npy": "npy", ".safetensors": "safetensors"}
 POSITION_COLUMN = "_position"
 """Source position of a row, kept in the partial parts only (dropped from the final file)."""
+FINGERPRINT_COLUMN = "_fingerprint"
+"""Fingerprint of the input file a row was computed from (`None` for datasets), kept in the partial parts only."""
 _PROGRESS_FILE = "progress.json"
 _PROGRESS_FORMAT = "ghfeat-extract-partial"
+_PROGRESS_VERSION = 2
+_PART_NAME = re.compile(r"part-\d{5}\.arrows")
+_SKIP_KEYS = {"id": "id", POSITION_COLUMN: "position"}
+"""The skip record field matching each row column a partial run can be keyed by."""
+_READ_ERRORS = (OSError, ValueError, LookupError, TypeError, pa.ArrowException, SafetensorError)
+"""What reading a damaged or truncated output file raises."""
 _TARGET_CHUNK_BYTES = 64 << 20
 """About how many bytes of rows the final writers handle at a time (one Parquet row group each)."""
 
@@ -112,38 +127,12 @@ def _array_shapes(schema: pa.Schema) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _safe_relative(item_id: str) -> PurePosixPath:
-    parts = [part for part in PurePosixPath(item_id.replace("\\", "/")).parts if part not in ("/", "", ".")]
-    parts = ["__" if part == ".." else part.replace(":", "_") for part in parts]
-    return PurePosixPath(*parts) if parts else PurePosixPath("_")
-
-
-def reconstruction_names(ids: Sequence[str], taken: Collection[str] = ()) -> dict[str, str]:
-    """PNG paths (relative to the reconstructions folder) for distinct ids, distinct from each other and from
-    `taken`: the id with its image extension replaced by `.png`; `.png` appended when that would collide or the id
-    has no image extension; `-2`, `-3`, ... before that `.png` in the rare case that still collides."""
-    extensions = image_extensions()
-    paths = {item_id: _safe_relative(item_id) for item_id in ids}
-    short = {item_id: (path.with_suffix(".png") if path.suffix.lower() in extensions else
-                       path.with_name(path.name + ".png")).as_posix() for item_id, path in paths.items()}
-    counts = Counter(short.values())
-    used = set(taken)
-    names = {}
-    for item_id, path in paths.items():
-        name = short[item_id]
-        if counts[name] > 1 or name in used:
-            name = path.with_name(path.name + ".png").as_posix()
-        copy = 2
-        while name in used:
-            name = path.with_name(f"{path.name}-{copy}.png").as_posix()
-            copy += 1
-        used.add(name)
-        names[item_id] = name
-    return names
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Atomic files
+
+
+TEMPORARY_NAME = re.compile(r"\.(.+)\.tmp-(\d+)")
+"""The temporary siblings `.<name>.tmp-<PID>` of files being written (a killed writer leaves its own behind)."""
 
 
 @contextlib.contextmanager
@@ -177,13 +166,72 @@ def _encode_metadata(meta: dict[str, Any]) -> dict[str, str]:
 # Partial run state
 
 
+def record_checksum(state: dict) -> str:
+    """`sha256:<hex>` of a progress record's canonical JSON (sorted keys, compact), its `checksum` left out."""
+    body = {key: value for key, value in state.items() if key != "checksum"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def _read_state(directory: Path) -> dict:
     """The progress record of a partial run directory; `OSError`/`ValueError` when missing or unreadable."""
     return json.loads((directory / _PROGRESS_FILE).read_text(encoding="utf-8"))
 
 
 def _committed_rows(state: dict) -> int:
-    return sum(part["rows"] for part in state.get("parts", []))
+    return sum(part["rows"] - len(part.get("dropped", [])) for part in state.get("parts", []))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _valid_part(part: Any) -> bool:
+    return (isinstance(part, dict) and isinstance(part.get("file"), str) and isinstance(part.get("sha256"), str)
+            and all(_is_count(part.get(key)) for key in ("batches", "rows", "bytes"))
+            and isinstance(part.get("dropped"), list) and len(set(part["dropped"])) == len(part["dropped"])
+            and all(_is_count(index) and index < part["rows"] for index in part["dropped"]))
+
+
+def _valid_skip(record: Any) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("id"), str) and _is_count(record.get("position"))
+            and isinstance(record.get("error"), str) and isinstance(record.get("fingerprint"), (str, type(None))))
+
+
+def _check_record(state: Any, directory: Path) -> None:
+    """A [`UsageError`] for a progress record this module did not write as it is: another format or version, a
+    failed checksum, malformed entries, or parts listed twice or found anywhere but in `directory` itself."""
+
+    def refuse(problem: str) -> None:
+        raise UsageError(f"cannot resume: {os.fspath(directory / _PROGRESS_FILE)!r} {problem}; pass --overwrite "
+                         "to start over.")
+
+    if not isinstance(state, dict) or state.get("format") != _PROGRESS_FORMAT:
+        refuse("is not a ghfeat extraction progress record")
+    if state.get("version") != _PROGRESS_VERSION:
+        refuse(f"has version {state.get('version')!r}; this ghfeat resumes version {_PROGRESS_VERSION} only")
+    if state.get("checksum") != record_checksum(state):
+        refuse("fails its checksum (it was edited or damaged)")
+    parts, skipped = state.get("parts"), state.get("skipped")
+    if not isinstance(state.get("settings"), dict) or not isinstance(parts, list) or not isinstance(skipped, list):
+        refuse("is malformed")
+    if not all(_valid_part(part) for part in parts) or not all(_valid_skip(record) for record in skipped):
+        refuse("holds a malformed part or skip record")
+    names = Counter(part["file"] for part in parts)
+    repeated = next((name for name, count in names.items() if count > 1), None)
+    if repeated is not None:
+        refuse(f"lists the part {repeated!r} twice")
+    root = directory.resolve()
+    for name in names:
+        path = directory / name
+        if not _PART_NAME.fullmatch(name) or path.resolve().parent != root:
+            refuse(f"names a part outside its own directory: {name!r}")
+        try:
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            regular = False
+        if not regular:
+            refuse(f"names a part that is missing or not a regular file: {name!r}")
 
 
 def check_settings(previous: dict, settings: dict, run: str) -> None:
@@ -195,77 +243,143 @@ def check_settings(previous: dict, settings: dict, run: str) -> None:
                          "--overwrite to start over.")
 
 
-class PartialRun:
-    """The `<output>.partial/` directory: committed Arrow stream parts and the progress record."""
+class _HashingFile:
+    """A binary file for pyarrow's stream writer that keeps the size and sha256 of everything written to it."""
 
-    def __init__(self, directory: Path, schema: pa.Schema, state: dict):
-        self.directory, self.state = directory, state
-        self.schema = schema.append(pa.field(POSITION_COLUMN, pa.int64()))
-        self._handle = self._writer = None
+    def __init__(self, path: Path):
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by the stream writer
+        self.size, self.sha256 = 0, hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        self.size += view.nbytes
+        return self._file.write(view)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+
+class PartialRun:
+    """The `<output>.partial/` directory: committed Arrow stream parts and the progress record. `key` is the row
+    column that names an item once (`"id"`, or `POSITION_COLUMN` for streaming sources whose ids may repeat)."""
+
+    def __init__(self, directory: Path, schema: pa.Schema, state: dict, key: str = "id"):
+        self.directory, self.state, self.key = directory, state, key
+        self.schema = schema.append(pa.field(POSITION_COLUMN, pa.int64())).append(
+            pa.field(FINGERPRINT_COLUMN, pa.string()))
+        self._sink: _HashingFile | None = None
+        self._writer = None
         self._maps: list = []
 
     @classmethod
-    def start(cls, directory: Path, schema: pa.Schema, settings: dict) -> PartialRun:
-        if directory.exists():
+    def start(cls, directory: Path, schema: pa.Schema, settings: dict, key: str = "id") -> PartialRun:
+        if directory.is_dir() and not directory.is_symlink():
             shutil.rmtree(directory)
+        elif os.path.lexists(directory):
+            directory.unlink()
         directory.mkdir(parents=True)
-        run = cls(directory, schema, {"format": _PROGRESS_FORMAT, "version": 1, "settings": settings,
-                                      "parts": [], "skipped": []})
+        run = cls(directory, schema, {"format": _PROGRESS_FORMAT, "version": _PROGRESS_VERSION,
+                                      "settings": settings, "parts": [], "skipped": []}, key)
         run._save()
         return run
 
     @classmethod
-    def reopen(cls, directory: Path, schema: pa.Schema, settings: dict) -> PartialRun:
+    def reopen(cls, directory: Path, schema: pa.Schema, settings: dict, key: str = "id") -> PartialRun:
         try:
             state = _read_state(directory)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RecursionError) as error:
             raise UsageError(
                 f"cannot resume: {os.fspath(directory)!r} has no readable progress record ({error}); "
                 "pass --overwrite to start over."
             ) from error
-        if state.get("format") != _PROGRESS_FORMAT:
-            raise UsageError(f"cannot resume: {os.fspath(directory)!r} is not a ghfeat extraction state.")
-        check_settings(state.get("settings", {}), settings, "the interrupted run")
-        return cls(directory, schema, state)
+        _check_record(state, directory)
+        check_settings(state["settings"], settings, "the interrupted run")
+        return cls(directory, schema, state, key)
 
     def _save(self) -> None:
+        self.state["checksum"] = record_checksum(self.state)
         atomic_write_bytes(self.directory / _PROGRESS_FILE, json.dumps(self.state, indent=1).encode("utf-8"))
 
-    def committed_table(self) -> pa.Table:
-        """The committed rows of every part (memory-mapped until [`close`])."""
-        batches = []
-        for part in self.state["parts"]:
-            source = pa.memory_map(os.fspath(self.directory / part["file"]), "r")
+    def _read_part(self, part: dict) -> pa.Table:
+        """The committed rows of one part (dropped ones included), after checking its size and sha256."""
+        name = part["file"]
+        try:
+            source = pa.memory_map(os.fspath(self.directory / name), "r")
             self._maps.append(source)
-            try:
-                reader = pa.ipc.open_stream(source)
-                if not reader.schema.equals(self.schema):
-                    raise UsageError(f"cannot resume: {part['file']} has another schema; pass --overwrite.")
-                batches += [reader.read_next_batch() for _ in range(part["batches"])]
-            except (pa.ArrowInvalid, StopIteration, OSError) as error:
-                raise UsageError(f"cannot resume: {part['file']} is damaged ({error}); pass --overwrite.") from error
+            data = source.read_buffer(part["bytes"])
+            if data.size != part["bytes"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
+                raise UsageError(f"cannot resume: {name} is not the part its progress record committed (truncated, "
+                                 "modified or replaced); pass --overwrite.")
+            reader = pa.ipc.open_stream(data)
+            batches = list(reader)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise UsageError(f"cannot resume: {name} is damaged ({error}); pass --overwrite.") from error
+        if not reader.schema.equals(self.schema):
+            raise UsageError(f"cannot resume: {name} has another schema; pass --overwrite.")
+        if len(batches) != part["batches"] or sum(batch.num_rows for batch in batches) != part["rows"]:
+            raise UsageError(f"cannot resume: {name} does not hold the batches its progress record lists; "
+                             "pass --overwrite.")
         return pa.Table.from_batches(batches, schema=self.schema)
 
-    def done(self) -> tuple[dict[str, int], list[dict]]:
-        """`({id: position} of committed rows, skipped records)`."""
-        table = self.committed_table()
-        done = dict(zip(table.column("id").to_pylist(), table.column(POSITION_COLUMN).to_pylist()))
-        return done, list(self.state["skipped"])
+    def committed_table(self) -> pa.Table:
+        """The committed rows of every part less the dropped ones (memory-mapped until [`close`]); a
+        [`UsageError`] when an item (by `key`) is committed twice, as rows or skip records."""
+        tables = []
+        for part in self.state["parts"]:
+            table = self._read_part(part)
+            if part["dropped"]:
+                keep = np.ones(table.num_rows, dtype=bool)
+                keep[part["dropped"]] = False
+                table = table.filter(pa.array(keep))
+            tables.append(table)
+        table = pa.concat_tables(tables) if tables else self.schema.empty_table()
+        keys = table.column(self.key).to_pylist() + [record[_SKIP_KEYS[self.key]] for record in self.state["skipped"]]
+        repeated = next((key for key, count in Counter(keys).items() if count > 1), None)
+        if repeated is not None:
+            raise UsageError(f"cannot resume: {os.fspath(self.directory)!r} commits the item {repeated!r} more than "
+                             "once (a repeated or overlapping part); pass --overwrite to start over.")
+        return table
+
+    def drop(self, ids: Set[str]) -> None:
+        """Durably forget the committed rows and skip records of `ids` (inputs to extract again)."""
+        for part in self.state["parts"]:
+            hits = [index for index, item_id in enumerate(self._read_part(part).column("id").to_pylist())
+                    if item_id in ids]
+            part["dropped"] = sorted(set(part["dropped"]).union(hits))
+        self.state["skipped"] = [record for record in self.state["skipped"] if record["id"] not in ids]
+        self._save()
 
     def commit(self, batch: pa.RecordBatch | None, skipped: list[dict]) -> None:
         """Append a batch of rows (durably) and skip records, then rewrite the progress record."""
         has_rows = batch is not None and batch.num_rows > 0
         if has_rows:
             if self._writer is None:
-                name = f"part-{len(self.state['parts']):05d}.arrows"
-                self._handle = open(self.directory / name, "wb")  # noqa: SIM115 - closed in close()
-                self._writer = pa.ipc.new_stream(self._handle, self.schema)
-                self.state["parts"].append({"file": name, "batches": 0, "rows": 0})
+                taken = {part["file"] for part in self.state["parts"]}
+                index = len(self.state["parts"])
+                while f"part-{index:05d}.arrows" in taken:
+                    index += 1
+                name = f"part-{index:05d}.arrows"
+                self._sink = _HashingFile(self.directory / name)
+                self._writer = pa.ipc.new_stream(self._sink, self.schema)
+                self.state["parts"].append({"file": name, "batches": 0, "rows": 0, "bytes": 0, "sha256": "",
+                                            "dropped": []})
             self._writer.write_batch(batch)
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self.state["parts"][-1]["batches"] += 1
-            self.state["parts"][-1]["rows"] += batch.num_rows
+            self._sink.sync()
+            part = self.state["parts"][-1]
+            part.update(batches=part["batches"] + 1, rows=part["rows"] + batch.num_rows, bytes=self._sink.size,
+                        sha256=self._sink.sha256.hexdigest())
         self.state["skipped"].extend(skipped)
         if has_rows or skipped:
             self._save()
@@ -274,8 +388,8 @@ class PartialRun:
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()
-            self._handle.close()
-            self._writer = self._handle = None
+            self._sink.close()
+            self._writer = self._sink = None
         for source in self._maps:
             with contextlib.suppress(Exception):
                 source.close()
@@ -291,9 +405,10 @@ def read_partial_progress(output: str | os.PathLike) -> dict | None:
     directory = partial_path(output)
     try:
         state = _read_state(directory)
-    except (OSError, ValueError):
+        rows = _committed_rows(state)
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    return {"rows": _committed_rows(state), "skipped": state.get("skipped", []),
+    return {"rows": rows, "skipped": state.get("skipped", []),
             "settings": state.get("settings", {}), "directory": os.fspath(directory)}
 
 
@@ -316,7 +431,7 @@ def _reordered(values: list, order: np.ndarray | None) -> list:
 def _write_table_file(fmt: str, output: Path, chunks: Iterator[pa.Table], schema: pa.Schema, chunk_rows: int) -> None:
     with _replacing(output) as tmp:
         if fmt == "parquet":
-            with pq.ParquetWriter(tmp, schema) as writer:
+            with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
                 for chunk in chunks:
                     writer.write_table(chunk.replace_schema_metadata(schema.metadata), row_group_size=chunk_rows)
         else:
@@ -330,8 +445,8 @@ def _npy_sidecar(output: Path) -> Path:
 
 
 def _write_npy(output: Path, table_chunks: Iterator[pa.Table], num_rows: int, width: int, meta: dict) -> None:
-    """The `[num_rows, width]` matrix first, then the sidecar (with `num_rows`, checked when read): a failed write
-    never leaves new metadata next to an old matrix."""
+    """The `[num_rows, width]` matrix first, then the sidecar (`meta`, with `num_rows`): a failed write never leaves
+    new metadata next to an old matrix."""
     with _replacing(output) as tmp:
         if num_rows == 0:
             with open(tmp, "wb") as handle:
@@ -345,7 +460,7 @@ def _write_npy(output: Path, table_chunks: Iterator[pa.Table], num_rows: int, wi
                 row += len(values)
             matrix.flush()
             del matrix
-    atomic_write_bytes(_npy_sidecar(output), json.dumps({**meta, "num_rows": num_rows}, indent=1).encode("utf-8"))
+    atomic_write_bytes(_npy_sidecar(output), json.dumps(meta, indent=1).encode("utf-8"))
 
 
 def _write_safetensors(output: Path, table: pa.Table, order: np.ndarray | None, chunk_rows: int,
@@ -369,7 +484,9 @@ def _write_safetensors(output: Path, table: pa.Table, order: np.ndarray | None, 
 
 def write_output(fmt: str, output: Path, table: pa.Table, order: np.ndarray | None, schema: pa.Schema,
                  meta: dict[str, Any]) -> None:
-    """Write the final file: `table`'s rows (taken in `order` when given) with the run's metadata `meta`."""
+    """Write the final file: `table`'s rows (taken in `order` when given) with the run's metadata `meta` and the
+    row count (`num_rows`, checked when read)."""
+    meta = {**meta, "num_rows": table.num_rows}
     shapes = _array_shapes(schema)
     row_bytes = sum(int(np.prod(shape)) * 4 for shape in shapes.values()) + 64
     chunk_rows = max(1, _TARGET_CHUNK_BYTES // row_bytes)
@@ -387,46 +504,71 @@ def write_output(fmt: str, output: Path, table: pa.Table, order: np.ndarray | No
         _write_safetensors(output, table, order, chunk_rows, shapes, _encode_metadata(meta))
 
 
-def read_extraction_metadata(output: str | os.PathLike) -> dict:
-    """Metadata of a finished output: `num_rows`, `skipped` (list of `{"id", "error"}`), `layers`, `style_dims`,
-    `model`, `source`, `settings` (what `--resume` compares), and `ids` for `.npy`/`.safetensors` outputs. A
-    [`UsageError`] when a `.npy` sidecar does not match its matrix's row count."""
-    output = Path(output)
-    fmt = output_format(output)
-    num_rows = None
-    if fmt in ("parquet", "arrow"):
-        if fmt == "parquet":
-            schema, num_rows = pq.read_schema(output), pq.read_metadata(output).num_rows
-        else:
-            with pa.memory_map(os.fspath(output), "r") as source:
-                reader = pa.ipc.open_stream(source)
-                schema, num_rows = reader.schema, sum(batch.num_rows for batch in reader)
-        meta = {key.decode()[len("ghfeat_"):]: value.decode() for key, value in (schema.metadata or {}).items()
-                if key.startswith(b"ghfeat_")}
+def _read_output(output: Path, fmt: str, verify: bool) -> tuple[dict[str, str], int]:
+    """The raw metadata strings and the row count of a finished file; `verify` also reads every row (and checks
+    the Parquet page checksums)."""
+    if fmt == "parquet":
+        parquet = pq.ParquetFile(output, page_checksum_verification=verify)
+        for index in range(parquet.num_row_groups if verify else 0):
+            parquet.read_row_group(index)
+        schema, num_rows = parquet.schema_arrow, parquet.metadata.num_rows
+    elif fmt == "arrow":
+        with pa.memory_map(os.fspath(output), "r") as source:
+            reader = pa.ipc.open_stream(source)
+            schema, num_rows = reader.schema, 0
+            for batch in reader:
+                if verify:
+                    batch.validate(full=True)
+                num_rows += batch.num_rows
     elif fmt == "safetensors":
         from safetensors import safe_open
 
         with safe_open(os.fspath(output), "np") as handle:
-            meta = dict(handle.metadata() or {})
+            num_rows = handle.get_slice("ghfeat").get_shape()[0]
+            for name in handle.keys() if verify else ():
+                handle.get_tensor(name)
+            return dict(handle.metadata() or {}), num_rows
     else:
-        meta = _encode_metadata(json.loads(_npy_sidecar(output).read_text(encoding="utf-8")))
-        num_rows = np.load(output, mmap_mode="r").shape[0]
+        meta = json.loads(_npy_sidecar(output).read_text(encoding="utf-8"))
+        return _encode_metadata(meta), np.load(output, mmap_mode="r").shape[0]
+    return {key.decode()[len("ghfeat_"):]: value.decode() for key, value in (schema.metadata or {}).items()
+            if key.startswith(b"ghfeat_")}, num_rows
+
+
+def read_extraction_metadata(output: str | os.PathLike, verify: bool = False) -> dict:
+    """Metadata of a finished output: `num_rows`, `skipped` (list of `{"id", "error"}`), `layers`, `style_dims`,
+    `model`, `source`, `settings` (what `--resume` compares), and `ids` for `.npy`/`.safetensors` outputs.
+    `verify=True` also reads every row. A [`UsageError`] for a file that cannot be read, or whose rows are not
+    the ones its metadata (a `.npy` sidecar) describes: truncated, damaged or from another run."""
+    output = Path(output)
+    fmt = output_format(output)
+    try:
+        meta, num_rows = _read_output(output, fmt, verify)
+    except _READ_ERRORS as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"cannot read {os.fspath(output)!r}: it is damaged or truncated ({reason}).") from error
     decoded: dict[str, Any] = {}
     for key, value in meta.items():
         try:
             decoded[key] = json.loads(value)
         except ValueError:
             decoded[key] = value
-    if fmt == "npy" and decoded.get("num_rows") != num_rows:
-        raise UsageError(f"{os.fspath(_npy_sidecar(output))!r} describes {decoded.get('num_rows')} rows but "
+    described = decoded.get("num_rows", num_rows)
+    if fmt == "npy" and described != num_rows:
+        raise UsageError(f"{os.fspath(_npy_sidecar(output))!r} describes {described} rows but "
                          f"{os.fspath(output)!r} holds {num_rows}: they come from different runs.")
-    decoded["num_rows"] = num_rows if num_rows is not None else len(decoded.get("ids", []))
+    if described != num_rows or ("ids" in decoded and len(decoded["ids"]) != num_rows):
+        raise UsageError(f"{os.fspath(output)!r} is truncated or damaged: its metadata describes {described} rows, "
+                         f"it holds {num_rows}.")
+    decoded["num_rows"] = num_rows
     return decoded
 
 
 __all__ = [
+    "FINGERPRINT_COLUMN",
     "OUTPUT_FORMATS",
     "POSITION_COLUMN",
+    "TEMPORARY_NAME",
     "PartialRun",
     "SkippedImage",
     "atomic_write_bytes",
@@ -436,7 +578,7 @@ __all__ = [
     "partial_path",
     "read_extraction_metadata",
     "read_partial_progress",
-    "reconstruction_names",
+    "record_checksum",
     "row_schema",
     "write_output",
 ]
