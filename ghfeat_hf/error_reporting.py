@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from .extraction.errors import UsageError
+from .errors import UsageError, one_line
 
 DEBUG_ENV = "GHFEAT_DEBUG"
 USAGE_EXIT, ERROR_EXIT, INTERRUPT_EXIT = 2, 1, 130
@@ -26,13 +26,13 @@ def debug_requested() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def one_line(error: BaseException) -> str:
-    """The error's message on one line (whitespace runs, newlines included, become one space)."""
+def error_message(error: BaseException) -> str:
+    """The error's message on one line: an `OSError`'s system message and path, else its text (its type when
+    empty)."""
     if isinstance(error, OSError) and not isinstance(error, UsageError) and error.strerror:
         where = f": {error.filename}" if error.filename is not None else ""
         return f"{error.strerror}{where}"
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
+    return one_line(error) or type(error).__name__
 
 
 def run_command(prog: str, command: Callable[[], object], debug: bool = False) -> int:
@@ -49,17 +49,17 @@ def run_command(prog: str, command: Callable[[], object], debug: bool = False) -
     except UsageError as error:
         if debug:
             raise
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        print(f"{prog}: error: {error_message(error)}", file=sys.stderr)
         return USAGE_EXIT
     except OSError as error:
         if debug:
             raise
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        print(f"{prog}: error: {error_message(error)}", file=sys.stderr)
         return ERROR_EXIT
     except Exception as error:  # noqa: BLE001 - the one place that turns any error into one line
         if debug:
             raise
-        print(f"{prog}: error: {type(error).__name__}: {one_line(error)} (run again with {DEBUG_ENV}=1 for the "
+        print(f"{prog}: error: {type(error).__name__}: {error_message(error)} (run again with {DEBUG_ENV}=1 for the "
               "traceback)", file=sys.stderr)
         return ERROR_EXIT
     return status if isinstance(status, int) else 0
@@ -70,4 +70,4 @@ def run_script(main: Callable[[], object], prog: str | None = None) -> None:
     raise SystemExit(run_command(prog or os.path.basename(sys.argv[0]), main))
 
 
-__all__ = ["DEBUG_ENV", "debug_requested", "one_line", "run_command", "run_script"]
+__all__ = ["DEBUG_ENV", "debug_requested", "error_message", "run_command", "run_script"]

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .extraction.errors import UsageError
+from .errors import UsageError
 
 HED_VGG16 = "hed-vgg16"
 DEFAULT_PERCEPTUAL_MODEL = HED_VGG16

@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedConfig
 
 from .configuration_ghfeat import GHFeatConfig
+from .errors import one_line
 from .image_processing_ghfeat import GHFeatImageProcessor
 from .modeling_ghfeat import GHFeatModel
 
@@ -54,11 +55,6 @@ _LISTED_KEYS = 3  # keys quoted in a message about many tensors
 
 class CheckpointError(ValueError):
     """A model directory that must not be loaded; the message is one line naming the file and the key."""
-
-
-def one_line(error: BaseException | str) -> str:
-    """`error`'s text with its whitespace (newlines included) collapsed."""
-    return " ".join(str(error).split())
 
 
 def _count_and_quote(keys: Iterable[str]) -> str:
@@ -245,7 +241,6 @@ __all__ = [
     "check_processor",
     "load_checked_model",
     "load_checked_state_dict",
-    "one_line",
     "read_json_object",
     "read_safetensors_header",
 ]

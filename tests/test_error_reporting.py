@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ghfeat_hf.cli import main
-from ghfeat_hf.error_reporting import DEBUG_ENV, one_line, run_command
+from ghfeat_hf.error_reporting import DEBUG_ENV, error_message, run_command
 from ghfeat_hf.extraction import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_return_values_and_debug(monkeypatch, capsys):
     monkeypatch.setenv(DEBUG_ENV, "0")
     assert run_command("prog", _raise(RuntimeError("x"))) == 1
     assert capsys.readouterr().out == ""
-    assert one_line(ValueError("")) == "ValueError"
+    assert error_message(ValueError("")) == "ValueError"
 
 
 def test_ghfeat_commands_share_the_error_path(tmp_path, capsys, monkeypatch):

@@ -38,7 +38,7 @@ state and output files), [`extract`] (the loop, the output lock and path checks)
 here.
 """
 
-from .errors import DestinationError, UsageError
+from ..errors import DestinationError, UsageError
 from .extract import CHANGED_INPUT_POLICIES, BatchProgress, ExtractionResult, extract_features, reconstruction_names
 from .runtime import (
     MODEL_ENV_VAR,

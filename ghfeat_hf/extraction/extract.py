@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..errors import DestinationError, UsageError
 from ..image_processing_ghfeat import GHFeatImageProcessor
 from ..modeling_ghfeat import GHFeatModel
-from .errors import DestinationError, UsageError
 from .runtime import autocast_context, model_fingerprint, parse_layers, processor_size, resolve_device, resolve_dtype
 from .sources import (
     FINGERPRINT_MODES,

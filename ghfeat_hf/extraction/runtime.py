@@ -14,11 +14,11 @@ from transformers.utils import cached_file
 
 from ..configuration_ghfeat import HEAD_NAMES
 from ..embedded import embedded_model_path, embedded_models
+from ..errors import UsageError, one_line
 from ..image_processing_ghfeat import GHFeatImageProcessor
 from ..modeling_ghfeat import GHFeatModel
-from ..strict_loading import CONFIG_NAME, CheckpointError, load_checked_model, one_line
+from ..strict_loading import CONFIG_NAME, CheckpointError, load_checked_model
 from ..timm_models import ghfeat_config_dict
-from .errors import UsageError
 
 MODEL_ENV_VAR = "GHFEAT_MODEL"
 

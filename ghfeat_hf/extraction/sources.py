@@ -30,8 +30,8 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from ..errors import UsageError
 from ..image_processing_ghfeat import GHFeatImageProcessor
-from .errors import UsageError
 
 LIST_FILE_SUFFIXES = (".txt", ".lst", ".list")
 FINGERPRINT_MODES = ("stat", "content")

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors import SafetensorError
 
-from .errors import UsageError
+from ..errors import UsageError
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".npy": "npy", ".safetensors": "safetensors"}
 POSITION_COLUMN = "_position"
