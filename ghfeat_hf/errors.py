@@ -9,9 +9,10 @@ class UsageError(ValueError):
     print its message as one line, without a traceback."""
 
 
-class DestinationError(UsageError, OSError):
-    """The output could not be written (read-only or full file system, a path that is not a folder, ...): a
-    [`UsageError`] for the command lines, and still an `OSError` for callers that catch those."""
+class DestinationError(OSError):
+    """The output could not be written (a read-only or full file system, a folder that vanished, ...): an `OSError`
+    whose message names the output and where the rows committed so far are kept (the system's error is its
+    `__cause__`)."""
 
 
 def one_line(error: BaseException | str) -> str:
