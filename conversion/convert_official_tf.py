@@ -5,26 +5,37 @@
 An encoder pickle ``(E, G, D, Gs)`` gives ``<output>/`` (a [`GHFeatModel`] with its image processor),
 ``<output>/stylegan-generator/`` (``Gs``: mapping + synthesis) and ``<output>/stylegan-discriminator/`` (``D``).
 A generator pickle ``(G, D, Gs)`` gives the two StyleGAN directories directly under ``<output>/``.
-The pickle is read by a restricted unpickler (``tf_pickle.py``) that executes nothing; every architecture
+The pickle is read by a budgeted parser (``tf_pickle.py``) that executes nothing; every architecture
 hyper-parameter is read from the pickle's variables and checked against every variable's shape.
+
+The output is all-or-nothing: every model is converted in memory first, then written to a temporary directory next
+to ``<output>`` that is renamed into place. An existing ``<output>`` is only replaced with ``--overwrite``, and a
+failure leaves it as it was. A failure prints one line, ``convert: error: <file>: <what>``, and exits with status 1
+(``--debug`` raises the exception with its traceback instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
+import os
 import re
+import secrets
+import shutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.utils.logging import disable_progress_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from conversion.tf_pickle import TFNetwork, describe, load_tf_pickle  # noqa: E402
+from conversion.push_to_hub import hub_repo_id, one_line  # noqa: E402
+from conversion.tf_pickle import TFNetwork, TFPickleError, describe, format_static_kwargs, load_tf_pickle  # noqa: E402
 from conversion.weight_mapping import (  # noqa: E402
     ConversionError,
     build_state_dict,
@@ -42,13 +53,37 @@ from ghfeat_hf import (  # noqa: E402
     StyleGANGeneratorConfig,
 )
 from ghfeat_hf.configuration_ghfeat import RESNET_UNITS  # noqa: E402
+from ghfeat_hf.configuration_stylegan import feature_maps  # noqa: E402
 from ghfeat_hf.hub import push_to_hub, save_ghfeat_directory, save_stylegan_directory  # noqa: E402
-from ghfeat_hf.model_card import render_model_card  # noqa: E402
+from ghfeat_hf.model_card import escape_markdown, render_model_card  # noqa: E402
 
 logger = logging.getLogger("ghfeat.convert")
 # TF variables the PyTorch models deliberately do not hold: the lod counter and the unused
 # lower-resolution ToRGB/FromRGB layers of progressive growing (lod is 0 in released networks).
 IGNORED_VARIABLES = re.compile(r"(^|/)(lod|ToRGB_lod[1-9]\d*/.*|FromRGB_lod[1-9]\d*/.*)$")
+SUBDIRECTORIES = {"generator": "stylegan-generator", "discriminator": "stylegan-discriminator"}
+
+
+class OutputError(ValueError):
+    """The output path cannot be written as asked; the message names it."""
+
+
+def _shape(variables: Mapping[str, np.ndarray], name: str, ndim: int, owner: str) -> tuple[int, ...]:
+    """The shape of a variable the configuration is read from; ConversionError if it is missing or of another rank."""
+    if name not in variables:
+        raise ConversionError(f"{owner} variable '{name}' is missing: not an official GH-Feat/StyleGAN network.")
+    shape = variables[name].shape
+    if len(shape) != ndim:
+        raise ConversionError(f"{owner} variable '{name}' has shape {list(shape)}, expected {ndim} dimensions.")
+    return shape
+
+
+def _check_widths(config: StyleGANGeneratorConfig | StyleGANDiscriminatorConfig, name: str) -> None:
+    """Every block of the StyleGAN width schedule must have at least one feature map."""
+    widths = [feature_maps(stage, config.fmap_base, config.fmap_decay, config.fmap_max)
+              for stage in range(config.resolution_log2)]
+    if min(widths) < 1:
+        raise ConversionError(f"{name}: fmap_base/fmap_decay/fmap_max give blocks without feature maps ({widths}).")
 
 
 def infer_encoder_config(encoder: TFNetwork, generator_config: StyleGANGeneratorConfig) -> GHFeatConfig:
@@ -66,20 +101,16 @@ def infer_encoder_config(encoder: TFNetwork, generator_config: StyleGANGenerator
     declared = encoder.static_kwargs.get("depth")
     if declared is not None and declared != depth:
         raise ConversionError(f"Encoder variables describe ResNet-{depth} but its static kwargs say depth={declared}.")
-    try:
-        stem = variables["Conv0/weight"]
-        config = GHFeatConfig(
-            depth=depth,
-            base_width=int(stem.shape[-1]),
-            num_channels=int(stem.shape[2]),
-            extra_stage_channels=int(variables["stage5/Convc/weight"].shape[-1]),
-            pyramid_channels=int(variables["fpn/fconv_0/weight"].shape[-1]),
-            image_size=int(encoder.static_kwargs.get("size", generator_config.resolution)),
-            generator_config=generator_config.to_dict(),
-        )
-    except KeyError as error:
-        raise ConversionError(f"Encoder variable {error} is missing: not an official GH-Feat encoder.") from None
-    return config
+    stem = _shape(variables, "Conv0/weight", 4, "Encoder")
+    return GHFeatConfig(
+        depth=depth,
+        base_width=stem[3],
+        num_channels=stem[2],
+        extra_stage_channels=_shape(variables, "stage5/Convc/weight", 4, "Encoder")[3],
+        pyramid_channels=_shape(variables, "fpn/fconv_0/weight", 4, "Encoder")[3],
+        image_size=encoder.static_kwargs.get("size", generator_config.resolution),
+        generator_config=generator_config.to_dict(),
+    )
 
 
 def infer_generator_config(generator: TFNetwork) -> StyleGANGeneratorConfig:
@@ -91,35 +122,46 @@ def infer_generator_config(generator: TFNetwork) -> StyleGANGeneratorConfig:
     dense = sorted(int(m.group(1)) for name in mapping.variables if (m := re.fullmatch(r"Dense(\d+)/weight", name)))
     if not dense:
         raise ConversionError(f"{generator.name}: the mapping network has no Dense*/weight variables.")
-    first, last = mapping.variables["Dense0/weight"], mapping.variables[f"Dense{dense[-1]}/weight"]
+    first = _shape(mapping.variables, "Dense0/weight", 2, "mapping")
+    last = _shape(mapping.variables, f"Dense{dense[-1]}/weight", 2, "mapping")
     resolution = kwargs.get("resolution")
     if resolution is None:
         resolution = 2 ** (sum(1 for name in synthesis.variables if re.fullmatch(r"noise\d+", name)) // 2 + 1)
-    return StyleGANGeneratorConfig(
-        resolution=int(resolution),
-        num_channels=int(kwargs.get("num_channels", 3)),
-        fmap_base=int(kwargs.get("fmap_base", 8192)),
+    config = StyleGANGeneratorConfig(
+        resolution=resolution,
+        num_channels=kwargs.get("num_channels", 3),
+        fmap_base=kwargs.get("fmap_base", 8192),
         fmap_decay=float(kwargs.get("fmap_decay", 1.0)),
-        fmap_max=int(kwargs.get("fmap_max", 512)),
-        latent_size=int(first.shape[0]),
-        dlatent_size=int(last.shape[1]),
+        fmap_max=kwargs.get("fmap_max", 512),
+        fused_scale=kwargs.get("fused_scale", "auto"),
+        latent_size=first[0],
+        dlatent_size=last[1],
         mapping_layers=len(dense),
-        mapping_fmaps=int(first.shape[1]),
+        mapping_fmaps=first[1],
         mapping_lr_multiplier=float(mapping.static_kwargs.get("mapping_lrmul", 0.01)),
     )
+    _check_widths(config, generator.name)
+    return config
 
 
 def infer_discriminator_config(discriminator: TFNetwork) -> StyleGANDiscriminatorConfig:
+    """Discriminator hyper-parameters from its static kwargs (validated against the official schema on loading)."""
     kwargs = discriminator.static_kwargs
-    return StyleGANDiscriminatorConfig(
-        resolution=int(kwargs.get("resolution", 256)),
-        num_channels=int(kwargs.get("num_channels", 3)),
-        fmap_base=int(kwargs.get("fmap_base", 8192)),
+    config = StyleGANDiscriminatorConfig(
+        resolution=kwargs.get("resolution", 256),
+        num_channels=kwargs.get("num_channels", 3),
+        fmap_base=kwargs.get("fmap_base", 8192),
         fmap_decay=float(kwargs.get("fmap_decay", 1.0)),
-        fmap_max=int(kwargs.get("fmap_max", 512)),
-        mbstd_group_size=int(kwargs.get("mbstd_group_size", 4)),
-        mbstd_num_features=int(kwargs.get("mbstd_num_features", 1)),
+        fmap_max=kwargs.get("fmap_max", 512),
+        fused_scale=kwargs.get("fused_scale", "auto"),
+        mbstd_group_size=kwargs.get("mbstd_group_size", 4),
+        mbstd_num_features=kwargs.get("mbstd_num_features", 1),
     )
+    _check_widths(config, discriminator.name)
+    if config.channels_at(4) % config.mbstd_num_features:
+        raise ConversionError(f"{discriminator.name}: mbstd_num_features={config.mbstd_num_features} does not divide "
+                              f"the {config.channels_at(4)} feature maps of the 4x4 block.")
+    return config
 
 
 def _load_converted(model_cls, config, sources: list[tuple[str, Mapping[str, np.ndarray], Callable, str]]):
@@ -190,66 +232,148 @@ def convert_encoder(encoder: TFNetwork, generator: TFNetwork) -> GHFeatModel:
     return model
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def convert_networks(networks: tuple[TFNetwork, ...]) -> dict[str, tuple[torch.nn.Module, TFNetwork]]:
+    """Every model of an ``(E, G, D, Gs)`` or ``(G, D, Gs)`` pickle, in memory: ``{"ghfeat"|"generator"|
+    "discriminator": (model, source network)}``. Raises before anything is written if any network does not fit."""
+    models = {}
+    if len(networks) == 4:
+        encoder, _, discriminator, generator = networks
+        models["ghfeat"] = (convert_encoder(encoder, generator), encoder)
+    else:
+        _, discriminator, generator = networks
+    models["generator"] = (convert_generator(generator), generator)
+    models["discriminator"] = (convert_discriminator(discriminator), discriminator)
+    return models
 
 
 def _provenance(pickle_path: Path, digest: str, network: TFNetwork, domain: str) -> dict[str, str]:
+    """Provenance fields for the model card, from validated network fields and escaped user/file strings only."""
     source = (
-        f"Converted from the official TensorFlow pickle `{pickle_path.name}` (sha256 `{digest}`), network "
-        f"`{network.name}` (`{network.build_func_name}`, static kwargs `{network.static_kwargs}`), with "
-        "`conversion/convert_official_tf.py` of ghfeat-hf. The pickle was read without TensorFlow and without "
-        "executing any of its content."
+        f"Converted from the official TensorFlow pickle {escape_markdown(pickle_path.name)} (sha256 `{digest}`), "
+        f"network `{network.name}` (`{network.build_func_name}`, static kwargs "
+        f"`{format_static_kwargs(network.static_kwargs)}`), with `conversion/convert_official_tf.py` of ghfeat-hf. "
+        "The pickle was read without TensorFlow and without executing any of its content."
     )
-    return {"source": source, "domain": domain, "source_file": pickle_path.name, "source_sha256": digest}
+    return {"source": source, "domain": escape_markdown(domain), "source_file": pickle_path.name,
+            "source_sha256": digest}
 
 
-def convert(pickle_path: str | Path, output: str | Path, repo_id: str | None = None, domain: str = "the source dataset") -> dict[str, Path]:
-    """Convert ``pickle_path`` into directories under ``output``; returns ``{"ghfeat"|"generator"|"discriminator": dir}``."""
+def _check_output(output: Path, pickle_path: Path, overwrite: bool) -> None:
+    """An existing output is only replaced with ``overwrite``, and never when the input pickle lies inside it."""
+    if not os.path.lexists(output):
+        return
+    if not overwrite:
+        raise OutputError(f"{output}: already exists; pass --overwrite to replace it")
+    if pickle_path.resolve().is_relative_to(output.resolve()):
+        raise OutputError(f"{output}: holds the input pickle {pickle_path}; choose another output")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _replace(staging: Path, output: Path) -> None:
+    """Rename ``staging`` to ``output``; an existing ``output`` is moved aside first, put back if the rename fails
+    and deleted once it succeeded (POSIX has no atomic exchange of directories: ``output`` is briefly absent)."""
+    if not os.path.lexists(output):
+        os.rename(staging, output)
+        return
+    previous = staging.with_suffix(".previous")
+    os.rename(output, previous)
+    try:
+        os.rename(staging, output)
+    except BaseException:
+        os.rename(previous, output)
+        raise
+    _remove(previous)
+
+
+@contextlib.contextmanager
+def _staged(output: Path) -> Iterator[Path]:
+    """A fresh directory next to ``output`` that replaces it when the block succeeds and is removed when it fails."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.{secrets.token_hex(6)}.tmp"
+    staging.mkdir()
+    try:
+        yield staging
+        _replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def convert(
+    pickle_path: str | Path,
+    output: str | Path,
+    repo_id: str | None = None,
+    domain: str = "the source dataset",
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Convert ``pickle_path`` into directories under ``output``; returns ``{"ghfeat"|"generator"|"discriminator": dir}``.
+
+    All or nothing: ``output`` appears (or, with ``overwrite``, is replaced) only once every model is written.
+    """
     pickle_path, output = Path(pickle_path), Path(output)
-    networks = load_tf_pickle(pickle_path)
+    _check_output(output, pickle_path, overwrite)
+    digest = hashlib.sha256()
+    networks = load_tf_pickle(pickle_path, digest)
+    models = convert_networks(networks)
+    # the cards' usage snippets load the repo that `output` becomes (its sub-folders for the StyleGAN parts)
+    card_repo = repo_id or "<org>/" + (re.sub(r"[^\w.-]", "-", output.name) or "model")
+    with _staged(output) as staging:
+        for kind, (model, network) in models.items():
+            provenance = _provenance(pickle_path, digest.hexdigest(), network, domain)
+            if kind == "ghfeat":
+                save_ghfeat_directory(model, staging, provenance=provenance, repo_id=card_repo)
+            else:
+                directory = staging / SUBDIRECTORIES[kind]
+                save_stylegan_directory(model, directory, provenance=provenance)
+                render_model_card(directory, repo_id=card_repo, subfolder=directory.name)
+        _check_output(output, pickle_path, overwrite)  # again: the output may have appeared in the meantime
     for network in networks:
         logger.info("%s", describe(network))
-    digest = sha256(pickle_path)
-    written = {"generator": output / "stylegan-generator", "discriminator": output / "stylegan-discriminator"}
-    if len(networks) == 4:
-        encoder, _, discriminator, generator = networks
-        model = convert_encoder(encoder, generator)
-        save_ghfeat_directory(model, output, provenance=_provenance(pickle_path, digest, encoder, domain), repo_id=repo_id)
-        written["ghfeat"] = output
+    return {kind: output / SUBDIRECTORIES[kind] if kind in SUBDIRECTORIES else output for kind in models}
+
+
+def _error_line(error: Exception, pickle_path: str) -> str:
+    """``convert: error: <file>: <what>`` on one line (control characters escaped)."""
+    if isinstance(error, (TFPickleError, OutputError)):  # these name their file
+        text = str(error)
+    elif isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.filename}: {error.strerror or error}"
+    elif isinstance(error, (OSError, ValueError)):  # ConversionError, invalid configurations
+        text = f"{pickle_path}: {error}"
     else:
-        _, discriminator, generator = networks
-    for kind, model, network in (
-        ("generator", convert_generator(generator), generator),
-        ("discriminator", convert_discriminator(discriminator), discriminator),
-    ):
-        save_stylegan_directory(model, written[kind], provenance=_provenance(pickle_path, digest, network, domain))
-        # the card's usage snippet loads the sub-folder of the repo that `output` becomes
-        render_model_card(written[kind], repo_id=repo_id or f"<org>/{output.name}", subfolder=written[kind].name)
-    return written
+        text = f"{pickle_path}: unexpected {type(error).__name__}: {error} (rerun with --debug for the traceback)"
+    return "convert: error: " + one_line(text)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="convert", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pickle", required=True, help="official ghfeat-encoder-*.pkl (4-tuple) or stylegan-*.pkl (3-tuple)")
-    parser.add_argument("--output", required=True, help="output directory")
-    parser.add_argument("--repo-id", default=None, help="Hub repo id the model card's usage snippet refers to")
+    parser.add_argument("--output", required=True, help="output directory (created; see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output (only once all is converted)")
+    parser.add_argument("--repo-id", type=hub_repo_id, default=None, help="Hub repo id the model card's usage snippet refers to")
     parser.add_argument("--domain", default="the source dataset", help="image domain named in the model card, e.g. 'FFHQ faces'")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the result to this Hub repo")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", type=hub_repo_id, default=None, help="upload the result to this Hub repo")
+    parser.add_argument("--debug", action="store_true", help="raise errors with their traceback instead of one line")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:  # ConversionError and the pickle errors are ValueErrors; OSError: unreadable pickle, unwritable output
-        written = convert(args.pickle, args.output, args.push_to_hub or args.repo_id, args.domain)
+    disable_progress_bar()  # the converter logs its own progress; stderr stays one line on a failure
+    try:
+        written = convert(args.pickle, args.output, args.push_to_hub or args.repo_id, args.domain, args.overwrite)
         for kind, directory in written.items():
             logger.info("wrote %s -> %s", kind, directory)
         if args.push_to_hub:
             logger.info("uploaded -> %s", push_to_hub(args.output, args.push_to_hub))
-    except (OSError, ValueError) as error:
-        logger.error("error: %s", error)
+    except Exception as error:  # one line per failure, whatever the file did; --debug shows the traceback
+        if args.debug:
+            raise
+        print(_error_line(error, args.pickle), file=sys.stderr)
         return 1
     return 0
 

@@ -101,8 +101,12 @@ def tf_name_for_discriminator(key: str, resolution: int) -> str:
 
 
 def to_torch_layout(name: str, value: np.ndarray) -> torch.Tensor:
-    """TF layout -> PyTorch layout: ``*/weight`` kernels to ``[out, in, kh, kw]``, dense matrices transposed."""
-    array = np.asarray(value, dtype=np.float32)
+    """TF layout -> PyTorch layout: ``*/weight`` kernels to ``[out, in, kh, kw]``, dense matrices transposed.
+
+    float64 values beyond the float32 range become inf here (quietly: [`build_state_dict`] reports them).
+    """
+    with np.errstate(over="ignore"):
+        array = np.asarray(value, dtype=np.float32)
     if name.endswith("/weight") and array.ndim == 4:
         array = array.transpose(3, 2, 0, 1)
     elif name.endswith("/weight") and array.ndim == 2:
@@ -119,7 +123,8 @@ def build_state_dict(
     """Fill every key of ``expected`` (a reference state dict) from ``variables``.
 
     Returns the state dict and the set of TF names used. Raises [`ConversionError`] listing the first
-    mismatches (missing variables and shape differences) when the pickle does not fit.
+    problems (missing variables, shape differences, values beyond float32, negative BatchNorm variances) on one line
+    when the pickle does not fit.
     """
     state, used, problems = {}, set(), []
     for key, reference in expected.items():
@@ -137,10 +142,14 @@ def build_state_dict(
                 f"expected {list(reference.shape)} in PyTorch layout for {key}"
             )
             continue
+        if not torch.isfinite(tensor).all():
+            problems.append(f"{source} variable '{name}' has values beyond the float32 range")
+        elif name.endswith("/moving_variance") and (tensor < 0).any():
+            problems.append(f"{source} variable '{name}' (a BatchNorm variance) has negative values")
         state[key] = tensor.to(reference.dtype)
         used.add(name)
     if problems:
-        shown = "\n  ".join(problems[:10])
-        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise ConversionError(f"The pickle does not match the official GH-Feat/StyleGAN layout:\n  {shown}{more}")
+        more = f"; ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ConversionError(f"The pickle does not match the official GH-Feat/StyleGAN layout: "
+                              f"{'; '.join(problems[:10])}{more}")
     return state, used

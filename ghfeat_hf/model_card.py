@@ -11,6 +11,7 @@ for the metadata, and ``load_args``, the arguments of the usage snippet) the his
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,21 @@ DEFAULT_LICENSE_NOTICE = (
     "StyleGAN v1 networks are released by NVIDIA under CC BY-NC 4.0, and GH-Feat encoders are trained against such "
     "generators. The `ghfeat-hf` code is MIT licensed."
 )
+
+
+# Line breaks and other C0/C1 controls, Unicode line/paragraph separators and bidirectional overrides.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
+_MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", **{c: "\\" + c for c in "\\`*[]|#~"}})
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` (untrusted: a file name, a metric name, a CLI argument) as inert inline Markdown on one line.
+
+    Control characters, line breaks and bidi overrides become one space, ``& < >`` HTML entities, and the characters
+    that open code, emphasis, links/images, table cells, headings or strike-through are backslash-escaped. ``_`` is
+    kept: inside a word (file names are full of them) it never starts emphasis, and emphasis cannot inject anything.
+    """
+    return _CONTROL_CHARACTERS.sub(" ", text).translate(_MARKDOWN_ESCAPES)
 
 
 def template_directory() -> Path:
@@ -135,7 +151,8 @@ def render_model_card(
         template_path=str(template),
         load_args=provenance.pop("load_args", None)
         or f'"{repo_id or "<org>/" + directory.name}"' + (f', subfolder="{subfolder}"' if subfolder else ""),
-        metrics=_read_json(directory / METRICS_FILE),
+        metrics={escape_markdown(str(name)): escape_markdown(str(value))
+                 for name, value in _read_json(directory / METRICS_FILE).items()},
         results=_results_section(directory),
         **provenance,
         **fields,
@@ -161,4 +178,5 @@ def add_evaluation_report(directory: str | Path, report: Any) -> Path:
     return render_model_card(directory, evaluation=[report])
 
 
-__all__ = ["CARD_TAGS", "add_evaluation_report", "render_model_card", "template_directory", "write_provenance"]
+__all__ = ["CARD_TAGS", "add_evaluation_report", "escape_markdown", "render_model_card", "template_directory",
+           "write_provenance"]

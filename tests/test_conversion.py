@@ -225,13 +225,13 @@ def _torch_checkpoint(path):
     (lambda path: path.write_text("hello world\n"), "not a readable TF network pickle"),
     (_torch_checkpoint, "a PyTorch/zip checkpoint, not a TF network pickle"),
 ], ids=["missing", "empty", "truncated", "text", "torch.save"])
-def test_converter_reports_unreadable_files_in_one_line(tmp_path, caplog, make_file, message):
+def test_converter_reports_unreadable_files_in_one_line(tmp_path, capsys, make_file, message):
     path = tmp_path / "net.pkl"
     if make_file:
         make_file(path)
     assert main(["--pickle", str(path), "--output", str(tmp_path / "out")]) == 1
-    (record,) = [record for record in caplog.records if record.levelname == "ERROR"]
-    assert message in record.getMessage() and str(path) in record.getMessage() and "\n" not in record.getMessage()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"convert: error: {path}: ") and message in line
     assert not (tmp_path / "out").exists()
 
 

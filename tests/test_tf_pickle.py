@@ -142,13 +142,14 @@ def test_refuses_persistent_id(tmp_path):
         load_tf_pickle(path)
 
 
-def test_refuses_warm_copyreg_extension_cache(tmp_path, monkeypatch):
+def test_refuses_extension_codes_even_with_a_warm_copyreg_cache(tmp_path, monkeypatch):
+    """The reader never consults copyreg: an EXT opcode is refused whatever its registry holds."""
     marker = tmp_path / "pwned"
     monkeypatch.setitem(copyreg._extension_cache, 240, os.system)
     command = f"touch {marker}".encode()
     path = tmp_path / "ext.pkl"  # EXT1 240, the command string, TUPLE1, REDUCE
     path.write_bytes(b"\x80\x02\x82\xf0X" + len(command).to_bytes(4, "little") + command + b"\x85R.")
-    with pytest.raises(UnsafePickleError, match="extension cache"):
+    with pytest.raises(UnsafePickleError, match="refusing an extension code"):
         load_tf_pickle(path)
     assert not marker.exists()
 
@@ -194,7 +195,7 @@ def _duplicate(state):
 
 @pytest.mark.parametrize("mutate, message", [
     (_drop_key, r"missing \['build_func_name'\]"),
-    (_object_array, "variable 'bad' is not a numeric"),
+    (_object_array, "variable 'bad' has dtype 'O8': weights must be float"),
     (_duplicate, "duplicate variable 'lod'"),
     (lambda state: state.update(static_kwargs=[1]), "'static_kwargs' must be a dict"),
     (lambda state: state.update(variables={"lod": np.float32(0)}), "'variables' must be a list"),
