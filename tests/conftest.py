@@ -62,3 +62,22 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("parity with the official TensorFlow code (relative error ||out-ref||/||ref||)")
         for line in PARITY_LINES:
             terminalreporter.write_line(line)
+
+
+HOSTILE_SECONDS, HOSTILE_BYTES = 10.0, 1 << 30
+
+
+@pytest.fixture
+def hostile_budget():
+    """Each hostile-input case must finish within 10 s and raise the process's peak memory by less than 1 GiB
+    (SECURITY.md). Modules opt in with ``pytestmark = pytest.mark.usefixtures("hostile_budget")``; cases that could
+    block also arm their own alarm."""
+    import resource
+    import time
+
+    peak_kib, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+    yield
+    seconds = time.monotonic() - started
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_kib) * 1024
+    assert seconds < HOSTILE_SECONDS, f"the case took {seconds:.1f} s (budget {HOSTILE_SECONDS:.0f} s)"
+    assert grown < HOSTILE_BYTES, f"the case raised the peak memory by {grown / 2**20:.0f} MiB (budget 1 GiB)"

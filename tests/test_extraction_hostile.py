@@ -37,7 +37,7 @@ from ghfeat_hf.hub import save_ghfeat_directory
 
 from .conftest import tiny_ghfeat_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "hostile_budget")
 COUNT = 8
 REPO = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ from ghfeat_hf.hub import save_ghfeat_directory
 
 from .conftest import tiny_ghfeat_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "hostile_budget")
 
 WEIGHTS, CONFIG, PROCESSOR = "model.safetensors", "config.json", "preprocessor_config.json"
 STEM = "encoder.stem.conv.weight"
