@@ -172,11 +172,27 @@ def _results_section(directory: Path) -> str:
     return results_markdown(list(reports.values()))
 
 
+def _data_rows(report: Mapping[str, Any]) -> int:
+    """How many data rows a report's splits hold together."""
+    return sum(int(split.get("num_rows", 0)) for split in report.get("data", {}).get("splits", {}).values())
+
+
+def stored_report_conflict(directory: str | Path, report: Any) -> str | None:
+    """Why storing `report` would lose information: the card's report of the same task measured on more data
+    (a subset run replacing a full one); `None` when storing it loses nothing."""
+    payload = _report_dict(report)
+    stored = _read_json(Path(directory) / EVALUATION_FILE).get(payload["task"])
+    if stored is None or _data_rows(payload) >= _data_rows(stored):
+        return None
+    return (f"the model card's {payload['task']} results were measured on {_data_rows(stored)} rows and this run on "
+            f"{_data_rows(payload)}")
+
+
 def add_evaluation_report(directory: str | Path, report: Any) -> Path:
     """Store an evaluation report (an ``EvaluationReport`` or its JSON dict) in a model directory's
     ``evaluation.json`` and render its model card again; returns the card's path."""
     return render_model_card(directory, evaluation=[report])
 
 
-__all__ = ["CARD_TAGS", "add_evaluation_report", "escape_markdown", "render_model_card", "template_directory",
+__all__ = ["CARD_TAGS", "add_evaluation_report", "stored_report_conflict", "escape_markdown", "render_model_card", "template_directory",
            "write_provenance"]

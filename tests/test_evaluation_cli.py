@@ -2,6 +2,7 @@
 argument errors."""
 
 import json
+import shutil
 
 import datasets
 import pytest
@@ -204,3 +205,26 @@ def test_shipped_model_reproduces_its_classification_report(tmp_path, capsys):
     for row, expected in zip(rows, stored["rows"]):
         assert row["knn"] == pytest.approx(expected["knn"], abs=1e-9)
         assert row["linear_probe"] == pytest.approx(expected["linear_probe"], abs=2e-3)  # lbfgs on another BLAS
+
+
+def test_the_model_card_keeps_results_measured_on_more_data(model_dir, data_dirs, tmp_path, capsys, monkeypatch):
+    card_dir = tmp_path / "model"
+    shutil.copytree(model_dir, card_dir)
+    base = ["reconstruction", "--model", str(card_dir), "--dataset", str(data_dirs / "faces"), "--split", "test",
+            "-o", str(tmp_path / "r"), "--update-model-card"]
+    _run(base, tmp_path, capsys)
+    assert json.loads((card_dir / "evaluation.json").read_text())["reconstruction"]["data"]["splits"]["images"][
+        "num_rows"] == 60
+    err = _run([*base, "--max-samples", "10"], tmp_path, capsys, code=2).err
+    assert "measured on 60 rows and this run on 10" in err and "--replace-larger-report" in err
+    assert json.loads((card_dir / "evaluation.json").read_text())["reconstruction"]["data"]["splits"]["images"][
+        "num_rows"] == 60
+    _run([*base, "--max-samples", "10", "--replace-larger-report"], tmp_path, capsys)
+    assert json.loads((card_dir / "evaluation.json").read_text())["reconstruction"]["data"]["splits"]["images"][
+        "num_rows"] == 10
+    # the installed package's models are never written to
+    from ghfeat_hf.evaluation import cli as evaluation_cli
+
+    monkeypatch.setattr(evaluation_cli, "PRETRAINED_DIR", tmp_path)
+    err = _run(base, tmp_path, capsys, code=2).err
+    assert "is a model of the installed package" in err

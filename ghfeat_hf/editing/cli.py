@@ -320,8 +320,9 @@ def _add_image_arguments(parser: argparse.ArgumentParser, refine_steps: int = 0)
                         help="enlarge images (nearest neighbour) to at least this many pixels (default: 96)")
     group = parser.add_argument_group("inversion refinement")
     group.add_argument("--refine-steps", type=int, default=refine_steps,
-                       help=f"Adam steps on the encoder's codes of the input images, at most {MAX_REFINEMENT_STEPS} "
-                            "(default: %(default)s = encoder only)")
+                       help=f"Adam steps on the encoder's codes of the input images, at most {MAX_REFINEMENT_STEPS}; "
+                            f"0 keeps the encoder's codes (default: {refine_steps}"
+                            f"{' = encoder only' if refine_steps == 0 else ''})")
     group.add_argument("--refine-lr", type=float, default=0.01, help="refinement learning rate (default: 0.01)")
     group.add_argument("--perceptual-model",
                        help="add the VGG16 conv4_3 perceptual term of GH-Feat with this network: "

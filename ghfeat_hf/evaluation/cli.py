@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ..cli import int_at_least
+from ..embedded import PRETRAINED_DIR
 from ..extraction import UsageError, load_model, resolve_device, resolve_dtype, resolve_model_path
 from ..modeling_stylegan import StyleGANGenerator
 from .classification import evaluate_classification
@@ -57,6 +58,9 @@ def _run_arguments() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of subsets, splits, pairs, samples and baselines")
     parser.add_argument("--update-model-card", action="store_true",
                         help="store the report in the (local) model directory and render its model card again")
+    parser.add_argument("--replace-larger-report", action="store_true",
+                        help="with --update-model-card, replace the card's results even when they were measured on "
+                             "more data than this run")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     return parser
 
@@ -220,19 +224,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of `ghfeat evaluate <task>`: load the model and the data, build the baselines, run the task, write
     the report; returns the exit status."""
     model_path = resolve_model_path(args.model)
-    if args.update_model_card and not Path(model_path).is_dir():
-        raise UsageError("--update-model-card needs a local model directory (--model).")
+    if args.update_model_card:
+        _check_card_is_writable(model_path)
     if args.task in JUDGED_TASKS:
         report = _run_judged_task(args, model_path)
     else:
         report = _run_feature_task(args, model_path)
     if report is None:  # a non-main process of a multi-process run
         return 0
-    report.settings = {key: value for key, value in vars(args).items() if key != "handler"}
+    report.settings = {key: value for key, value in vars(args).items() if key not in ("handler", "debug")}
     json_path, markdown_path = report.save(args.output_dir)
     if args.update_model_card:
-        from ..model_card import add_evaluation_report
+        from ..model_card import add_evaluation_report, stored_report_conflict
 
+        conflict = stored_report_conflict(model_path, report)
+        if conflict and not args.replace_larger_report:
+            raise UsageError(f"{conflict}: the card keeps its results (the report is saved in {args.output_dir}); pass "
+                             "--replace-larger-report to replace them.")
         print(f"model card: {add_evaluation_report(model_path, report)}")
     print(report.table())
     for note in report.notes:
@@ -241,6 +249,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for name, path in report.artifacts.items():
         print(f"{name}: {path}")
     return 0
+
+
+def _check_card_is_writable(model_path: str) -> None:
+    """--update-model-card writes into a local model directory, but never into an installed package."""
+    path = Path(model_path).resolve()
+    if not path.is_dir():
+        raise UsageError("--update-model-card needs a local model directory (--model).")
+    if path.is_relative_to(PRETRAINED_DIR.resolve()) and not any(
+            (parent / ".git").exists() for parent in PRETRAINED_DIR.resolve().parents):
+        raise UsageError(f"{path} is a model of the installed package: copy it (e.g. `cp -r {path} my-model`) and "
+                         "update the copy's card.")
 
 
 def _run_feature_task(args: argparse.Namespace, model_path: str) -> EvaluationReport | None:
