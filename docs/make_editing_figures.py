@@ -1,6 +1,7 @@
 """Make the editing pictures of the README with the ``ghfeat edit`` command line.
 
-    python docs/make_editing_figures.py [--model DIR] [--output-dir docs/editing] [--device auto]
+    python docs/make_editing_figures.py [--model DIR] [--output-dir editing-figures] [--device auto]
+    python docs/make_editing_figures.py --output-dir docs/editing   # the README's pictures, replaced
 
 Runs every ``ghfeat edit`` operation (printing each command) on the bundled Fashion-MNIST test images
 (``ghfeat_hf/assets/demo_images``) and writes one picture per operation into the output folder. The two attribute
@@ -25,7 +26,7 @@ from ghfeat_hf.cli import main as ghfeat  # noqa: E402
 from ghfeat_hf.demo import demo_image_paths  # noqa: E402
 from ghfeat_hf.error_reporting import run_script  # noqa: E402
 
-OUTPUT_DIR = Path(__file__).resolve().parent / "editing"
+OUTPUT_DIR = Path("editing-figures")  # in the working directory: the committed docs/editing/ only when asked
 FOOTWEAR = "5,7,9"  # Fashion-MNIST classes Sandal, Sneaker, Ankle boot
 UPPER_BODY = "0,2,4,6"  # T-shirt/top, Pullover, Coat, Shirt
 
