@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 from . import __version__
+from .embedded import DEFAULT_MODEL
 from .error_reporting import DEBUG_ENV, run_command
 
 
@@ -22,8 +23,8 @@ def _default_num_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse `type`: an integer >= `minimum` (argparse reports anything else as a usage error)."""
+def int_in_range(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse `type`: an integer in `[minimum, maximum]` (argparse reports anything else as a usage error)."""
 
     def parse(text: str) -> int:
         try:
@@ -32,16 +33,28 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= `minimum`."""
+    return int_in_range(minimum)
+
+
 _positive_int = int_at_least(1)
 
 
+MAX_CELL_SIZE = 1024
+MODEL_HELP = (f"an embedded model name ({DEFAULT_MODEL}), a local model directory or a Hub id (default: $GHFEAT_MODEL, "
+              f"else {DEFAULT_MODEL})")
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="Hub id or local model directory (default: $GHFEAT_MODEL).")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps, ...")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="compute dtype (autocast); outputs are stored as float32.")
@@ -102,8 +115,12 @@ def _add_reconstruct_parser(subparsers) -> None:
     parser.add_argument("-o", "--output", default="reconstructions.png", help="grid image (default: %(default)s)")
     _add_model_arguments(parser)
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per model batch (default: 16)")
-    parser.add_argument("--cell-size", type=_positive_int,
-                        help="grid cell size in pixels (default: the model resolution enlarged to at least 128)")
+    parser.add_argument("--cell-size", type=int_in_range(8, MAX_CELL_SIZE),
+                        help=f"grid cell size in pixels, at most {MAX_CELL_SIZE} (default: the model resolution "
+                             "enlarged to at least 128)")
+    parser.add_argument("--rows-per-grid", type=_positive_int, default=32,
+                        help="images per grid picture; more images give GRID-2.png, GRID-3.png, ... (default: 32)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     parser.set_defaults(handler=_run_reconstruct)
 
 
@@ -116,7 +133,7 @@ def _add_demo_parser(subparsers) -> None:
                     "and the features as a Parquet file loadable with datasets.",
     )
     parser.add_argument("-o", "--output-dir", default="ghfeat-demo", help="output folder (default: %(default)s)")
-    parser.add_argument("--model", help="Hub id or local model directory (default: the embedded model).")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, ...")
     parser.set_defaults(handler=_run_demo)
 
@@ -228,13 +245,20 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         images.append(open_image(item.payload))
     if not images:
         raise UsageError("none of the inputs could be read as an image.")
-    result = reconstruct_images(model, processor, images, batch_size=args.batch_size, dtype=args.dtype)
+    result = reconstruct_images(model, processor, images, batch_size=args.batch_size, dtype=args.dtype,
+                                progress=not args.no_progress)
     print(format_metrics_table(names, result.metrics))
     grid_kwargs = {"cell_size": args.cell_size} if args.cell_size is not None else {}
-    grid = reconstruction_grid(result, names, **grid_kwargs)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    grid.save(args.output)
-    print(f"saved the input | reconstruction grid ({grid.width}x{grid.height}) to {args.output}")
+    stem, suffix = os.path.splitext(args.output)
+    for page, start in enumerate(range(0, len(names), args.rows_per_grid), 1):
+        rows = slice(start, start + args.rows_per_grid)
+        part = type(result)(result.inputs[rows], result.reconstructions[rows], result.metrics[rows])
+        grid = reconstruction_grid(part, names[rows], **grid_kwargs)
+        path = args.output if page == 1 else f"{stem}-{page}{suffix}"
+        grid.save(path)
+        print(f"saved the input | reconstruction grid of images {start + 1}-{start + len(names[rows])} "
+              f"({grid.width}x{grid.height}) to {path}")
     return 0
 
 

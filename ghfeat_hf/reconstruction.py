@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import PIL.Image
 import torch
+from tqdm.auto import tqdm
 
 from .extraction import autocast_context, resolve_device, resolve_dtype
 from .visualization import enlarged_cell_size, make_grid, to_rgb
@@ -45,6 +46,7 @@ def reconstruct_images(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "fp32",
+    progress: bool = False,
 ) -> ReconstructionResult:
     """Encode and decode images with a [`GHFeatModel`].
 
@@ -53,6 +55,7 @@ def reconstruct_images(
         images: one image or a list: PIL images, arrays, tensors or paths (anything the processor accepts).
         batch_size: images per model call.
         device: where to run (`None` keeps the model where it is). dtype: `"fp32"`, `"bf16"` or `"fp16"` autocast.
+        progress: show a progress bar over the images.
 
     Returns:
         A [`ReconstructionResult`] `(inputs, reconstructions, metrics)`; metrics are [`image_metrics`] of the
@@ -66,6 +69,7 @@ def reconstruct_images(
     device = next(model.parameters()).device if device is None else resolve_device(device)
     model.eval().to(device)
     inputs, reconstructions = [], []
+    bar = tqdm(total=len(images), desc="reconstruct", unit="image", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(images), batch_size):
         batch = list(images[start:start + batch_size])
         pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
@@ -73,6 +77,8 @@ def reconstruct_images(
             decoded = model.decode(model(pixel_values=pixel_values).style_codes)
         inputs += processor.postprocess(pixel_values.float())
         reconstructions += processor.postprocess(decoded.float())
+        bar.update(len(batch))
+    bar.close()
     metrics = [image_metrics(a, b) for a, b in zip(inputs, reconstructions)]
     return ReconstructionResult(inputs, reconstructions, metrics)
 

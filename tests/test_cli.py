@@ -33,8 +33,8 @@ def test_subcommands_are_registered(capsys):
 
 
 def test_counts_must_be_positive(capsys):
-    for argv, message in ((["reconstruct", "a.png", "--cell-size", "-4"], "--cell-size: must be at least 1, got -4"),
-                          (["reconstruct", "a.png", "--cell-size", "0"], "--cell-size: must be at least 1, got 0"),
+    for argv, message in ((["reconstruct", "a.png", "--cell-size", "-4"], "--cell-size: must be at least 8, got -4"),
+                          (["reconstruct", "a.png", "--cell-size", "0"], "--cell-size: must be at least 8, got 0"),
                           (["reconstruct", "a.png", "--batch-size", "x"], "--batch-size: invalid integer 'x'"),
                           (["extract", "a.png", "-o", "f.parquet", "--batch-size", "0"], "--batch-size: must be"),
                           (["extract", "a.png", "-o", "f.parquet", "--num-workers", "-1"], "must be at least 0")):
@@ -87,3 +87,22 @@ def test_default_model_hook(monkeypatch):
     monkeypatch.delenv("GHFEAT_MODEL")
     monkeypatch.setattr(extraction, "default_model_path", lambda: "org/shipped")
     assert extraction.resolve_model_path(None) == "org/shipped"
+
+
+def test_reconstruct_splits_large_grids_and_bounds_the_cell_size(tmp_path, capsys):
+    """Many images give several grid pictures of --rows-per-grid rows each; a huge --cell-size is a usage error."""
+    import PIL.Image
+
+    from ghfeat_hf.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(5):
+        PIL.Image.new("L", (32, 32), color=index * 40).save(folder / f"{index}.png")
+    assert main(["reconstruct", str(folder), "-o", str(tmp_path / "grid.png"), "--rows-per-grid", "2",
+                 "--no-progress"]) == 0
+    assert sorted(path.name for path in tmp_path.glob("grid*.png")) == ["grid-2.png", "grid-3.png", "grid.png"]
+    assert "images 5-5" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["reconstruct", str(folder), "--cell-size", "30000"])
+    assert "must be at most 1024" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from ..cli import int_at_least
+from ..cli import MODEL_HELP, int_at_least
 from ..extraction import UsageError, file_sources, image_extensions, load_model, open_image
 from ..modeling_stylegan import StyleCodes
 from .boundaries import (
@@ -307,8 +307,7 @@ def _run_refine(args: argparse.Namespace, editor: _Editor) -> None:
 
 def _add_common_arguments(parser: argparse.ArgumentParser, output: str, suffixes: Sequence[str]) -> None:
     parser.add_argument("-o", "--output", default=output, help="output file (default: %(default)s)")
-    parser.add_argument("--model", help="Hub id, local model directory or embedded model name "
-                                        "(default: $GHFEAT_MODEL, else the default model)")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps, ...")
     parser.add_argument("--batch-size", type=int_at_least(1), default=16, help="images per model call (default: 16)")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")

@@ -19,7 +19,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..cli import int_at_least
+from ..cli import MODEL_HELP, int_at_least
 from ..embedded import PRETRAINED_DIR
 from ..extraction import UsageError, load_model, resolve_device, resolve_dtype, resolve_model_path
 from ..modeling_stylegan import StyleGANGenerator
@@ -46,7 +46,7 @@ FEATURE_BASELINES = ["pixels", "random-init"]
 def _run_arguments() -> argparse.ArgumentParser:
     """The options of every task: model, data, device, output."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--model", help="Hub id or local GH-Feat model directory (default: $GHFEAT_MODEL).")
+    parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--dataset", required=True,
                         help="fashion-mnist, a datasets Hub name, an image folder or a save_to_disk folder")
     parser.add_argument("--dataset-config", help="dataset configuration name (Hub datasets)")
