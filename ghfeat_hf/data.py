@@ -126,16 +126,21 @@ def load_training_images(
     image_column: str = "image",
     streaming: bool = False,
     max_samples: int | None = None,
+    **load_kwargs: Any,
 ):
-    """What the trainers' ``--dataset`` accepts: ``"fashion-mnist"`` (the local Debian package through
-    :func:`load_fashion_mnist`, 32x32, never the Hub) or anything :func:`load_image_dataset` opens; optionally
-    only the first ``max_samples`` rows."""
+    """What the trainers' and ``ghfeat extract``'s ``--dataset`` accepts: ``"fashion-mnist"`` (the local Debian
+    package through :func:`load_fashion_mnist`, 32x32, never the Hub) or anything :func:`load_image_dataset` opens
+    (``load_kwargs`` such as ``name=`` go to it); optionally only the first ``max_samples`` rows."""
     if str(source).lower() in FASHION_MNIST_NAMES:
-        dataset = load_fashion_mnist(pad_to=32)[split or "train"]
+        splits = load_fashion_mnist(pad_to=32)
+        if (split or "train") not in splits:
+            raise ValueError(f"fashion-mnist has the splits {list(splits)}, not {split!r}.")
+        dataset = splits[split or "train"]
         if streaming:
             dataset = dataset.to_iterable_dataset()
     else:
-        dataset = load_image_dataset(source, split=split, image_column=image_column, streaming=streaming)
+        dataset = load_image_dataset(source, split=split, image_column=image_column, streaming=streaming,
+                                     **load_kwargs)
     if max_samples is not None:
         dataset = dataset.take(max_samples) if streaming else dataset.select(range(min(max_samples, len(dataset))))
     return dataset

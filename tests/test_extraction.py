@@ -629,3 +629,18 @@ def test_package_layout():
         assert getattr(extraction, name) is not None, name
     for module in Path(extraction.__file__).parent.glob("*.py"):
         assert len(module.read_text().splitlines()) < 600, module.name
+
+
+def test_dataset_source_reads_fashion_mnist_locally():
+    """`ghfeat extract --dataset fashion-mnist` uses the local package, like the trainers and `ghfeat evaluate`."""
+    from ghfeat_hf.data import find_fashion_mnist
+    from ghfeat_hf.extraction import UsageError, dataset_source
+
+    try:
+        find_fashion_mnist()
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install -y dataset-fashion-mnist)")
+    source = dataset_source("fashion-mnist", split="test")
+    assert source.dataset.num_rows == 10000 and "fashion-mnist" in source.description
+    with pytest.raises(UsageError, match="not 'validation'"):
+        dataset_source("fashion-mnist", split="validation")

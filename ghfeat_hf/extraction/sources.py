@@ -249,25 +249,22 @@ def dataset_source(
     streaming: bool = False,
     config_name: str | None = None,
 ) -> DatasetSource:
-    """A [`DatasetSource`] from a `save_to_disk` folder (`load_from_disk`) or anything `load_dataset` takes (a Hub
-    name, a data folder, a builder such as `imagefolder`); `streaming=True` iterates without downloading it all."""
-    import datasets
+    """A [`DatasetSource`] from what the trainers' `--dataset` accepts ([`ghfeat_hf.data.load_training_images`]):
+    `"fashion-mnist"` (the local package, never the Hub), a `save_to_disk` folder, an image folder or a Hub name;
+    `streaming=True` iterates without downloading it all (local data keeps its `datasets` fingerprint)."""
+    from ..data import FASHION_MNIST_NAMES, load_training_images
 
     fingerprint = None
+    kwargs = {"name": config_name} if config_name else {}
     try:
-        if os.path.isdir(name_or_path) and any(
-            os.path.isfile(os.path.join(name_or_path, name)) for name in ("state.json", "dataset_dict.json")
-        ):
-            dataset = datasets.load_from_disk(name_or_path)
-            if isinstance(dataset, datasets.DatasetDict):
-                if split not in dataset:
-                    raise UsageError(f"split {split!r} not in {name_or_path!r}; it has {list(dataset)}.")
-                dataset = dataset[split]
+        if str(name_or_path).lower() in FASHION_MNIST_NAMES or os.path.isdir(name_or_path):
+            dataset = load_training_images(name_or_path, split=split, image_column=image_column, **kwargs)
             if streaming:
                 fingerprint = dataset._fingerprint  # an IterableDataset has none
                 dataset = dataset.to_iterable_dataset()
         else:
-            dataset = datasets.load_dataset(name_or_path, config_name, split=split, streaming=streaming)
+            dataset = load_training_images(name_or_path, split=split, image_column=image_column, streaming=streaming,
+                                           **kwargs)
     except UsageError:
         raise
     except (OSError, ValueError, KeyError) as error:
