@@ -225,8 +225,38 @@ def _run_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_about_inputs(images, processor, model_path: str) -> None:
+    """Say on stderr when inputs are not square (the processor resizes them without keeping the aspect ratio) and
+    what the model was trained on (inputs far from that domain reconstruct poorly)."""
+    import json
+
+    sizes = [image.size for image in images if hasattr(image, "size") and isinstance(image.size, tuple)]
+    squashed = sum(1 for width, height in sizes if abs(width / height - 1) > 0.05)
+    size = processor.size["height"]
+    if squashed:
+        print(f"note: {squashed} of {len(images)} images are not square; they are resized to {size}x{size} without "
+              "keeping their aspect ratio (crop them first to keep it).", file=sys.stderr)
+    provenance = os.path.join(model_path, "provenance.json")
+    if os.path.isfile(provenance):
+        try:
+            domain = json.loads(open(provenance, encoding="utf-8").read()).get("domain")
+        except (OSError, ValueError):
+            domain = None
+        if isinstance(domain, str) and domain:
+            print(f"note: the model was trained on {' '.join(domain.split())}; images far from that domain "
+                  "reconstruct poorly.", file=sys.stderr)
+
+
 def _run_reconstruct(args: argparse.Namespace) -> int:
-    from .extraction import UsageError, decode_image, file_sources, image_extensions, load_model, open_image
+    from .extraction import (
+        UsageError,
+        decode_image,
+        file_sources,
+        image_extensions,
+        load_model,
+        open_image,
+        resolve_model_path,
+    )
     from .reconstruction import format_metrics_table, reconstruct_images, reconstruction_grid
 
     suffix = os.path.splitext(args.output)[1].lower()
@@ -245,6 +275,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         images.append(open_image(item.payload))
     if not images:
         raise UsageError("none of the inputs could be read as an image.")
+    _warn_about_inputs(images, processor, resolve_model_path(args.model))
     result = reconstruct_images(model, processor, images, batch_size=args.batch_size, dtype=args.dtype,
                                 progress=not args.no_progress)
     print(format_metrics_table(names, result.metrics))

@@ -106,3 +106,17 @@ def test_reconstruct_splits_large_grids_and_bounds_the_cell_size(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["reconstruct", str(folder), "--cell-size", "30000"])
     assert "must be at most 1024" in capsys.readouterr().err
+
+
+def test_reconstruct_notes_non_square_inputs_and_the_model_domain(tmp_path, capsys):
+    import PIL.Image
+
+    from ghfeat_hf.cli import main
+
+    PIL.Image.new("RGB", (64, 32), color=(200, 10, 10)).save(tmp_path / "wide.png")
+    PIL.Image.new("RGB", (32, 32)).save(tmp_path / "square.png")
+    assert main(["reconstruct", str(tmp_path / "wide.png"), str(tmp_path / "square.png"), "-o",
+                 str(tmp_path / "grid.png"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 2 images are not square; they are resized to 32x32" in err
+    assert "the model was trained on Fashion-MNIST" in err
