@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -12,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .extraction import autocast_context, resolve_device, resolve_dtype
+from .image_metrics import psnr
 from .visualization import enlarged_cell_size, make_grid, to_rgb
 
 
@@ -34,8 +34,7 @@ def image_metrics(reference: PIL.Image.Image | np.ndarray, reconstruction: PIL.I
     a = np.asarray(reference, dtype=np.float64) / 255.0
     b = np.asarray(reconstruction, dtype=np.float64) / 255.0
     mse = float(np.mean((a - b) ** 2))
-    psnr = math.inf if mse == 0 else float(10 * np.log10(1.0 / mse))
-    return {"mse": mse, "psnr": psnr}
+    return {"mse": mse, "psnr": psnr(mse)}
 
 
 def reconstruct_images(

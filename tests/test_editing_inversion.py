@@ -1,5 +1,6 @@
 """Inversion refinement (ghfeat_hf.editing.inversion): Adam on the codes, PSNR before / after, perceptual term."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,11 +9,11 @@ from ghfeat_hf.editing import (
     build_perceptual_loss,
     decode_codes,
     encode_images,
-    psnr,
     refine_style_codes,
     resize_images,
 )
 from ghfeat_hf.extraction import UsageError
+from ghfeat_hf.image_metrics import pixel_mse, psnr
 from tests.editing_helpers import demo_pixel_values, tiny_model
 
 
@@ -26,11 +27,17 @@ def pixel_values():
     return demo_pixel_values(3)
 
 
+def psnr_of(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    return psnr(pixel_mse(images, reference))
+
+
 def test_psnr():
     a = torch.zeros(2, 3, 4, 4)
     b = a.clone()
     b[1] = 0.2  # a difference of 0.1 on the [0, 1] scale: PSNR 20 dB
-    torch.testing.assert_close(psnr(b, a), torch.tensor([120.0, 20.0]))
+    torch.testing.assert_close(psnr_of(b, a), torch.tensor([float("inf"), 20.0]))
+    assert psnr(0.01) == pytest.approx(20.0) and psnr(0.0) == float("inf")
+    assert psnr(np.array([0.01, 0.001])).tolist() == pytest.approx([20.0, 30.0])
 
 
 def test_refinement_raises_the_psnr_and_leaves_the_model_alone(model, pixel_values):
@@ -40,8 +47,8 @@ def test_refinement_raises_the_psnr_and_leaves_the_model_alone(model, pixel_valu
     result = refine_style_codes(model, pixel_values, codes, steps=40, learning_rate=0.02, batch_size=2,
                                 progress=False)
     assert result.final_psnr.shape == (3,) and len(result.losses) == 2 and len(result.losses[0]) == 41
-    torch.testing.assert_close(result.initial_psnr, psnr(decode_codes(model, codes), pixel_values))
-    torch.testing.assert_close(result.final_psnr, psnr(decode_codes(model, result.style_codes), pixel_values))
+    torch.testing.assert_close(result.initial_psnr, psnr_of(decode_codes(model, codes), pixel_values))
+    torch.testing.assert_close(result.final_psnr, psnr_of(decode_codes(model, result.style_codes), pixel_values))
     assert (result.final_psnr > result.initial_psnr + 0.5).all()
     assert (result.final_psnr - result.initial_psnr).mean() > 2.0
     assert all(history[-1] < history[0] for history in result.losses)
@@ -62,9 +69,9 @@ def test_refinement_when_the_encoder_input_size_is_not_the_generator_resolution(
     result = refine_style_codes(model, pixel_values, steps=10, learning_rate=0.02, progress=False)
     target = resize_images(pixel_values, 32)  # the input as the generator's resolution sees it
     assert target.shape == (2, 3, 32, 32)
-    torch.testing.assert_close(result.initial_psnr, psnr(decode_codes(model, encode_images(model, pixel_values)),
-                                                         target))
-    torch.testing.assert_close(result.final_psnr, psnr(decode_codes(model, result.style_codes), target))
+    torch.testing.assert_close(result.initial_psnr,
+                               psnr_of(decode_codes(model, encode_images(model, pixel_values)), target))
+    torch.testing.assert_close(result.final_psnr, psnr_of(decode_codes(model, result.style_codes), target))
     assert result.losses[0][-1] < result.losses[0][0]
 
 

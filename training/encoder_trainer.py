@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator
+from ghfeat_hf.image_metrics import pixel_mse, psnr
 from training.batchnorm import synchronize_batchnorm
 from training.engine import (
     grad_norm,
@@ -231,8 +232,8 @@ class EncoderTrainer:
                 with accelerator.autocast():
                     rec = self.reconstruct(self.e_module, x).float()
                 error = (rec - x.float()).square().flatten(1).mean(1)
-                error01 = ((rec.clamp(-1, 1) - x.float()) / 2).square().flatten(1).mean(1).clamp_min(1e-10)
-                sums += torch.stack([error.sum().double(), (-10 * torch.log10(error01)).sum().double(),
+                error01 = pixel_mse(rec, x).clamp_min(1e-10)  # a finite mean even for a perfect image
+                sums += torch.stack([error.sum().double(), psnr(error01).sum().double(),
                                      torch.tensor(float(len(x)), dtype=torch.float64, device=x.device)])
                 outputs.append(rec.cpu())
         finally:

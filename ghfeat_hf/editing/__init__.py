@@ -59,7 +59,6 @@ from .inversion import (
     MAX_REFINEMENT_STEPS,
     RefinementResult,
     build_perceptual_loss,
-    psnr,
     refine_style_codes,
 )
 
@@ -96,7 +95,6 @@ __all__ = [
     "mix_style_codes",
     "mixing_figure",
     "paste_region",
-    "psnr",
     "refine_style_codes",
     "refinement_figure",
     "resize_images",

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .. import perceptual as _perceptual
 from ..extraction import UsageError
+from ..image_metrics import pixel_mse, psnr
 from ..modeling_stylegan import StyleCodes
 from ..perceptual import DEFAULT_PERCEPTUAL_MODEL, DEFAULT_PERCEPTUAL_WEIGHT, PerceptualLoss
 from .codes import concat_codes, encode_images, resize_images
@@ -34,14 +35,6 @@ from .codes import concat_codes, encode_images, resize_images
 MAX_REFINEMENT_STEPS = 5000
 
 PerceptualDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR (dB, peak 1) ``[N]`` of images ``[N, C, H, W]`` in [-1, 1] (clamped) against a reference,
-    on pixels scaled to [0, 1]."""
-    difference = (images.float().clamp(-1, 1) - reference.float().clamp(-1, 1)) / 2
-    mse = difference.square().flatten(1).mean(dim=1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
 def build_perceptual_loss(
@@ -154,8 +147,8 @@ def refine_style_codes(
             best, history = _refine_batch(model, target, codes, steps, learning_rate, perceptual,
                                           perceptual_weight, bar)
             with torch.no_grad():
-                initial.append(psnr(model.decode(codes), target).cpu())
-                final.append(psnr(model.decode(best), target).cpu())
+                initial.append(psnr(pixel_mse(model.decode(codes), target)).cpu())
+                final.append(psnr(pixel_mse(model.decode(best), target)).cpu())
             refined.append(best)
             histories.append(history)
             bar.set_postfix(psnr=f"{float(torch.cat(final).mean()):.2f} dB")
@@ -168,6 +161,5 @@ __all__ = [
     "MAX_REFINEMENT_STEPS",
     "RefinementResult",
     "build_perceptual_loss",
-    "psnr",
     "refine_style_codes",
 ]

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..image_metrics import psnr  # noqa: F401 - re-exported: the metrics of a report
+
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 
@@ -71,13 +73,6 @@ def ssim(
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean(dim=(1, 2, 3))
-
-
-def psnr(mse: np.ndarray | float, peak: float = 1.0) -> np.ndarray:
-    """PSNR in dB from MSE (`inf` where the MSE is 0)."""
-    mse = np.asarray(mse, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return 10 * np.log10(peak**2 / mse)
 
 
 # ----------------------------------------------------------------------------------------------------------------
