@@ -1,1 +1,2 @@
-"""Conversion of the official TensorFlow GH-Feat / StyleGAN v1 pickles."""
+"""Scripts of the checkout around the converter, which is ``ghfeat_hf.conversion``: ``convert_official_tf.py`` (the
+same as ``ghfeat convert``) and ``push_to_hub.py``."""

@@ -1,6 +1,7 @@
 """GH-Feat (Generative Hierarchical Features) for PyTorch, transformers and timm.
 
-Importing the package registers the models with transformers' Auto classes.
+Importing the package registers the models with transformers' Auto classes, and makes their ``from_pretrained``
+(and the models') explain a GH-Feat name that finds no model (``ghfeat-ffhq`` elsewhere: [`ghfeat_hf.model_names`]).
 """
 
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
@@ -10,6 +11,7 @@ from .configuration_ghfeat import GHFeatConfig
 from .configuration_stylegan import StyleGANDiscriminatorConfig, StyleGANGeneratorConfig
 from .embedded import DEFAULT_MODEL, embedded_model_path, embedded_models
 from .image_processing_ghfeat import GHFeatImageProcessor
+from .model_names import add_load_hints
 from .modeling_ghfeat import GHFeatBackbone, GHFeatEncoder, GHFeatModel, GHFeatModelOutput
 from .modeling_stylegan import (
     StyleGANDiscriminator,
@@ -35,6 +37,8 @@ AutoImageProcessor.register(
     image_processor_classes={"pil": GHFeatImageProcessor, "torchvision": GHFeatImageProcessor},
     exist_ok=True,
 )
+add_load_hints(AutoConfig, AutoModel, AutoBackbone, AutoImageProcessor, GHFeatConfig, GHFeatModel, GHFeatBackbone,
+               StyleGANGenerator, StyleGANDiscriminator)
 
 __all__ = [
     "DEFAULT_MODEL",

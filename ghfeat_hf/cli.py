@@ -4,6 +4,7 @@
     ghfeat extract --dataset user/faces --split train --image-column image --streaming -o feats.parquet --model M
     ghfeat reconstruct a.jpg b.png --model org/ghfeat-ffhq -o grid.png
     ghfeat demo [-o ghfeat-demo] [--model M]
+    ghfeat convert --pickle ghfeat-encoder-ffhq-256.pkl [--output ghfeat-ffhq] [--overwrite] [--push-to-hub REPO]
     ghfeat evaluate classification --model M --dataset fashion-mnist [--baselines pixels random-init timm:resnet50]
 """
 
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract_parser(subparsers)
     _add_reconstruct_parser(subparsers)
     _add_demo_parser(subparsers)
+    from .conversion.command import add_convert_parser
+
+    add_convert_parser(subparsers)
     from .editing.cli import add_edit_parser
 
     add_edit_parser(subparsers)

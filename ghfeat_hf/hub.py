@@ -22,6 +22,7 @@ name, so local directories and offline caches fail with ``HFValidationError`` / 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -29,11 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, PreTrainedModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from .configuration_ghfeat import GHFeatConfig
+from .errors import UsageError
 from .model_card import render_model_card, write_provenance
+from .model_names import find_model
 from .modeling_ghfeat import GHFeatBackbone
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -127,11 +131,23 @@ def save_stylegan_directory(
     return directory
 
 
+def hub_repo_id(text: str) -> str:
+    """argparse ``type`` of Hub repo ids (they end up in the model cards' usage snippets)."""
+    try:
+        validate_repo_id(text)
+    except HFValidationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def load_backbone(name_or_path: str | Path, *, trust_remote_code: bool = False, **kwargs: Any) -> PreTrainedModel:
     """``AutoBackbone.from_pretrained`` that also works on local directories and offline Hub caches.
 
+    ``name_or_path`` is a folder, a Hub id or the short name of an embedded model (``"ghfeat-fmnist32"``); any other
+    name fails at once with what exists and how to create ``ghfeat-ffhq`` ([`ghfeat_hf.model_names.find_model`]).
     ``out_features`` / ``out_indices`` and the usual ``from_pretrained`` keywords are accepted.
     """
+    name_or_path = find_model(name_or_path)
     config_kwargs = {key: kwargs.pop(key) for key in ("out_features", "out_indices") if key in kwargs}
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **config_kwargs)
     if isinstance(config, GHFeatConfig):
@@ -170,7 +186,7 @@ def push_to_hub(
     if has_model:
         render_model_card(directory, repo_id=repo_id, metrics=metrics)
     elif metrics:
-        raise ValueError(f"{directory} has no top-level model (config.json) whose card the metrics would go to.")
+        raise UsageError(f"{directory} has no top-level model (config.json) whose card the metrics would go to.")
     for sub in subdirectories:
         render_model_card(sub, repo_id=repo_id, subfolder=sub.name)
     api = api or HfApi(token=token)
@@ -185,4 +201,4 @@ def push_to_hub(
     return str(getattr(commit, "commit_url", commit))
 
 
-__all__ = ["load_backbone", "push_to_hub", "save_ghfeat_directory", "save_stylegan_directory"]
+__all__ = ["hub_repo_id", "load_backbone", "push_to_hub", "save_ghfeat_directory", "save_stylegan_directory"]

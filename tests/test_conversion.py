@@ -17,10 +17,11 @@ import pytest
 import torch
 from transformers import AutoImageProcessor, AutoModel
 
-from conversion.convert_official_tf import convert_encoder, main
-from conversion.tf_pickle import load_tf_pickle
-from conversion.weight_mapping import ConversionError
+from conversion.convert_official_tf import main
 from ghfeat_hf import GHFeatImageProcessor, GHFeatModel, StyleGANDiscriminator, StyleGANGenerator, hub, tile_style_codes
+from ghfeat_hf.conversion.convert import convert_encoder
+from ghfeat_hf.conversion.tf_pickle import load_tf_pickle
+from ghfeat_hf.conversion.weight_mapping import ConversionError
 from tests.conftest import OFFICIAL_FIXTURES, PARITY_LINES
 from tests.official_pickles import Payload, from_tf_network, write
 from tests.test_hub import RecordingApi
@@ -206,32 +207,33 @@ def test_converter_refuses_code_in_pickle_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     path = write(tmp_path / "evil.pkl", (Payload(os.system, f"touch {marker}"),))
     code = main(["--pickle", str(path), "--output", str(tmp_path / "out")])
-    assert code == 1 and not marker.exists() and not (tmp_path / "out").exists()
+    assert code == 2 and not marker.exists() and not (tmp_path / "out").exists()
     result = subprocess.run(
         [sys.executable, "conversion/convert_official_tf.py", "--pickle", str(path), "--output", str(tmp_path / "o")],
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
     )
-    assert result.returncode == 1 and "system" in result.stderr and not marker.exists()
+    assert result.returncode == 2 and "system" in result.stderr and not marker.exists()
 
 
 def _torch_checkpoint(path):
     torch.save({"weight": torch.zeros(2)}, path)
 
 
-@pytest.mark.parametrize("make_file, message", [
-    (None, "No such file or directory"),
-    (lambda path: path.write_bytes(b""), "the file is empty"),
-    (lambda path: path.write_bytes(pickle.dumps((1, 2, 3), protocol=4)[:-3]), "not a readable TF network pickle"),
-    (lambda path: path.write_text("hello world\n"), "not a readable TF network pickle"),
-    (_torch_checkpoint, "a PyTorch/zip checkpoint, not a TF network pickle"),
+@pytest.mark.parametrize("make_file, status, message", [
+    (None, 1, "No such file or directory: {path}"),  # the system refused: an OSError's "<what>: <file>"
+    (lambda path: path.write_bytes(b""), 2, "{path}: the file is empty"),
+    (lambda path: path.write_bytes(pickle.dumps((1, 2, 3), protocol=4)[:-3]), 2,
+     "{path}: not a readable TF network pickle"),
+    (lambda path: path.write_text("hello world\n"), 2, "{path}: not a readable TF network pickle"),
+    (_torch_checkpoint, 2, "{path}: a PyTorch/zip checkpoint, not a TF network pickle"),
 ], ids=["missing", "empty", "truncated", "text", "torch.save"])
-def test_converter_reports_unreadable_files_in_one_line(tmp_path, capsys, make_file, message):
+def test_converter_reports_unreadable_files_in_one_line(tmp_path, capsys, make_file, status, message):
     path = tmp_path / "net.pkl"
     if make_file:
         make_file(path)
-    assert main(["--pickle", str(path), "--output", str(tmp_path / "out")]) == 1
+    assert main(["--pickle", str(path), "--output", str(tmp_path / "out")]) == status
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"convert: error: {path}: ") and message in line
+    assert line.startswith("ghfeat convert: error: " + message.format(path=path))
     assert not (tmp_path / "out").exists()
 
 

@@ -1,10 +1,11 @@
-"""Hostile pickles against the converter (conversion/tf_pickle.py + conversion/convert_official_tf.py).
+"""Hostile pickles against the converter (ghfeat_hf/conversion/, run as conversion/convert_official_tf.py).
 
-Every input is built here and is small: a tiny official-layout (E, G, D, Gs) from random 64 px PyTorch models, then
-mutated, or hand-written opcodes. A refused file must give exactly one stderr line ``convert: error: <file>: <what>``
-and exit status 1, run nothing from the file, write nothing (the whole test directory, including an existing output
-given with --overwrite, stays byte-identical) and finish within 10 s. The memory bombs are loaded in a child process
-limited to 1 GiB of address space (``RLIMIT_AS``).
+Every input is small: the tiny official-layout (E, G, D, Gs) of tests/official_pickles.py (random 64 px PyTorch
+models), mutated here, or hand-written opcodes. A refused file must give exactly one stderr line
+``ghfeat convert: error: <file>: <what>`` and exit status 2 (1 when the system refused), run nothing from the file,
+write nothing (the whole test directory, including an existing output given with --overwrite, stays byte-identical)
+and finish within 10 s. The memory bombs are loaded in a child process limited to 1 GiB of address space
+(``RLIMIT_AS``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import copyreg
 import errno
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -32,77 +32,37 @@ import numpy as np
 import pytest
 import torch
 
-from conversion import convert_official_tf
 from conversion.convert_official_tf import main
-from conversion.tf_pickle import MAX_NODES, TFPickleError
-from conversion.weight_mapping import (
-    tf_name_for_discriminator,
-    tf_name_for_encoder,
-    tf_name_for_mapping,
-    tf_name_for_synthesis,
-)
-from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
+from ghfeat_hf import StyleGANDiscriminator
+from ghfeat_hf.conversion import convert as converter
+from ghfeat_hf.conversion.tf_pickle import MAX_NODES, TFPickleError
+from ghfeat_hf.errors import one_line
 from ghfeat_hf.model_card import render_model_card
-from tests.conftest import tiny_discriminator_config, tiny_generator_config, tiny_ghfeat_config
-from tests.official_pickles import RECONSTRUCT, FakeNetwork, OfficialLayoutPickler, Payload, net
+from tests.official_pickles import (
+    RECONSTRUCT,
+    RESOLUTION,
+    FakeNetwork,
+    Payload,
+    dumps,
+    net,
+    official,
+    tiny_official_parts,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-RESOLUTION = 64
-KWARGS = {"num_channels": 3, "resolution": RESOLUTION, "label_size": 0}
-WIDTHS = {"fmap_base": 128, "fmap_max": 32}  # the tiny configs of tests/conftest.py
 SECONDS = 10
 GIB = 2**30
+PREFIX = "ghfeat convert: error: "
 
 
 # -- building pickles ---------------------------------------------------------------------------------------------
 
 
-def _tf_layout(name: str, tensor: torch.Tensor) -> np.ndarray:
-    """PyTorch -> TF layout, the inverse of weight_mapping.to_torch_layout."""
-    array = tensor.detach().numpy()
-    if name.endswith("/weight") and array.ndim == 2:
-        array = array.T
-    elif name.endswith("/weight") and array.ndim == 4:
-        array = array.transpose(2, 3, 1, 0)
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def _tf_variables(model: torch.nn.Module, prefix: str, tf_name: Callable[[str], str | None]) -> list:
-    return [(name, _tf_layout(name, value)) for key, value in model.state_dict().items()
-            if key.startswith(prefix) and (name := tf_name(key)) is not None]
-
-
 @pytest.fixture(scope="module")
 def parts() -> dict[str, list]:
-    """Variables of a tiny official (E, G, D, Gs) at 64 px, from randomly initialised PyTorch models."""
-    torch.manual_seed(0)
-    generator = StyleGANGenerator(tiny_generator_config(RESOLUTION))
-    mapping = _tf_variables(generator, "mapping.", tf_name_for_mapping)
-    discriminator = StyleGANDiscriminator(tiny_discriminator_config(RESOLUTION))
-    encoder = GHFeatModel(tiny_ghfeat_config(RESOLUTION, stem_stride=2, stem_pool=True))  # the official stem
-    return {
-        "E": _tf_variables(encoder, "encoder.", tf_name_for_encoder),
-        "synthesis": [("lod", np.float32(0)), *_tf_variables(generator, "synthesis.", tf_name_for_synthesis)],
-        "mapping": [(name.removeprefix("mapping/"), value) for name, value in mapping if name.startswith("mapping/")],
-        "G": [("lod", np.float32(0)), *[(name, value) for name, value in mapping if not name.startswith("mapping/")]],
-        "D": [("lod", np.float32(0)),
-              *_tf_variables(discriminator, "network.", lambda key: tf_name_for_discriminator(key, RESOLUTION))],
-    }
-
-
-def official(parts: dict[str, list]) -> list[FakeNetwork]:
-    """A fresh, valid [E, G, D, Gs] whose states a test may mutate (the arrays are shared: replace, never edit)."""
-    def generator(name: str) -> FakeNetwork:
-        synthesis = net("G_synthesis", "G_synthesis", parts["synthesis"], static_kwargs={**KWARGS, **WIDTHS})
-        mapping = net("G_mapping", "G_mapping", parts["mapping"], static_kwargs={"dlatent_broadcast": 10, **KWARGS})
-        return net(name, "G_style", parts["G"], {"synthesis": synthesis, "mapping": mapping}, KWARGS)
-
-    encoder = net("E_gpu0", "Encoder", parts["E"], static_kwargs={"size": RESOLUTION, "filter": 64, "filter_max": 512,
-                                                                  "num_layers": 10, "is_training": True, "depth": 18})
-    discriminator = net("D", "D_basic", parts["D"], static_kwargs={**KWARGS, **WIDTHS, "mbstd_group_size": 4})
-    return [encoder, generator("G"), discriminator, generator("Gs")]
+    return tiny_official_parts()
 
 
 def _text(value: str) -> bytes:
@@ -118,21 +78,9 @@ PROTO = pickle.PROTO + b"\x04"
 HERE = "spliced-here"  # a str value that _splice replaces with hand-written opcodes
 
 
-def _pickled(obj, protocol: int = 4) -> bytes:
-    """``obj`` in the official layout; recursion is allowed deep enough for thousands of nested networks."""
-    buffer = io.BytesIO()
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 100_000))
-    try:
-        OfficialLayoutPickler(buffer, protocol, "numpy.core.multiarray").dump(obj)
-    finally:
-        sys.setrecursionlimit(limit)
-    return buffer.getvalue()
-
-
 def _splice(obj, ops: bytes) -> bytes:
     """``obj`` pickled (protocol 3: no frames to fix up), with the opcode pushing ``HERE`` replaced by ``ops``."""
-    raw = _pickled(obj, protocol=3)
+    raw = dumps(obj, protocol=3)
     assert raw.count(_text(HERE)) == 1
     return raw.replace(_text(HERE), ops)
 
@@ -185,7 +133,7 @@ def _component_chain(nets, tmp_path) -> bytes:
     for level in range(3000):
         chain = net(f"n{level}", "G_style", [], {"synthesis": chain})
     nets[2] = chain
-    return _pickled(tuple(nets))
+    return dumps(tuple(nets))
 
 
 def _shared_array(nets, tmp_path) -> None:
@@ -273,25 +221,30 @@ def convert_cli(capsys, pickle_path: Path, output: Path, *extra: str) -> tuple[i
 
 
 def refuse(capsys, tmp_path: Path, pickle_path: Path, pattern: str, overwrite: bool = True,
-           named: Path | None = None) -> str:
-    """Convert into an existing output; check the single error line, and that nothing changed anywhere."""
+           named: Path | None = None, status: int = 2, start: str | None = None) -> str:
+    """Convert into an existing output; check the exit status, the single error line (it starts with ``start``,
+    by default the prefix and the file ``named``, else the pickle) and that nothing changed anywhere."""
     output = tmp_path / "out"
     previous_output(output)
     before = snapshot(tmp_path)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     code, lines = convert_cli(capsys, pickle_path, output, *(["--overwrite"] if overwrite else []))
-    assert code == 1 and len(lines) == 1, lines
-    assert lines[0].startswith(f"convert: error: {named or pickle_path}: "), lines[0]
+    assert code == status and len(lines) == 1, (code, lines)
+    assert lines[0].startswith(start or f"{PREFIX}{named or pickle_path}: "), lines[0]
     assert re.search(pattern, lines[0]), lines[0]
     assert snapshot(tmp_path) == before  # nothing executed or written; the previous output is byte-identical
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < GIB // 1024  # KiB
     return lines[0]
 
 
+# The reader alone (numpy and ghfeat_hf/errors.py): the package's __init__ imports transformers and torch, whose
+# mappings alone exceed the limit, so a bare package module stands in for it.
 LIMITED_LOAD = """
-import resource, sys
+import resource, sys, types
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-from conversion.tf_pickle import TFPickleError, load_tf_pickle
+sys.modules["ghfeat_hf"] = types.ModuleType("ghfeat_hf")
+sys.modules["ghfeat_hf"].__path__ = ["ghfeat_hf"]
+from ghfeat_hf.conversion.tf_pickle import TFPickleError, load_tf_pickle
 try:
     load_tf_pickle(sys.argv[1])
 except TFPickleError as error:
@@ -425,7 +378,7 @@ def hostile_file(parts: dict[str, list], tmp_path: Path, mutate: Mutation) -> Pa
     nets = official(parts)
     data = mutate(nets, tmp_path)
     path = tmp_path / "hostile.pkl"
-    path.write_bytes(data if data is not None else _pickled(tuple(nets)))
+    path.write_bytes(data if data is not None else dumps(tuple(nets)))
     return path
 
 
@@ -490,7 +443,10 @@ def test_only_regular_files_within_budget_are_read(tmp_path, capsys, kind, patte
     path = _special(kind, tmp_path)
     if kind == "character-device" and not path.exists():
         pytest.skip("no /dev/zero")
-    refuse(capsys, tmp_path, path, pattern)
+    if kind == "missing":  # the system refused: status 1, the shared "<what>: <file>" of an OSError
+        refuse(capsys, tmp_path, path, pattern, status=1, start=f"{PREFIX}No such file or directory: {path}")
+    else:
+        refuse(capsys, tmp_path, path, pattern)
 
 
 # -- all-or-nothing output ----------------------------------------------------------------------------------------
@@ -499,7 +455,7 @@ def test_only_regular_files_within_budget_are_read(tmp_path, capsys, kind, patte
 @pytest.fixture
 def valid_pickle(parts, tmp_path) -> Path:
     path = tmp_path / "valid.pkl"
-    path.write_bytes(_pickled(tuple(official(parts))))
+    path.write_bytes(dumps(tuple(official(parts))))
     return path
 
 
@@ -511,7 +467,7 @@ def test_an_existing_output_is_kept_without_overwrite(valid_pickle, tmp_path, ca
 def test_an_output_holding_the_pickle_is_never_replaced(parts, tmp_path, capsys):
     inside = tmp_path / "out" / "net.pkl"
     inside.parent.mkdir()
-    inside.write_bytes(_pickled(tuple(official(parts))))
+    inside.write_bytes(dumps(tuple(official(parts))))
     refuse(capsys, tmp_path, inside, r"holds the input pickle .*net\.pkl; choose another output", named=tmp_path / "out")
 
 
@@ -522,8 +478,9 @@ def test_a_failure_while_writing_leaves_the_output_and_no_temporary_directory(va
         (directory / "model.safetensors").write_bytes(b"half written")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(convert_official_tf, "save_stylegan_directory", disk_full)
-    refuse(capsys, tmp_path, valid_pickle, r"No space left on device")
+    monkeypatch.setattr(converter, "save_stylegan_directory", disk_full)
+    refuse(capsys, tmp_path, valid_pickle, r"could not be written \(No space left on device\)", status=1,
+           named=tmp_path / "out")
 
 
 def test_overwrite_replaces_the_output_and_leaves_nothing_else(valid_pickle, tmp_path, capsys):
@@ -572,6 +529,13 @@ def test_cards_and_provenance_hold_only_escaped_untrusted_strings(valid_pickle, 
 # -- one line, or the traceback on demand ---------------------------------------------------------------------------
 
 
+def test_one_line_collapses_whitespace_and_escapes_what_could_forge_terminal_output():
+    text = "a\n\n b\t\r\x0bc  \x1b[31mred\x00 \x7f\x9b2J \u202a\u202b\u202c\u202d\u202e \u2066\u2067\u2068\u2069 é 中"
+    assert one_line(text) == ("a b c \\x1b[31mred\\x00 \\x7f\\x9b2J \\u202a\\u202b\\u202c\\u202d\\u202e "
+                              "\\u2066\\u2067\\u2068\\u2069 é 中")
+    assert one_line(OSError("x\ny")) == "x y"
+
+
 def test_debug_raises_with_the_traceback(parts, tmp_path):
     path = hostile_file(parts, tmp_path, _kwarg(2, "mbstd_group_size", 3))
     with pytest.raises(TFPickleError, match="mbstd_group_size"):
@@ -580,10 +544,12 @@ def test_debug_raises_with_the_traceback(parts, tmp_path):
 
 def test_an_unexpected_error_is_still_one_line(valid_pickle, tmp_path, capsys, monkeypatch):
     def boom(networks):
-        raise RuntimeError("first line\nsecond line")
+        raise RuntimeError("first line\nsecond \x1b[2Jline\u202e")
 
-    monkeypatch.setattr(convert_official_tf, "convert_networks", boom)
-    refuse(capsys, tmp_path, valid_pickle, r"unexpected RuntimeError: first line\\nsecond line \(rerun with --debug")
+    monkeypatch.delenv("GHFEAT_DEBUG", raising=False)
+    monkeypatch.setattr(converter, "convert_networks", boom)
+    refuse(capsys, tmp_path, valid_pickle, r"first line second \\x1b\[2Jline\\u202e \(run again with GHFEAT_DEBUG=1",
+           status=1, start=f"{PREFIX}RuntimeError: ")
 
 
 @pytest.mark.parametrize("argument", ["--repo-id", "--push-to-hub"])
@@ -602,6 +568,6 @@ def test_push_to_hub_script_refuses_bad_repo_ids_and_metrics_in_one_line(tmp_pat
     assert exit_info.value.code == 2 and "push_to_hub: error: argument --repo-id" in capsys.readouterr().err
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"PSNR": {"nested": ["object"]}}))
-    assert push_to_hub.main([str(tmp_path), "--repo-id", "org/model", "--metrics", str(metrics)]) == 1
+    assert push_to_hub.main([str(tmp_path), "--repo-id", "org/model", "--metrics", str(metrics)]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line == f"push_to_hub: error: {metrics}: metrics must be a JSON object of name -> number, string or bool"

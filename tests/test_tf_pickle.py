@@ -1,4 +1,4 @@
-"""Tests for conversion/tf_pickle.py: official-format pickles are built here, in the official opcode layout."""
+"""Tests for ghfeat_hf/conversion/tf_pickle.py: official-format pickles are built here, in the official opcode layout."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conversion.tf_pickle import TFNetwork, TFPickleError, UnsafePickleError, describe, load_tf_pickle
+from ghfeat_hf.conversion.tf_pickle import TFNetwork, TFPickleError, UnsafePickleError, describe, load_tf_pickle
 from tests.official_pickles import (
     SHARED,
     FakeNetwork,

@@ -16,6 +16,7 @@ from ..configuration_ghfeat import HEAD_NAMES
 from ..embedded import embedded_model_path, embedded_models
 from ..errors import UsageError, one_line
 from ..image_processing_ghfeat import GHFeatImageProcessor
+from ..model_names import ModelNotFoundError, find_model, how_to_get_models, missing_model_message
 from ..modeling_ghfeat import GHFeatModel
 from ..strict_loading import CONFIG_NAME, CheckpointError, load_checked_model
 from ..timm_models import ghfeat_config_dict
@@ -57,15 +58,8 @@ def resolve_model_path(model: str | os.PathLike | None = None) -> str:
         if candidate:
             candidate = os.fspath(candidate)
             return str(embedded_model_path(candidate)) if candidate in embedded_models() else candidate
-    raise UsageError(
-        f"no default model installed, pass --model (a Hub id or a local model directory) or set ${MODEL_ENV_VAR}."
-    )
-
-
-def _looks_like_local_path(name: str) -> bool:
-    if name.startswith((".", "/", "~", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return True
-    return name.replace("\\", "/").count("/") > 1
+    raise UsageError(f"no default model installed, pass --model (a Hub id or a local model directory) or set "
+                     f"${MODEL_ENV_VAR}. {how_to_get_models()}")
 
 
 def load_model(
@@ -78,17 +72,17 @@ def load_model(
     range, a missing, unexpected or reshaped tensor, a weight of another dtype, a NaN, a negative running variance,
     or processor settings the model cannot use raise a [`UsageError`] naming the file and the key. A directory
     without `preprocessor_config.json` gets the default processor at the model's `image_size` and `num_channels`.
-    Also raises [`UsageError`] for a missing directory, an unknown Hub id or a device that cannot run the model.
+    Also raises [`UsageError`] for a device that cannot run the model, and its [`ModelNotFoundError`] for a missing
+    directory, a name that is neither a folder, an embedded model nor a Hub id (at once, offline) or a Hub id that
+    cannot be loaded; the message lists the models there are and how to create ``ghfeat-ffhq``.
     """
     target = None if device is None else resolve_device(device)
-    path = resolve_model_path(model)
+    path = find_model(resolve_model_path(model))
     expanded = os.path.expanduser(path)
     if os.path.exists(expanded):
         if not os.path.isdir(expanded):
             raise UsageError(f"--model {path!r} is a file; pass a model directory (with config.json) or a Hub id.")
         path = os.path.abspath(expanded)
-    elif _looks_like_local_path(path):
-        raise UsageError(f"model directory {path!r} does not exist.")
     try:
         if not os.path.isdir(path):
             cached_file(path, CONFIG_NAME)  # an unknown repo, or offline without a cached copy, fails here
@@ -98,8 +92,9 @@ def load_model(
     except CheckpointError as error:
         raise UsageError(str(error)) from error
     except OSError as error:
-        where = "the local directory" if os.path.isdir(path) else "the Hub id (not a local directory)"
-        raise UsageError(f"could not load a GH-Feat model from {where} {path!r}: {one_line(error)}") from error
+        if not os.path.isdir(path):
+            raise ModelNotFoundError(missing_model_message(path, error)) from error
+        raise UsageError(f"could not load a GH-Feat model from the local directory {path!r}: {one_line(error)}") from error
     if target is not None:
         loaded.to(target)
     return loaded, processor

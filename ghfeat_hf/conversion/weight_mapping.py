@@ -15,13 +15,15 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
+from ..errors import UsageError
+
 BN_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 UNIT_SCOPES = {"shortcut": "Shortcut", "conv_a": "Conva", "conv_b": "Convb", "conv_c": "Convc"}
 HEAD_SCOPES = ("HighLevel", "MidLevel", "LowLevel")
 
 
-class ConversionError(ValueError):
-    """The pickle's variables do not match the expected official names and shapes."""
+class ConversionError(UsageError):
+    """The pickle's networks do not match the official architecture (names, shapes, hyper-parameters)."""
 
 
 def _conv_or_norm(scope: str, module: str, param: str) -> str:
