@@ -1,8 +1,8 @@
 """The ``ghfeat`` command line: thin argument parsing over library functions.
 
-    ghfeat extract photos/ -o feats.parquet --model org/ghfeat-ffhq [--layers coarse] [--keep-codes] [--resume]
+    ghfeat extract photos/ -o feats.parquet --model ghfeat-ffhq [--layers coarse] [--keep-codes] [--resume]
     ghfeat extract --dataset user/faces --split train --image-column image --streaming -o feats.parquet --model M
-    ghfeat reconstruct a.jpg b.png --model org/ghfeat-ffhq -o grid.png
+    ghfeat reconstruct a.jpg b.png --model ghfeat-ffhq -o grid.png
     ghfeat demo [-o ghfeat-demo] [--model M]
     ghfeat convert --pickle ghfeat-encoder-ffhq-256.pkl [--output ghfeat-ffhq] [--overwrite] [--push-to-hub REPO]
     ghfeat evaluate classification --model M --dataset fashion-mnist [--baselines pixels random-init timm:resnet50]

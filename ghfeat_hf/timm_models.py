@@ -56,6 +56,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from .configuration_ghfeat import GHFeatConfig
 from .configuration_stylegan import StyleGANGeneratorConfig
 from .embedded import PRETRAINED_DIR
+from .model_names import OFFICIAL_HUB_REPO
 from .modeling_ghfeat import GHFeatEncoder
 from .modeling_stylegan import compact_style_codes, tile_style_codes, untile_style_codes
 
@@ -202,7 +203,7 @@ def _hub_cfg(repo: str, **kwargs) -> dict[str, Any]:
 
 
 default_cfgs = generate_default_cfgs({
-    "ghfeat_resnet50_256.ffhq": _hub_cfg("ghfeat-hf/ghfeat-ffhq-256"),
+    "ghfeat_resnet50_256.ffhq": _hub_cfg(OFFICIAL_HUB_REPO),
     "ghfeat_resnet50_256.lsun_tower": _hub_cfg("ghfeat-hf/ghfeat-tower-256"),
     "ghfeat_resnet50_256.lsun_bedroom": _hub_cfg("ghfeat-hf/ghfeat-bedroom-256"),
     "ghfeat_resnet18_256": _cfg(),
