@@ -45,6 +45,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ghfeat_hf import GHFeatConfig, GHFeatImageProcessor, GHFeatModel  # noqa: E402
+from ghfeat_hf.error_reporting import run_script  # noqa: E402
 from ghfeat_hf.extraction import (  # noqa: E402
     FileSource,
     autocast_context,
@@ -599,4 +600,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

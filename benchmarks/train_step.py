@@ -512,4 +512,6 @@ def _cuda_available() -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ghfeat_hf.error_reporting import run_script  # here: the parent process imports no torch before it runs
+
+    run_script(main)
