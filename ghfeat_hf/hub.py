@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ AUTO_MAP = {
     "AutoImageProcessor": "image_processing_ghfeat.GHFeatImageProcessor",
 }
 UPLOAD_IGNORE = ["checkpoints/*", "*.partial", "logs/*", "__pycache__/*"]
+LINKED_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".h5"}  # staged as hard links by push_to_hub
 
 
 def restore_default_file_mode(path: str | os.PathLike) -> None:
@@ -162,6 +164,24 @@ def load_backbone(name_or_path: str | Path, *, trust_remote_code: bool = False, 
     return backbone_class.from_pretrained(name_or_path, config=config, **kwargs)
 
 
+def _stage(directory: Path, staging: Path) -> None:
+    """A copy of `directory` in `staging` whose weight files are hard links (no copy of gigabytes) and whose
+    text files (cards, JSON) are real copies that can be rewritten without touching the original."""
+    for source in directory.rglob("*"):
+        target = staging / source.relative_to(directory)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.suffix in LINKED_SUFFIXES:
+            try:
+                os.link(source, target)
+                continue
+            except OSError:  # another file system, or links not allowed: copy
+                pass
+        shutil.copy2(source, target)
+
+
 def push_to_hub(
     directory: str | Path,
     repo_id: str,
@@ -176,28 +196,39 @@ def push_to_hub(
 
     ``directory`` holds a model (``config.json``), model sub-directories (``*/config.json``, e.g. the StyleGAN
     generator and discriminator converted from a ``(G, D, Gs)`` pickle), or both. The model cards are rendered again
-    first with ``repo_id`` (and the sub-folder) in their usage snippets; new ``metrics`` go to the top-level card.
+    with ``repo_id`` (and the sub-folder) in their usage snippets, and new ``metrics`` go to the top-level card, in a
+    staged copy that is uploaded; the local cards and ``metrics.json`` are updated only once the upload succeeded.
     """
     directory = Path(directory)
     subdirectories = sorted(path.parent for path in directory.glob("*/config.json"))
     has_model = (directory / "config.json").exists()
     if not has_model and not subdirectories:
         raise FileNotFoundError(f"{directory} is not a saved model directory (no config.json, nor */config.json).")
-    if has_model:
-        render_model_card(directory, repo_id=repo_id, metrics=metrics)
-    elif metrics:
+    if metrics and not has_model:
         raise UsageError(f"{directory} has no top-level model (config.json) whose card the metrics would go to.")
-    for sub in subdirectories:
-        render_model_card(sub, repo_id=repo_id, subfolder=sub.name)
-    api = api or HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(directory),
-        commit_message=commit_message or f"Upload {directory.name} with ghfeat-hf",
-        ignore_patterns=UPLOAD_IGNORE,
-        repo_type="model",
-    )
+    nearby = directory.parent if os.access(directory.parent, os.W_OK) else None  # same file system: hard links
+    with tempfile.TemporaryDirectory(prefix=f".{directory.name}.push-", dir=nearby) as scratch:
+        staging = Path(scratch) / directory.name
+        _stage(directory, staging)
+        rendered = ([staging] if has_model else []) + [staging / sub.name for sub in subdirectories]
+        if has_model:
+            render_model_card(staging, repo_id=repo_id, metrics=metrics)
+        for sub in subdirectories:
+            render_model_card(staging / sub.name, repo_id=repo_id, subfolder=sub.name)
+        api = api or HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(staging),
+            commit_message=commit_message or f"Upload {directory.name} with ghfeat-hf",
+            ignore_patterns=UPLOAD_IGNORE,
+            repo_type="model",
+        )
+        for folder in rendered:  # the upload succeeded: the local cards now describe the pushed model
+            local = directory / folder.relative_to(staging)
+            for name in ("README.md", "metrics.json"):
+                if (folder / name).is_file():
+                    shutil.copy2(folder / name, local / name)
     return str(getattr(commit, "commit_url", commit))
 
 

@@ -110,7 +110,7 @@ def test_convert_writes_ghfeat_ffhq_and_replaces_it_only_with_overwrite(workdir,
     monkeypatch.setattr(hub, "HfApi", lambda token=None: api)
     assert main(["convert", "--pickle", str(official_pickle), "--overwrite", "--push-to-hub", OFFICIAL_HUB_REPO]) == 0
     (_, repo, _), (_, _, upload) = api.calls
-    assert repo == OFFICIAL_HUB_REPO and upload["folder_path"] == OFFICIAL_LOCAL_NAME
+    assert repo == OFFICIAL_HUB_REPO and Path(upload["folder_path"]).name == OFFICIAL_LOCAL_NAME
     assert f'AutoModel.from_pretrained("{OFFICIAL_HUB_REPO}")' in (output / "README.md").read_text()
     assert sorted(path.name for path in workdir.iterdir()) == [OFFICIAL_LOCAL_NAME]
 

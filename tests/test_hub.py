@@ -241,7 +241,9 @@ class RecordingApi:
         self.calls.append(("create_repo", repo_id, kwargs))
 
     def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+        folder = Path(kwargs["folder_path"])  # a staged copy, gone after the call: record what it held
+        uploaded = {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+        self.calls.append(("upload_folder", kwargs["repo_id"], {**kwargs, "files": uploaded}))
         return type("Commit", (), {"commit_url": f"https://hub.example/{kwargs['repo_id']}/commit/1"})()
 
 
@@ -254,8 +256,10 @@ def test_push_to_hub_renders_cards_and_uploads_the_folder(saved, tmp_path):
     assert url.endswith("/commit/1")
     (_, repo, create), (_, repo2, upload) = api.calls
     assert repo == repo2 == REPO_ID and create["exist_ok"] is True
-    assert upload["folder_path"] == str(target) and "checkpoints/*" in upload["ignore_patterns"]
+    assert Path(upload["folder_path"]).name == target.name and "checkpoints/*" in upload["ignore_patterns"]
+    assert upload["files"]["model.safetensors"] == (target / "model.safetensors").read_bytes()
     card = (target / "README.md").read_text()
+    assert upload["files"]["README.md"].decode() == card  # the local card is the pushed one
     assert f'AutoModel.from_pretrained("{REPO_ID}")' in card and "| parity (max relative error) | 1.4e-05 |" in card
     assert "| reconstruction PSNR | 12.5 |" in card  # earlier metrics are kept
     (tmp_path / "empty").mkdir()
@@ -270,9 +274,25 @@ def test_push_to_hub_uploads_a_directory_of_model_subfolders(tmp_path):
     save_stylegan_directory(StyleGANDiscriminator(tiny_discriminator_config()), target / "stylegan-discriminator")
     api = RecordingApi()
     assert push_to_hub(target, REPO_ID, api=api).endswith("/commit/1")
-    assert api.calls[-1][2]["folder_path"] == str(target) and not (target / "README.md").exists()
+    assert Path(api.calls[-1][2]["folder_path"]).name == target.name and not (target / "README.md").exists()
     for part, class_name in (("generator", "StyleGANGenerator"), ("discriminator", "StyleGANDiscriminator")):
         card = (target / f"stylegan-{part}" / "README.md").read_text()
         assert f'{class_name}.from_pretrained("{REPO_ID}", subfolder="stylegan-{part}")' in card
     with pytest.raises(ValueError, match="no top-level model"):
         push_to_hub(target, REPO_ID, metrics={"FID": 4.4}, api=api)
+
+
+def test_a_failed_push_leaves_the_local_cards_alone(saved, tmp_path):
+    directory, *_ = saved
+    target = tmp_path / "upload"
+    shutil.copytree(directory, target)
+    before = {path.name: path.read_bytes() for path in target.iterdir() if path.is_file()}
+
+    class FailingApi(RecordingApi):
+        def upload_folder(self, **kwargs):
+            raise OSError("connection reset")
+
+    with pytest.raises(OSError, match="connection reset"):
+        push_to_hub(target, REPO_ID, metrics={"FID": 4.4}, api=FailingApi())
+    assert {path.name: path.read_bytes() for path in target.iterdir() if path.is_file()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["upload"]  # no staging folder left
