@@ -64,6 +64,7 @@ from training.losses import discriminator_logistic_loss, generator_nonsaturating
 
 GENERATOR_DIR = "stylegan-generator"
 DISCRIMINATOR_DIR = "stylegan-discriminator"
+DEFAULT_MAX_STEPS = 1000  # the run length when --max_steps is not given (announced)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,7 +107,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     output.add_argument("--num_samples", type=int, default=32, help="Images in the sample grid (fixed z, EMA generator).")
     output.add_argument("--grid_columns", type=int, default=8, help="Columns of the sample grid.")
     add_engine_args(parser)
+    # The length stays optional (other callers build arguments without one) but never silent: its default is in
+    # --help and announced when a run uses it.
+    max_steps = next(action for action in parser._actions if action.dest == "max_steps")
+    max_steps.default = argparse.SUPPRESS
+    max_steps.help = (f"Total optimizer updates of the run (resumes included). Not given: {DEFAULT_MAX_STEPS} "
+                      f"({DEFAULT_MAX_STEPS * 32:,} images at batch 32), announced at the start; the Fashion-MNIST "
+                      "recipe runs 10000.")
     args = parser.parse_args(argv)
+    if not hasattr(args, "max_steps"):
+        args.max_steps = DEFAULT_MAX_STEPS
+        print(f"train_stylegan.py: no --max_steps given: this run stops after the default {DEFAULT_MAX_STEPS} steps.",
+              file=sys.stderr, flush=True)
     if args.r1_interval < 1:
         parser.error("--r1_interval must be >= 1")
     return args
