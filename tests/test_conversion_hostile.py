@@ -249,7 +249,8 @@ try:
     load_tf_pickle(sys.argv[1])
 except TFPickleError as error:
     print(error)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# this process's own peak RSS (kB): ru_maxrss would carry the parent's peak over fork + exec
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
 
