@@ -337,3 +337,21 @@ def test_every_loader_matches_on_the_converted_directory(parity, converted, tmp_
     assert "transformers_modules" in remote["module"]
     for codes in (hub["codes"], hub["timm"], remote["codes"]):
         np.testing.assert_allclose(np.array(codes), expected.last_hidden_state.numpy(), rtol=0, atol=1e-6)
+
+
+def test_the_python_line_loads_the_official_format_fixture_after_ghfeat_convert(converted, tmp_path):
+    """The README's promise on the full-size official-format fixture pickle: in a folder without `ghfeat-ffhq`, the
+    exact line explains how to get the model; after `ghfeat convert --pickle ...` there, it loads it."""
+    from ghfeat_hf.cli import main as ghfeat
+    from tests.test_convert_command import run_acceptance_line
+
+    before = run_acceptance_line(tmp_path)
+    assert before.returncode == 1 and "ghfeat convert --pickle" in before.stderr.strip().splitlines()[-1]
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert ghfeat(["convert", "--pickle", str(converted["pickle"])]) == 0
+    finally:
+        os.chdir(cwd)
+    after = run_acceptance_line(tmp_path)
+    assert after.returncode == 0, after.stderr[-3000:]
