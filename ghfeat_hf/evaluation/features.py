@@ -25,13 +25,12 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..extraction import UsageError, open_image, parse_layers
+from ..extraction import ALL_LAYERS, UsageError, open_image, parse_layers
 from .extractors import FeatureExtractor, stable_hash
 from .report import OURS, EvaluationReport, ProtocolItem
 
 CACHE_VERSION = 1
 """Bumped whenever the layout of the cached tables changes (it is part of every fingerprint)."""
-ALL_LAYERS = "all"
 
 
 def as_pil_image(raw: Any) -> PIL.Image.Image:

@@ -41,6 +41,7 @@ here.
 from ..errors import DestinationError, UsageError
 from .extract import CHANGED_INPUT_POLICIES, BatchProgress, ExtractionResult, extract_features, reconstruction_names
 from .runtime import (
+    ALL_LAYERS,
     MODEL_ENV_VAR,
     autocast_context,
     default_model_path,
@@ -80,6 +81,7 @@ from .storage import (
 )
 
 __all__ = [
+    "ALL_LAYERS",
     "CHANGED_INPUT_POLICIES",
     "FINGERPRINT_MODES",
     "LIST_FILE_SUFFIXES",

@@ -172,6 +172,8 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
 # ----------------------------------------------------------------------------------------------------------------
 # Layer selection
 
+ALL_LAYERS = "all"  # the selection of every generator layer
+
 
 def parse_layers(spec: str | Sequence[int] | None, config) -> list[int]:
     """Parse a layer selection into sorted, unique generator layer indices.
@@ -215,6 +217,7 @@ def _parse_layer_item(item: str) -> range:
 
 
 __all__ = [
+    "ALL_LAYERS",
     "MODEL_ENV_VAR",
     "autocast_context",
     "default_model_path",
