@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from . import __version__
 from .embedded import DEFAULT_MODEL
@@ -232,19 +234,17 @@ def _run_extract(args: argparse.Namespace) -> int:
 def _warn_about_inputs(images, processor, model_path: str) -> None:
     """Say on stderr when inputs are not square (the processor resizes them without keeping the aspect ratio) and
     what the model was trained on (inputs far from that domain reconstruct poorly)."""
-    import json
-
     sizes = [image.size for image in images if hasattr(image, "size") and isinstance(image.size, tuple)]
     squashed = sum(1 for width, height in sizes if abs(width / height - 1) > 0.05)
     size = processor.size["height"]
     if squashed:
         print(f"note: {squashed} of {len(images)} images are not square; they are resized to {size}x{size} without "
               "keeping their aspect ratio (crop them first to keep it).", file=sys.stderr)
-    provenance = os.path.join(model_path, "provenance.json")
-    if os.path.isfile(provenance):
+    provenance = Path(model_path) / "provenance.json"
+    if provenance.is_file():
         try:
-            domain = json.loads(open(provenance, encoding="utf-8").read()).get("domain")
-        except (OSError, ValueError):
+            domain = json.loads(provenance.read_text(encoding="utf-8")).get("domain")
+        except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
             domain = None
         if isinstance(domain, str) and domain:
             print(f"note: the model was trained on {' '.join(domain.split())}; images far from that domain "

@@ -34,13 +34,20 @@ def test_lookup_by_name(tmp_path, monkeypatch):
     assert resolve_model_path("org/ghfeat-x") == "org/ghfeat-x"  # Hub ids are left alone
 
 
-def test_package_embedded_model(tmp_path):
+def finished_runs(tmp_path) -> GHFeatModel:
+    """A tiny encoder run (`encoder-run/ghfeat`) and the GAN run it was trained against (`gan-run/`) under
+    `tmp_path`, as package_embedded_model.py expects them; returns the encoder's model."""
     model = GHFeatModel(tiny_ghfeat_config()).eval()
     save_ghfeat_directory(model, tmp_path / "encoder-run" / "ghfeat")
     generator = StyleGANGenerator(model.config.generator_config)
     generator.synthesis.load_state_dict(model.synthesis.state_dict(), strict=False)
     generator.save_pretrained(tmp_path / "gan-run" / "stylegan-generator")
     StyleGANDiscriminator(tiny_discriminator_config()).save_pretrained(tmp_path / "gan-run" / "stylegan-discriminator")
+    return model
+
+
+def test_package_embedded_model(tmp_path):
+    model = finished_runs(tmp_path)
     recipe = tmp_path / "recipe.md"
     recipe.write_text("Trained with `python training/train_stylegan.py --resolution 32` on 2 CPU cores.\n")
     exported_config = tmp_path / "encoder-run" / "ghfeat" / "config.json"
@@ -75,12 +82,7 @@ def test_package_embedded_model(tmp_path):
 
 
 def test_package_in_half_precision_loads_and_computes_in_float32(tmp_path):
-    model = GHFeatModel(tiny_ghfeat_config()).eval()
-    save_ghfeat_directory(model, tmp_path / "encoder-run" / "ghfeat")
-    generator = StyleGANGenerator(model.config.generator_config)
-    generator.synthesis.load_state_dict(model.synthesis.state_dict(), strict=False)
-    generator.save_pretrained(tmp_path / "gan-run" / "stylegan-generator")
-    StyleGANDiscriminator(tiny_discriminator_config()).save_pretrained(tmp_path / "gan-run" / "stylegan-discriminator")
+    model = finished_runs(tmp_path)
     (tmp_path / "recipe.md").write_text("Recipe.\n")
     output = tmp_path / "ghfeat-half"
     assert package_main(["--encoder-run", str(tmp_path / "encoder-run"), "--gan-run", str(tmp_path / "gan-run"),

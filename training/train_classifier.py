@@ -87,11 +87,9 @@ def augment(images: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     return padded[batch, channels, rows, cols]
 
 
-@torch.inference_mode()
 def accuracy(model: DomainClassifier, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict:
     """Accuracy with its 95% Wilson interval."""
-    predictions, _ = model.predict(pixel_values)
-    return accuracy_with_ci(predictions.numpy(), labels.numpy())
+    return accuracy_with_ci(model.predict(pixel_values)[0].numpy(), labels.numpy())
 
 
 def write_model_card(output_dir: Path, args: argparse.Namespace, metrics: dict) -> None:
