@@ -46,14 +46,8 @@ if str(REPO) not in sys.path:
 
 from ghfeat_hf import GHFeatConfig, GHFeatImageProcessor, GHFeatModel  # noqa: E402
 from ghfeat_hf.error_reporting import run_script  # noqa: E402
-from ghfeat_hf.extraction import (  # noqa: E402
-    FileSource,
-    autocast_context,
-    decode_image,
-    extract_features,
-    resolve_device,
-    resolve_dtype,
-)
+from ghfeat_hf.extraction import FileSource, decode_image, extract_features  # noqa: E402
+from ghfeat_hf.runtime import autocast_context, resolve_device, resolve_dtype  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "camera", "moon", "coins", "grass", "gravel", "brick")

@@ -14,11 +14,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
-from .embedded import DEFAULT_MODEL
+from .arguments import MODEL_HELP, int_at_least, int_in_range
 from .error_reporting import DEBUG_ENV, run_command
 
 
@@ -26,36 +25,10 @@ def _default_num_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
-def int_in_range(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse `type`: an integer in `[minimum, maximum]` (argparse reports anything else as a usage error)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
-        return value
-
-    return parse
-
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse `type`: an integer >= `minimum`."""
-    return int_in_range(minimum)
-
-
 _positive_int = int_at_least(1)
 
 
 MAX_CELL_SIZE = 1024
-MODEL_HELP = (f"an embedded model name ({DEFAULT_MODEL}), a local model directory or a Hub id (default: $GHFEAT_MODEL, "
-              f"else {DEFAULT_MODEL})")
-
-
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=MODEL_HELP)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps, ...")
@@ -178,18 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
+    from .errors import UsageError
     from .extraction import (
-        UsageError,
         dataset_source,
         extract_features,
         file_sources,
-        load_model,
         output_format,
         partial_path,
         read_partial_progress,
-        resolve_device,
-        resolve_model_path,
     )
+    from .runtime import load_model, resolve_device, resolve_model_path
 
     try:
         if args.dataset and args.inputs:
@@ -252,16 +223,10 @@ def _warn_about_inputs(images, processor, model_path: str) -> None:
 
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
-    from .extraction import (
-        UsageError,
-        decode_image,
-        file_sources,
-        image_extensions,
-        load_model,
-        open_image,
-        resolve_model_path,
-    )
+    from .errors import UsageError
+    from .extraction import decode_image, file_sources, image_extensions, open_image
     from .reconstruction import format_metrics_table, reconstruct_images, reconstruction_grid
+    from .runtime import load_model, resolve_model_path
 
     suffix = os.path.splitext(args.output)[1].lower()
     if suffix not in image_extensions():

@@ -17,7 +17,10 @@ of generator layers. Every head outputs the concatenation of the codes of its la
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
+from typing import Any
 
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
@@ -218,4 +221,19 @@ class GHFeatConfig(BackboneConfigMixin, PreTrainedConfig):
         return [list(range(start, stop)) for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
-__all__ = ["GHFeatConfig", "HEAD_NAMES", "PYRAMID_LEVELS", "default_head_layer_groups"]
+def architecture_fields(config_class: type) -> tuple[str, ...]:
+    """The hyper-parameters a config class declares itself (no transformers bookkeeping)."""
+    return tuple(inspect.get_annotations(config_class))
+
+
+def ghfeat_config_dict(config: GHFeatConfig) -> dict[str, Any]:
+    """JSON-serialisable architecture of ``config``: its own fields, the generator reduced to its own fields."""
+    fields = {name: copy.deepcopy(getattr(config, name)) for name in architecture_fields(GHFeatConfig)}
+    generator = config.generator_config
+    fields["generator_config"] = {
+        name: copy.deepcopy(getattr(generator, name)) for name in architecture_fields(StyleGANGeneratorConfig)
+    }
+    return fields
+
+
+__all__ = ["GHFeatConfig", "HEAD_NAMES", "PYRAMID_LEVELS", "architecture_fields", "default_head_layer_groups", "ghfeat_config_dict"]

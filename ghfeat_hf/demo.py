@@ -20,8 +20,10 @@ import PIL.Image
 import torch
 
 from .editing import interpolate_style_codes, layer_groups, mix_style_codes
-from .extraction import UsageError, extract_features, load_model
+from .errors import UsageError
+from .extraction import extract_features
 from .reconstruction import format_metrics_table, reconstruct_images, reconstruction_grid
+from .runtime import load_model
 from .visualization import enlarged_cell_size, make_grid
 
 DEMO_IMAGES = Path(__file__).resolve().parent / "assets" / "demo_images"

@@ -37,6 +37,7 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from .configuration_ghfeat import GHFeatConfig
 from .errors import UsageError
+from .files import restore_default_file_mode
 from .model_card import render_model_card, write_provenance
 from .model_names import find_model
 from .modeling_ghfeat import GHFeatBackbone
@@ -58,21 +59,6 @@ AUTO_MAP = {
 }
 UPLOAD_IGNORE = ["checkpoints/*", "*.partial", "logs/*", "__pycache__/*"]
 LINKED_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".h5"}  # staged as hard links by push_to_hub
-
-
-def restore_default_file_mode(path: str | os.PathLike) -> None:
-    """Give ``path`` (a file, or every ``*.safetensors`` below a directory) the mode ``open`` gives a new file
-    (``0o666 & ~umask``, usually ``0644``).
-
-    safetensors >= 0.8 writes through a temporary file created ``0600`` (safetensors/safetensors#782), so weights
-    saved by ``save_pretrained`` or ``save_file`` would be unreadable to other users, containers and file servers
-    while every other file of the directory is readable.
-    """
-    path = Path(path)
-    umask = os.umask(0)
-    os.umask(umask)
-    for file in sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]:
-        file.chmod(0o666 & ~umask)
 
 
 def _update_json(path: Path, fields: dict[str, Any], remove: tuple[str, ...] = ()) -> None:

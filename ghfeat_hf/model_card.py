@@ -19,6 +19,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .evaluation_report import results_markdown
+
 PROVENANCE_FILE = "provenance.json"
 METRICS_FILE = "metrics.json"
 EVALUATION_FILE = "evaluation.json"
@@ -167,8 +169,6 @@ def _results_section(directory: Path) -> str:
     reports = _read_json(directory / EVALUATION_FILE)
     if not reports:
         return ""
-    from .evaluation.report import results_markdown
-
     return results_markdown(list(reports.values()))
 
 

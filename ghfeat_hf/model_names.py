@@ -4,7 +4,7 @@
   writes, the converted official FFHQ model. Any loader takes it as a path.
 * ``OFFICIAL_HUB_REPO``: the Hub copy of that folder (also the repo of timm's ``ghfeat_resnet50_256.ffhq``).
 * the short names of the embedded models (``ghfeat-fmnist32``, [`ghfeat_hf.embedded`]): the command line and the
-  project's loaders ([`ghfeat_hf.extraction.load_model`], [`ghfeat_hf.hub.load_backbone`]) take them.
+  project's loaders ([`ghfeat_hf.runtime.load_model`], [`ghfeat_hf.hub.load_backbone`]) take them.
 
 A name that is none of these, nor an existing folder, nor a Hub id (``<org>/<name>``), fails at once, offline, with a
 [`ModelNotFoundError`] listing the embedded models, the GH-Feat folders of the current directory and how to create

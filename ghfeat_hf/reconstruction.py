@@ -10,8 +10,8 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from .extraction import autocast_context, resolve_device, resolve_dtype
 from .image_metrics import psnr
+from .runtime import autocast_context, resolve_device, resolve_dtype
 from .visualization import enlarged_cell_size, make_grid, to_rgb
 
 

@@ -36,9 +36,7 @@ Outputs, for images ``[N, C, S, S]`` in [-1, 1] (timm's data config: mean = std 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
-import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,8 +51,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .configuration_ghfeat import GHFeatConfig
-from .configuration_stylegan import StyleGANGeneratorConfig
+from .configuration_ghfeat import GHFeatConfig, architecture_fields, ghfeat_config_dict
 from .embedded import PRETRAINED_DIR
 from .model_names import OFFICIAL_HUB_REPO
 from .modeling_ghfeat import GHFeatEncoder
@@ -79,25 +76,10 @@ HUB_FILENAME = "model.safetensors"
 # Configuration helpers
 
 
-def _architecture_fields(config_class: type) -> tuple[str, ...]:
-    """The hyper-parameters a config class declares itself (no transformers bookkeeping)."""
-    return tuple(inspect.get_annotations(config_class))
-
-
 @functools.cache
 def _bookkeeping_keys() -> frozenset[str]:
     """Keys a saved ``GHFeatConfig`` holds besides its hyper-parameters (transformers and backbone fields)."""
-    return frozenset(GHFeatConfig().to_dict()) - set(_architecture_fields(GHFeatConfig))
-
-
-def ghfeat_config_dict(config: GHFeatConfig) -> dict[str, Any]:
-    """JSON-serialisable architecture of ``config``: its own fields, the generator reduced to its own fields."""
-    fields = {name: copy.deepcopy(getattr(config, name)) for name in _architecture_fields(GHFeatConfig)}
-    generator = config.generator_config
-    fields["generator_config"] = {
-        name: copy.deepcopy(getattr(generator, name)) for name in _architecture_fields(StyleGANGeneratorConfig)
-    }
-    return fields
+    return frozenset(GHFeatConfig().to_dict()) - set(architecture_fields(GHFeatConfig))
 
 
 def resolve_ghfeat_config(
@@ -113,7 +95,7 @@ def resolve_ghfeat_config(
     if ghfeat_config is not None and not isinstance(ghfeat_config, dict):
         raise TypeError(f"ghfeat_config must be a GHFeatConfig or a dict, got {type(ghfeat_config).__name__}.")
     ghfeat_config = dict(ghfeat_config or {})
-    known = set(_architecture_fields(GHFeatConfig))
+    known = set(architecture_fields(GHFeatConfig))
     unknown = sorted(set(ghfeat_config) - known - _bookkeeping_keys())
     if unknown:
         raise TypeError(f"Unknown GHFeatConfig fields in ghfeat_config: {unknown}.")

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import ghfeat_hf
-from ghfeat_hf import extraction
+from ghfeat_hf import runtime
 from ghfeat_hf.cli import main
 from ghfeat_hf.embedded import embedded_model_path, embedded_models
 
@@ -52,7 +52,7 @@ def test_extract_argument_errors(tmp_path, capsys, monkeypatch):
     PIL.Image.new("RGB", (8, 8)).save(images / "a.png")
     (tmp_path / "empty").mkdir()
     monkeypatch.delenv("GHFEAT_MODEL", raising=False)
-    monkeypatch.setattr(extraction, "default_model_path", lambda: None)  # an installation without the default
+    monkeypatch.setattr(runtime, "default_model_path", lambda: None)  # an installation without the default
     cases = [
         (["extract", str(images), "-o", str(tmp_path / "f.csv"), "--model", "m"], "unknown output extension '.csv'"),
         (["extract", str(tmp_path / "empty"), "-o", str(tmp_path / "f.parquet"), "--model", "m"], "no images found"),
@@ -80,13 +80,13 @@ def test_extract_argument_errors(tmp_path, capsys, monkeypatch):
 
 def test_default_model_hook(monkeypatch):
     monkeypatch.delenv("GHFEAT_MODEL", raising=False)
-    assert extraction.default_model_path() == (str(embedded_model_path()) if embedded_models() else None)
+    assert runtime.default_model_path() == (str(embedded_model_path()) if embedded_models() else None)
     monkeypatch.setenv("GHFEAT_MODEL", "org/from-env")
-    assert extraction.resolve_model_path(None) == "org/from-env"
-    assert extraction.resolve_model_path("given") == "given"
+    assert runtime.resolve_model_path(None) == "org/from-env"
+    assert runtime.resolve_model_path("given") == "given"
     monkeypatch.delenv("GHFEAT_MODEL")
-    monkeypatch.setattr(extraction, "default_model_path", lambda: "org/shipped")
-    assert extraction.resolve_model_path(None) == "org/shipped"
+    monkeypatch.setattr(runtime, "default_model_path", lambda: "org/shipped")
+    assert runtime.resolve_model_path(None) == "org/shipped"
 
 
 def test_reconstruct_splits_large_grids_and_bounds_the_cell_size(tmp_path, capsys):

@@ -22,7 +22,6 @@ from conversion.convert_official_tf import main as script_main
 from ghfeat_hf import GHFeatModel, StyleGANGenerator, embedded_models, hub
 from ghfeat_hf.cli import main
 from ghfeat_hf.conversion.command import default_output
-from ghfeat_hf.extraction import load_model
 from ghfeat_hf.hub import load_backbone
 from ghfeat_hf.model_names import (
     OFFICIAL_HUB_REPO,
@@ -34,6 +33,7 @@ from ghfeat_hf.model_names import (
     local_model_folders,
 )
 from ghfeat_hf.modeling_ghfeat import GHFeatBackbone
+from ghfeat_hf.runtime import load_model
 from tests.official_pickles import dumps, official, tiny_official_parts
 from tests.test_hub import RecordingApi
 
@@ -155,7 +155,7 @@ def test_an_unknown_name_fails_at_once_offline_with_what_exists(workdir, monkeyp
     def no_network(*args, **kwargs):
         raise AssertionError("the Hub was asked")
 
-    monkeypatch.setattr("ghfeat_hf.extraction.runtime.cached_file", no_network)
+    monkeypatch.setattr("ghfeat_hf.runtime.cached_file", no_network)
     started = time.monotonic()
     for loader in (load_model, load_backbone):
         with pytest.raises(ModelNotFoundError) as error:

@@ -12,7 +12,7 @@ import torch
 from ghfeat_hf import GHFeatModel, demo
 from ghfeat_hf.demo import DEMO_IMAGES, demo_image_paths, run_demo
 from ghfeat_hf.editing import interpolate_style_codes, mix_style_codes
-from ghfeat_hf.extraction import UsageError
+from ghfeat_hf.errors import UsageError
 from ghfeat_hf.hub import save_ghfeat_directory
 from tests.conftest import tiny_ghfeat_config
 

@@ -16,7 +16,8 @@ from ghfeat_hf.editing import (
     manipulate_codes,
     save_boundary,
 )
-from ghfeat_hf.extraction import UsageError, model_fingerprint
+from ghfeat_hf.errors import UsageError
+from ghfeat_hf.runtime import model_fingerprint
 from tests.editing_helpers import brightness_dataset, tiny_model
 
 

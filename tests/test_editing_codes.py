@@ -15,7 +15,7 @@ from ghfeat_hf.editing import (
     shift_codes,
     style_mixing,
 )
-from ghfeat_hf.extraction import UsageError
+from ghfeat_hf.errors import UsageError
 from tests.conftest import tiny_ghfeat_config
 from tests.editing_helpers import demo_pixel_values, tiny_model
 

@@ -7,7 +7,7 @@ import torch
 
 from ghfeat_hf.editing import box_mask, harmonize, image_mask, masks_at_resolution, paste_region, resize_images
 from ghfeat_hf.editing.harmonization import parse_box
-from ghfeat_hf.extraction import UsageError
+from ghfeat_hf.errors import UsageError
 from tests.editing_helpers import demo_pixel_values, tiny_model
 
 

@@ -12,7 +12,7 @@ from ghfeat_hf.editing import (
     refine_style_codes,
     resize_images,
 )
-from ghfeat_hf.extraction import UsageError
+from ghfeat_hf.errors import UsageError
 from ghfeat_hf.image_metrics import pixel_mse, psnr
 from tests.editing_helpers import demo_pixel_values, tiny_model
 

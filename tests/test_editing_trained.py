@@ -20,7 +20,8 @@ from ghfeat_hf.editing import (
     masks_at_resolution,
     select_codes,
 )
-from ghfeat_hf.extraction import UsageError, load_model
+from ghfeat_hf.errors import UsageError
+from ghfeat_hf.runtime import load_model
 from tests.editing_helpers import brightness_dataset
 
 

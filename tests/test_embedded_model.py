@@ -11,10 +11,11 @@ from transformers import AutoImageProcessor, AutoModel
 
 import ghfeat_hf
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator, embedded
+from ghfeat_hf.configuration_ghfeat import ghfeat_config_dict
 from ghfeat_hf.demo import demo_image_paths, run_demo
-from ghfeat_hf.extraction import load_model, resolve_model_path
 from ghfeat_hf.hub import save_ghfeat_directory
-from ghfeat_hf.timm_models import PRESETS, ghfeat_config_dict, resolve_ghfeat_config
+from ghfeat_hf.runtime import load_model, resolve_model_path
+from ghfeat_hf.timm_models import PRESETS, resolve_ghfeat_config
 from tests.conftest import tiny_discriminator_config, tiny_ghfeat_config
 from training.package_embedded_model import main as package_main
 

@@ -10,7 +10,7 @@ import pytest
 
 from ghfeat_hf.cli import main
 from ghfeat_hf.error_reporting import DEBUG_ENV, error_message, run_command
-from ghfeat_hf.extraction import UsageError
+from ghfeat_hf.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 

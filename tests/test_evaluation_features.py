@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ghfeat_hf import GHFeatModel
+from ghfeat_hf.errors import UsageError
 from ghfeat_hf.evaluation import (
     ExtractionOptions,
     GHFeatExtractor,
@@ -21,7 +22,6 @@ from ghfeat_hf.evaluation import (
     resolve_layer_groups,
 )
 from ghfeat_hf.evaluation.features import feature_views, numpy_columns
-from ghfeat_hf.extraction import UsageError
 from tests.evaluation_data import augmented_copies, lfw_faces, tiny_model
 
 

@@ -13,11 +13,11 @@ import torch
 from ghfeat_hf import GHFeatImageProcessor, GHFeatModel, StyleGANGenerator
 from ghfeat_hf.cli import main
 from ghfeat_hf.editing.codes import decode_codes, encode_images
+from ghfeat_hf.errors import UsageError
 from ghfeat_hf.evaluation import GHFeatExtractor
 from ghfeat_hf.evaluation.domain_classifier import DomainClassifier, embedded_classifiers, load_domain_classifier
 from ghfeat_hf.evaluation.generation import effective_classes, evaluate_generation, frechet_distance, sample_images
 from ghfeat_hf.evaluation.hierarchy import evaluate_style_mixing, sample_pairs
-from ghfeat_hf.extraction import UsageError
 from ghfeat_hf.hub import save_ghfeat_directory
 from tests.conftest import tiny_generator_config, tiny_ghfeat_config
 from training import train_classifier

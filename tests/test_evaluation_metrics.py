@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.neighbors import KNeighborsClassifier
 
+from ghfeat_hf.errors import UsageError
 from ghfeat_hf.evaluation.metrics import (
     accuracy_with_ci,
     average_precision,
@@ -25,7 +26,6 @@ from ghfeat_hf.evaluation.metrics import (
     wilson_interval,
 )
 from ghfeat_hf.evaluation.probes import fit_with_validation, knn_predict, linear_probe, validation_split
-from ghfeat_hf.extraction import UsageError
 
 
 def test_ssim_matches_scikit_image_on_a_real_photo():

@@ -7,14 +7,7 @@ import pytest
 import torch
 
 from ghfeat_hf import GHFeatModel
-from ghfeat_hf.evaluation.report import (
-    OURS,
-    STANDARD,
-    EvaluationReport,
-    MetricColumn,
-    ProtocolItem,
-    results_markdown,
-)
+from ghfeat_hf.evaluation_report import OURS, STANDARD, EvaluationReport, MetricColumn, ProtocolItem, results_markdown
 from ghfeat_hf.hub import save_ghfeat_directory
 from ghfeat_hf.model_card import add_evaluation_report, render_model_card
 from tests.conftest import tiny_ghfeat_config

@@ -17,6 +17,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from ghfeat_hf import GHFeatModel
+from ghfeat_hf.errors import UsageError
 from ghfeat_hf.evaluation import (
     LPIPS_NOTE,
     EvaluationReport,
@@ -35,10 +36,9 @@ from ghfeat_hf.evaluation.data import encode_labels
 from ghfeat_hf.evaluation.landmarks import eye_points
 from ghfeat_hf.evaluation.probes import validation_split
 from ghfeat_hf.evaluation.reconstruction import LPIPS_KEY, lpips_metric
-from ghfeat_hf.evaluation.report import OURS
 from ghfeat_hf.evaluation.retrieval import query_gallery_split
 from ghfeat_hf.evaluation.verification import assign_folds
-from ghfeat_hf.extraction import UsageError
+from ghfeat_hf.evaluation_report import OURS
 from ghfeat_hf.perceptual import LPIPS_INSTALL, LPIPS_NAME
 from ghfeat_hf.reconstruction import image_metrics, reconstruct_images
 from tests.evaluation_data import astronaut_landmarks, augmented_copies, lfw_faces, tiny_model, verification_pairs

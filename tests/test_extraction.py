@@ -20,17 +20,15 @@ import torch
 
 from ghfeat_hf import GHFeatImageProcessor, GHFeatModel
 from ghfeat_hf.cli import main
+from ghfeat_hf.errors import UsageError
 from ghfeat_hf.extraction import (
-    UsageError,
     extract_features,
-    load_model,
-    model_fingerprint,
-    parse_layers,
     partial_path,
     read_extraction_metadata,
     read_partial_progress,
     reconstruction_names,
 )
+from ghfeat_hf.runtime import load_model, model_fingerprint, parse_layers
 
 from .conftest import tiny_ghfeat_config
 
@@ -220,7 +218,7 @@ def test_killed_process_resumes(full_run, folder, model_dir, tmp_path):
     output = tmp_path / "features.parquet"
     script = (
         "import sys, time\n"
-        "from ghfeat_hf.extraction import extract_features, load_model\n"
+        "from ghfeat_hf.extraction import extract_features\nfrom ghfeat_hf.runtime import load_model\n"
         "model, processor = load_model(sys.argv[1])\n"
         f"extract_features(model, processor, sys.argv[2], sys.argv[3], batch_size={BATCH}, keep_codes=True,\n"
         "                 keep_tiled=True, progress=False, on_batch=lambda progress: time.sleep(0.5))\n"
@@ -634,7 +632,8 @@ def test_package_layout():
 def test_dataset_source_reads_fashion_mnist_locally():
     """`ghfeat extract --dataset fashion-mnist` uses the local package, like the trainers and `ghfeat evaluate`."""
     from ghfeat_hf.data import find_fashion_mnist
-    from ghfeat_hf.extraction import UsageError, dataset_source
+    from ghfeat_hf.errors import UsageError
+    from ghfeat_hf.extraction import dataset_source
 
     try:
         find_fashion_mnist()

@@ -21,12 +21,11 @@ import pytest
 
 from ghfeat_hf import GHFeatModel
 from ghfeat_hf.cli import main
+from ghfeat_hf.errors import UsageError
 from ghfeat_hf.extraction import (
-    UsageError,
     extract_features,
     file_sources,
     fingerprint_file,
-    load_model,
     open_image,
     partial_path,
     read_extraction_metadata,
@@ -34,6 +33,7 @@ from ghfeat_hf.extraction import (
 )
 from ghfeat_hf.extraction.storage import record_checksum
 from ghfeat_hf.hub import save_ghfeat_directory
+from ghfeat_hf.runtime import load_model
 
 from .conftest import tiny_ghfeat_config
 
@@ -354,7 +354,7 @@ def test_run_killed_while_writing_the_output_resumes(images, model_dir, tmp_path
     script = (
         "import os, signal, sys\n"
         "import pyarrow.parquet as pq\n"
-        "from ghfeat_hf.extraction import extract_features, load_model\n"
+        "from ghfeat_hf.extraction import extract_features\nfrom ghfeat_hf.runtime import load_model\n"
         "write = pq.ParquetWriter.write_table\n"
         "def write_then_die(self, *args, **kwargs):\n"
         "    write(self, *args, **kwargs)\n"

@@ -14,13 +14,8 @@ import torch
 from transformers import pipeline
 
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
-from ghfeat_hf.hub import (
-    load_backbone,
-    push_to_hub,
-    restore_default_file_mode,
-    save_ghfeat_directory,
-    save_stylegan_directory,
-)
+from ghfeat_hf.files import restore_default_file_mode
+from ghfeat_hf.hub import load_backbone, push_to_hub, save_ghfeat_directory, save_stylegan_directory
 from ghfeat_hf.model_card import template_directory
 from ghfeat_hf.modeling_ghfeat import GHFeatBackbone
 from tests.conftest import tiny_discriminator_config, tiny_generator_config, tiny_ghfeat_config

@@ -23,8 +23,9 @@ from safetensors.torch import load_file, save_file
 import ghfeat_hf
 from ghfeat_hf import GHFeatImageProcessor, GHFeatModel
 from ghfeat_hf.cli import main
-from ghfeat_hf.extraction import UsageError, load_model, resolve_device, resolve_model_path
+from ghfeat_hf.errors import UsageError
 from ghfeat_hf.hub import save_ghfeat_directory
+from ghfeat_hf.runtime import load_model, resolve_device, resolve_model_path
 
 from .conftest import tiny_ghfeat_config
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ghfeat_hf.extraction import UsageError
+from ghfeat_hf.errors import UsageError
 from ghfeat_hf.perceptual import (
     CONV_NAMES,
     HED_INSTALL,

@@ -21,13 +21,8 @@ import torch
 from timm.models import get_pretrained_cfg, save_for_hf
 
 from ghfeat_hf import GHFeatConfig, GHFeatImageProcessor, GHFeatModel
-from ghfeat_hf.timm_models import (
-    GHFeatTimm,
-    checkpoint_filter_fn,
-    ghfeat_config_dict,
-    pyramid_level_indices,
-    weights_ghfeat_config,
-)
+from ghfeat_hf.configuration_ghfeat import ghfeat_config_dict
+from ghfeat_hf.timm_models import GHFeatTimm, checkpoint_filter_fn, pyramid_level_indices, weights_ghfeat_config
 from tests.conftest import tiny_ghfeat_config
 from tests.test_modeling_ghfeat import assert_checkpointing_recomputes_exactly
 

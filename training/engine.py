@@ -56,8 +56,8 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, send_to_device, set_seed
 
-from ghfeat_hf.cli import int_at_least
-from ghfeat_hf.hub import restore_default_file_mode
+from ghfeat_hf.arguments import int_at_least
+from ghfeat_hf.files import restore_default_file_mode
 
 logger = get_logger(__name__)
 

@@ -20,9 +20,11 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from ..cli import MODEL_HELP, int_at_least
-from ..extraction import UsageError, file_sources, image_extensions, load_model, open_image
+from ..arguments import MODEL_HELP, int_at_least
+from ..errors import UsageError
+from ..extraction import file_sources, image_extensions, open_image
 from ..modeling_stylegan import StyleCodes
+from ..runtime import load_model
 from .boundaries import (
     BOUNDARY_METHODS,
     check_boundary,

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..configuration_ghfeat import HEAD_NAMES, GHFeatConfig
-from ..extraction import ALL_LAYERS, parse_layers
 from ..modeling_stylegan import StyleCodes
+from ..runtime import ALL_LAYERS, parse_layers
 
 
 def layer_groups(config: GHFeatConfig) -> dict[str, list[int]]:

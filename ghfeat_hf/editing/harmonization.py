@@ -17,7 +17,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..extraction import UsageError, open_image
+from ..errors import UsageError
+from ..extraction import open_image
 from ..modeling_stylegan import StyleCodes
 from .codes import decode_codes, encode_images, resize_images
 

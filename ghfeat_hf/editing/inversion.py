@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import perceptual as _perceptual
-from ..extraction import UsageError
+from ..errors import UsageError
 from ..image_metrics import pixel_mse, psnr
 from ..modeling_stylegan import StyleCodes
 from ..perceptual import DEFAULT_PERCEPTUAL_MODEL, DEFAULT_PERCEPTUAL_WEIGHT, PerceptualLoss

@@ -18,7 +18,7 @@ Features come from [`GHFeatExtractor`] (chosen layers of the style codes), [`Pix
 model and dataset with a cached `datasets.Dataset.map` ([`extract_features`]).
 
 ```python
-from ghfeat_hf.extraction import load_model
+from ghfeat_hf.runtime import load_model
 from ghfeat_hf.evaluation import GHFeatExtractor, build_baselines, evaluate_classification, load_split
 
 model, processor = load_model("ghfeat-fmnist32")
@@ -28,6 +28,7 @@ report.save("eval/")   # eval/classification.json + eval/classification.md
 ```
 """
 
+from ..evaluation_report import EvaluationReport, MetricColumn, ProtocolItem, results_markdown
 from .classification import evaluate_classification
 from .data import load_split, subsample
 from .domain_classifier import DomainClassifier, embedded_classifiers, load_domain_classifier
@@ -45,7 +46,6 @@ from .hierarchy import evaluate_style_mixing
 from .landmarks import evaluate_landmarks
 from .probes import knn_predict, linear_probe, ridge_regression
 from .reconstruction import LPIPS_NOTE, evaluate_reconstruction
-from .report import EvaluationReport, MetricColumn, ProtocolItem, results_markdown
 from .retrieval import evaluate_retrieval
 from .verification import evaluate_verification
 

@@ -19,10 +19,12 @@ import argparse
 import time
 from pathlib import Path
 
-from ..cli import MODEL_HELP, int_at_least
+from ..arguments import MODEL_HELP, int_at_least
 from ..embedded import PRETRAINED_DIR
-from ..extraction import UsageError, load_model, resolve_device, resolve_dtype, resolve_model_path
+from ..errors import UsageError
+from ..evaluation_report import EvaluationReport
 from ..modeling_stylegan import StyleGANGenerator
+from ..runtime import load_model, resolve_device, resolve_dtype, resolve_model_path
 from .classification import evaluate_classification
 from .data import load_split, subsample
 from .domain_classifier import DEFAULT_CLASSIFIER, load_domain_classifier
@@ -33,7 +35,6 @@ from .hierarchy import DEFAULT_GROUPS, evaluate_style_mixing
 from .landmarks import evaluate_landmarks
 from .probes import DEFAULT_C_GRID
 from .reconstruction import evaluate_reconstruction
-from .report import EvaluationReport
 from .retrieval import evaluate_retrieval
 from .verification import DEFAULT_LAYER_GROUPS, evaluate_verification
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..data import FASHION_MNIST_NAMES, load_fashion_mnist, load_image_dataset
-from ..extraction import UsageError
+from ..errors import UsageError
 from .features import dataset_fingerprint, numpy_columns
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ..extraction import UsageError
+from ..errors import UsageError
 
 CLASSIFIERS_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "classifiers"
 DEFAULT_CLASSIFIER = "fashion-mnist-cnn"

@@ -26,9 +26,10 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..extraction import UsageError, autocast_context, parse_layers, resolve_device, resolve_dtype
+from ..configuration_ghfeat import ghfeat_config_dict
+from ..errors import UsageError
 from ..modeling_ghfeat import GHFeatModel
-from ..timm_models import ghfeat_config_dict
+from ..runtime import autocast_context, parse_layers, resolve_device, resolve_dtype
 from ..visualization import to_rgb
 
 BASELINE_NAMES = ("pixels", "random-init", "timm:<model>")

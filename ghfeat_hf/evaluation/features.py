@@ -25,9 +25,11 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..extraction import ALL_LAYERS, UsageError, open_image, parse_layers
+from ..errors import UsageError
+from ..evaluation_report import OURS, EvaluationReport, ProtocolItem
+from ..extraction import open_image
+from ..runtime import ALL_LAYERS, parse_layers
 from .extractors import FeatureExtractor, stable_hash
-from .report import OURS, EvaluationReport, ProtocolItem
 
 CACHE_VERSION = 1
 """Bumped whenever the layout of the cached tables changes (it is part of every fingerprint)."""

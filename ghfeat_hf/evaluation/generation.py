@@ -15,13 +15,14 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from ..extraction import UsageError, autocast_context
+from ..errors import UsageError
+from ..evaluation_report import OURS, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 from ..modeling_stylegan import StyleGANGenerator
+from ..runtime import autocast_context
 from .data import describe_data, require_columns
 from .domain_classifier import DomainClassifier
 from .features import as_pil_image
 from .reconstruction import quantize
-from .report import OURS, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:

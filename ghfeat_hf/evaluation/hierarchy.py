@@ -16,14 +16,15 @@ import numpy as np
 import PIL.Image
 
 from ..editing.codes import decode_codes, describe_layers, encode_images, mix_style_codes, resolve_layers
-from ..extraction import UsageError, autocast_context
+from ..errors import UsageError
+from ..evaluation_report import OURS, EvaluationReport, MetricColumn, ProtocolItem
+from ..runtime import autocast_context
 from ..visualization import enlarged_cell_size, make_grid
 from .data import class_names, describe_data, label_values, require_columns
 from .domain_classifier import DomainClassifier
 from .extractors import GHFeatExtractor
 from .features import as_pil_image
 from .metrics import wilson_interval
-from .report import OURS, EvaluationReport, MetricColumn, ProtocolItem
 
 DEFAULT_GROUPS = ("coarse", "middle", "fine")
 

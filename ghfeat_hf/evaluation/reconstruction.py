@@ -16,14 +16,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..extraction import UsageError, autocast_context
+from ..errors import UsageError
+from ..evaluation_report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 from ..perceptual import HED_INSTALL, LPIPS_INSTALL, LPIPS_NAME, LPIPSHedVGG, PerceptualWeightsUnavailable
 from ..reconstruction import reconstruct_images, reconstruction_grid
+from ..runtime import autocast_context
 from .data import describe_data, require_columns
 from .extractors import FeatureExtractor, GHFeatExtractor
 from .features import ExtractionOptions, FeatureStore, as_pil_image, cached_image_map, numpy_columns
 from .metrics import psnr, ssim
-from .report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 
 LPIPS_NOTE = (f"{LPIPS_NAME} not computed: it needs `{HED_INSTALL} && {LPIPS_INSTALL}`; LPIPS with its ImageNet "
               "backbone cannot be installed offline.")

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..extraction import UsageError
+from ..errors import UsageError
+from ..evaluation_report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 from .data import describe_data, encode_labels, require_columns
 from .extractors import FeatureExtractor
 from .features import ExtractionOptions, FeatureStore, dataset_fingerprint, feature_views, standardize
 from .metrics import retrieval_metrics
-from .report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 
 
 def query_gallery_split(

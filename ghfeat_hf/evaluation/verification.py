@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..extraction import UsageError
+from ..errors import UsageError
+from ..evaluation_report import OURS, PAPER, PAPER_UNVERIFIED, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 from .data import column_values, describe_data, require_columns
 from .extractors import FeatureExtractor
 from .features import ExtractionOptions, FeatureStore, feature_views, standardize
 from .metrics import kfold_verification
-from .report import OURS, PAPER, PAPER_UNVERIFIED, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 
 DEFAULT_LAYER_GROUPS = ("all", "coarse", "middle", "fine")
 

@@ -33,25 +33,12 @@ Output layouts (by extension):
         (written after the matrix).
 All vectors are stored as float32 whatever the compute dtype.
 
-Modules: [`runtime`] (models, devices, dtypes, layers), [`sources`] (inputs and decoding), [`storage`] (partial
+Models, devices, dtypes and layer selection come from [`ghfeat_hf.runtime`]. Modules: [`sources`] (inputs and decoding), [`storage`] (partial
 state and output files), [`extract`] (the loop, the output lock and path checks). Everything public is re-exported
 here.
 """
 
-from ..errors import DestinationError, UsageError
 from .extract import CHANGED_INPUT_POLICIES, BatchProgress, ExtractionResult, extract_features, reconstruction_names
-from .runtime import (
-    ALL_LAYERS,
-    MODEL_ENV_VAR,
-    autocast_context,
-    default_model_path,
-    load_model,
-    model_fingerprint,
-    parse_layers,
-    resolve_device,
-    resolve_dtype,
-    resolve_model_path,
-)
 from .sources import (
     FINGERPRINT_MODES,
     LIST_FILE_SUFFIXES,
@@ -81,25 +68,19 @@ from .storage import (
 )
 
 __all__ = [
-    "ALL_LAYERS",
     "CHANGED_INPUT_POLICIES",
     "FINGERPRINT_MODES",
     "LIST_FILE_SUFFIXES",
-    "MODEL_ENV_VAR",
     "OUTPUT_FORMATS",
     "BatchProgress",
     "DatasetSource",
-    "DestinationError",
     "ExtractionResult",
     "FileSource",
     "ImageSource",
     "SkippedImage",
     "SourceItem",
-    "UsageError",
-    "autocast_context",
     "dataset_source",
     "decode_image",
-    "default_model_path",
     "extract_features",
     "file_sources",
     "fingerprint_file",
@@ -107,18 +88,12 @@ __all__ = [
     "glob_source",
     "image_extensions",
     "list_file_source",
-    "load_model",
-    "model_fingerprint",
     "open_image",
     "open_regular_file",
     "output_format",
-    "parse_layers",
     "partial_path",
     "read_extraction_metadata",
     "read_partial_progress",
     "reconstruction_names",
-    "resolve_device",
-    "resolve_dtype",
-    "resolve_model_path",
     "resolve_source",
 ]

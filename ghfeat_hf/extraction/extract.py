@@ -23,7 +23,7 @@ import torch
 from ..errors import DestinationError, UsageError
 from ..image_processing_ghfeat import GHFeatImageProcessor
 from ..modeling_ghfeat import GHFeatModel
-from .runtime import autocast_context, model_fingerprint, parse_layers, processor_size, resolve_device, resolve_dtype
+from ..runtime import autocast_context, model_fingerprint, parse_layers, processor_size, resolve_device, resolve_dtype
 from .sources import (
     FINGERPRINT_MODES,
     FileSource,

@@ -1,4 +1,5 @@
-"""Models, devices, dtypes and layer selection for extraction: everything resolved before the first batch."""
+"""The runtime floor every command stands on: which model (name, directory or Hub id) and how it loads, the device,
+the dtype and autocast, and the selection of generator layers."""
 
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ from collections.abc import Sequence
 import torch
 from transformers.utils import cached_file
 
-from ..configuration_ghfeat import HEAD_NAMES
-from ..embedded import embedded_model_path, embedded_models
-from ..errors import UsageError, one_line
-from ..image_processing_ghfeat import GHFeatImageProcessor
-from ..model_names import ModelNotFoundError, find_model, how_to_get_models, missing_model_message
-from ..modeling_ghfeat import GHFeatModel
-from ..strict_loading import CONFIG_NAME, CheckpointError, load_checked_model
-from ..timm_models import ghfeat_config_dict
+from .configuration_ghfeat import HEAD_NAMES, ghfeat_config_dict
+from .embedded import embedded_model_path, embedded_models
+from .errors import UsageError, one_line
+from .image_processing_ghfeat import GHFeatImageProcessor
+from .model_names import ModelNotFoundError, find_model, how_to_get_models, missing_model_message
+from .modeling_ghfeat import GHFeatModel
+from .strict_loading import CONFIG_NAME, CheckpointError, load_checked_model
 
 MODEL_ENV_VAR = "GHFEAT_MODEL"
 
@@ -46,15 +46,11 @@ def default_model_path() -> str | None:
 def resolve_model_path(model: str | os.PathLike | None = None) -> str:
     """`model`, else `$GHFEAT_MODEL`, else [`default_model_path`]; a [`UsageError`] when none is set, or when
     `model` is given but empty (`--model ''`; an empty `$GHFEAT_MODEL` counts as unset). The name of an embedded
-    model (e.g. `"ghfeat-fmnist32"`) resolves to its directory.
-
-    The hook is read from the package (`ghfeat_hf.extraction.default_model_path`) at call time, so replacing it
-    there (a deployment, a test) takes effect."""
-    from . import default_model_path as hook
-
+    model (e.g. `"ghfeat-fmnist32"`) resolves to its directory. `default_model_path` is looked up at call time, so
+    replacing it in this module (a deployment, a test) takes effect."""
     if model is not None and not os.fspath(model).strip():
         raise UsageError("--model is empty: pass a Hub id, a local model directory or the name of an embedded model.")
-    for candidate in (model, os.environ.get(MODEL_ENV_VAR), hook()):
+    for candidate in (model, os.environ.get(MODEL_ENV_VAR), default_model_path()):
         if candidate:
             candidate = os.fspath(candidate)
             return str(embedded_model_path(candidate)) if candidate in embedded_models() else candidate
