@@ -73,8 +73,9 @@ def _feature_arguments() -> argparse.ArgumentParser:
                         help="layer groups evaluated separately: all, coarse, middle, fine or selections such as 0-3,8 "
                              "(default: all; verification: all coarse middle fine)")
     parser.add_argument("--baselines", nargs="*", metavar="BASELINE",
-                        help="pixels[:SIZE], random-init, timm:<model>[@random|@<weights file>]; none with an empty "
-                             "list (default: pixels random-init; reconstruction: random-init)")
+                        help="pixels[:SIZE], random-init, timm:<model>[@random|@<weights file>], ghfeat:[LABEL=]<model> "
+                             "(another GH-Feat model, e.g. a previous version); none with an empty list (default: "
+                             "pixels random-init; reconstruction: random-init)")
     parser.add_argument("--cache-dir", help="feature cache folder (default: <HF datasets cache>/ghfeat_evaluation)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
     return parser

@@ -29,10 +29,10 @@ import torch
 from ..configuration_ghfeat import ghfeat_config_dict
 from ..errors import UsageError
 from ..modeling_ghfeat import GHFeatModel
-from ..runtime import autocast_context, parse_layers, resolve_device, resolve_dtype
+from ..runtime import autocast_context, load_model, parse_layers, resolve_device, resolve_dtype, resolve_model_path
 from ..visualization import to_rgb
 
-BASELINE_NAMES = ("pixels", "random-init", "timm:<model>")
+BASELINE_NAMES = ("pixels", "random-init", "timm:<model>", "ghfeat:[LABEL=]<model>")
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
@@ -267,7 +267,9 @@ def build_baselines(
         specs: any of `"pixels"` (raw pixels at the model resolution capped at 64 px; `"pixels:SIZE"` sets it),
             `"random-init"` (the same GH-Feat architecture with a random encoder, seed `seed`), and
             `"timm:NAME"` (timm model `NAME` with its pretrained weights), `"timm:NAME@random"`,
-            `"timm:NAME@/path/weights.safetensors"`.
+            `"timm:NAME@/path/weights.safetensors"`, and `"ghfeat:MODEL"` / `"ghfeat:LABEL=MODEL"` (another GH-Feat
+            model, with its own processor and generator: an embedded name, a directory or a Hub id; e.g. the
+            previous version of a model).
         model, processor: the evaluated GH-Feat model (its configuration and resolution define the baselines).
         sample_image: one image of the data; a grayscale image makes the pixel baseline grayscale.
     """
@@ -286,13 +288,21 @@ def build_baselines(
                            "evaluated model's generator")
             extractors.append(GHFeatExtractor(random_init_model(model, seed), processor, name="GH-Feat random init",
                                               description=description, device=device, dtype=dtype))
+        elif name == "ghfeat" and argument:
+            label, _, source = argument.rpartition("=")
+            other, other_processor = load_model(resolve_model_path(source), device=device or "cpu")
+            label = label or os.path.basename(os.path.normpath(source))
+            extractors.append(GHFeatExtractor(other, other_processor, name=f"GH-Feat {label}",
+                                              description=f"the style codes of another GH-Feat model ({source})",
+                                              device=device, dtype=dtype))
         elif name == "timm" and argument:
             model_name, _, weights = argument.partition("@")
             extractors.append(TimmExtractor(model_name, weights or "pretrained", device=device or "cpu", dtype=dtype,
                                             seed=seed))
         else:
             raise UsageError(f"unknown baseline {spec!r}; use {', '.join(BASELINE_NAMES)} "
-                             "(timm:<model>@random or timm:<model>@<weights file> for other weights).")
+                             "(timm:<model>@random or timm:<model>@<weights file> for other weights; ghfeat:LABEL=<model> names "
+                             "another GH-Feat model).")
     return extractors
 
 

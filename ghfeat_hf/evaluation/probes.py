@@ -20,7 +20,9 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 
-DEFAULT_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# Up to C = 100 (almost unregularised): features that separate the classes well pick the largest C, and a grid
+# ending at 1 would cut their probe short; the patience stops the search once larger C stop helping.
+DEFAULT_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 DEFAULT_PATIENCE = 2
 DEFAULT_ALPHA_GRID = (1e4, 1e3, 1e2, 1e1, 1.0, 1e-1, 1e-2)
 
