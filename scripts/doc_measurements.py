@@ -55,7 +55,12 @@ MEASUREMENTS: dict[str, Callable[[dict[str, Any]], str]] = {
     "make-demo-new-venv-machine": lambda record: _machine(record, "make_demo_new_venv"),
     "embedded-model-size": lambda record: f"{record['embedded_model']['mib']:.1f} MiB",
     "evaluation-time": lambda record: duration(record["evaluation"]["seconds"]),
+    "embedded-results": lambda record: "\n" + record["embedded_results"]["table"] + "\n",
 }
+
+# The README's table of the embedded model: one row per feature extractor of the classification report, with the
+# reconstruction metrics of the extractors that decode (the model and its GH-Feat baselines).
+RESULT_TASKS = ("classification", "reconstruction")
 
 
 def machine() -> dict[str, Any]:
@@ -117,6 +122,36 @@ def measure_evaluation() -> dict[str, Any]:
             "source": f"{EMBEDDED_MODEL.relative_to(ROOT).as_posix()}/evaluation.json"}
 
 
+def _percent(row: dict[str, Any], key: str) -> str:
+    low, high = row[f"{key}_ci95"]
+    return f"{100 * row[key]:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+
+
+def results_table(reports: dict[str, Any]) -> str:
+    """The Markdown table of the embedded model's classification and reconstruction reports (rows in the
+    classification report's order; the best value of each column in bold)."""
+    reconstruction = {row["features"]: row for row in reports["reconstruction"]["rows"]}
+    rows = reports["classification"]["rows"]
+    best = {key: max(row[key] for row in rows) for key in ("linear_probe", "knn")}
+    lines = ["| features | dim | linear probe acc. (%) [95% CI] | 10-NN acc. (%) [95% CI] | "
+             "reconstruction PSNR (dB) / SSIM / LPIPS (HED-VGG backbone) |", "|---|---|---|---|---|"]
+    for row in rows:
+        cells = [_percent(row, key) for key in ("linear_probe", "knn")]
+        cells = [f"**{cell}**" if row[key] == best[key] else cell for cell, key in zip(cells, ("linear_probe", "knn"))]
+        decoded = reconstruction.get(row["features"])
+        metrics = (f"{decoded['psnr']:.2f} / {decoded['ssim']:.3f} / {decoded['lpips_hed_vgg']:.4f}"
+                   if decoded and decoded.get("lpips_hed_vgg") is not None else "")
+        lines.append(f"| {row['features']} | {row['dim']} | {cells[0]} | {cells[1]} | {metrics} |")
+    return "\n".join(lines)
+
+
+def measure_embedded_results() -> dict[str, Any]:
+    """The README table, from the reports ``ghfeat evaluate --update-model-card`` stored in the embedded model."""
+    reports = json.loads((EMBEDDED_MODEL / "evaluation.json").read_text())
+    return {"table": results_table({task: reports[task] for task in RESULT_TASKS}),
+            "source": f"{EMBEDDED_MODEL.relative_to(ROOT).as_posix()}/evaluation.json"}
+
+
 def read_record() -> dict[str, Any]:
     return json.loads(RECORD.read_text())
 
@@ -148,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(wrong) or "every measured span agrees with the record")
         return 1 if wrong else 0
     record = read_record() if RECORD.exists() else {}
-    record.update(demo=measure_demo(), embedded_model=measure_embedded_model(), evaluation=measure_evaluation())
+    record.update(demo=measure_demo(), embedded_model=measure_embedded_model(), evaluation=measure_evaluation(),
+                  embedded_results=measure_embedded_results())
     if args.install:
         record["make_demo_new_venv"] = measure_make_demo_new_venv()
     RECORD.write_text(json.dumps(record, indent=2) + "\n")
