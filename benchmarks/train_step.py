@@ -156,6 +156,7 @@ def _parameters(**modules) -> dict[str, int]:
 
 def build_encoder_step(accelerator, args: argparse.Namespace, output_dir: str) -> TimedStep:
     """``EncoderTrainer.step`` on the preset's networks, built as ``train_encoder.py`` builds them."""
+    import encoder_setup
     import encoder_trainer
     import stylegan_trainer
     import train_encoder
@@ -166,8 +167,8 @@ def build_encoder_step(accelerator, args: argparse.Namespace, output_dir: str) -
     encoder_args = train_encoder.parse_args(["--generator", "-", "--dataset", "-", *_training_flags(args, output_dir),
                                              *PRESETS[args.preset].encoder_flags, *depth])
     generator, discriminator = stylegan_trainer.build_networks(gan_args)
-    model = train_encoder.build_ghfeat_model(encoder_args, generator)
-    # As train_encoder.load_perceptual builds it, at the trainer's --perceptual_size; random weights: timing only.
+    model = encoder_setup.build_ghfeat_model(encoder_args, generator)
+    # As encoder_setup.load_perceptual builds it, at the trainer's --perceptual_size; random weights: timing only.
     perceptual = PerceptualLoss(VGG16("conv4_3", TORCHVISION_INPUT), size=encoder_args.perceptual_size or None)
     trainer, _, e_sched, d_sched, _ = encoder_trainer.build_trainer(accelerator, encoder_args, model, discriminator,
                                                                     perceptual)

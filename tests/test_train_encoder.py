@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 import arguments
 import batchnorm
+import encoder_setup
 import encoder_trainer
 import train_encoder
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
@@ -461,7 +462,7 @@ def test_grayscale_generator_trains_and_exports_a_grayscale_encoder(fx, tmp_path
     generator.save_pretrained(gan / "stylegan-generator")
     StyleGANDiscriminator(tiny_discriminator_config(32, num_channels=1)).save_pretrained(gan / "stylegan-discriminator")
     with pytest.raises(ValueError, match="1 channels"):  # a 3-channel encoder cannot fine-tune against it
-        train_encoder.build_ghfeat_model(train_encoder.parse_args(_argv(fx, tmp_path / "x", "--encoder_init",
+        encoder_setup.build_ghfeat_model(train_encoder.parse_args(_argv(fx, tmp_path / "x", "--encoder_init",
                                                                         fx["init"])), generator)
     argv = _argv(fx, tmp_path / "gray", "--max_steps", 2, "--checkpointing_steps", 0, "--validation_steps", 0,
                  "--sample_every", 0, "--num_validation_images", 2, "--num_grid_images", 2)

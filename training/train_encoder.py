@@ -74,7 +74,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -87,7 +86,8 @@ from torch import nn
 from acceleration import build_accelerator
 from arguments import ENCODER_EXPORT_DIR, encoder_parser
 from checkpoints import CheckpointManager, TrainState, atomic_directory, export_pretrained
-from data_loop import iterate_batches, shard_iterable_dataset
+from data_loop import iterate_batches
+from encoder_setup import build_networks, is_hub_id, load_dataloader, load_datasets, load_validation_images
 from encoder_trainer import (
     EncoderTrainer,
     build_trainer,
@@ -95,24 +95,19 @@ from encoder_trainer import (
     schedule_settings,
     warn_if_schedules_kept,
 )
-from ghfeat_hf import (
-    GHFeatConfig,
-    GHFeatModel,
-    StyleGANDiscriminator,
-    StyleGANDiscriminatorConfig,
-    StyleGANGenerator,
-)
-from ghfeat_hf.data import load_fashion_mnist, load_image_dataset, make_image_dataloader
+from ghfeat_hf import GHFeatConfig, GHFeatModel
 from ghfeat_hf.error_reporting import run_command
 from ghfeat_hf.hub import push_to_hub, save_ghfeat_directory
-from losses import PerceptualLoss, build_perceptual_loss
-from stylegan_trainer import DISCRIMINATOR_DIR, GENERATOR_DIR
+from losses import PerceptualLoss
+from stylegan_trainer import DISCRIMINATOR_DIR
 from tracking import Progress, init_trackers, log_scalars, memory_stats, process_mean, throughput_line
 
 OFFICIAL_BATCH_PER_GPU = {128: 16, 256: 12, 512: 8, 1024: 4}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The run's flags (``arguments.encoder_parser``): loss weights must be >= 0, the grid shows at most the
+    validation images."""
     parser = encoder_parser(__doc__.split("\n\n")[0])
     args = parser.parse_args(argv)
     if args.perceptual_weight < 0 or args.adversarial_weight < 0 or args.r1_gamma < 0:
@@ -120,154 +115,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.num_grid_images > args.num_validation_images:
         args.num_grid_images = args.num_validation_images
     return args
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Networks
-
-
-def _from_pretrained(cls, name: str, **kwargs):
-    """``cls.from_pretrained`` of a directory, a Hub id, or ``org/repo/subfolder``."""
-    path = Path(name).expanduser()
-    if path.exists():
-        return cls.from_pretrained(str(path), **kwargs)
-    parts = name.split("/")
-    if len(parts) > 2:
-        return cls.from_pretrained("/".join(parts[:2]), subfolder="/".join(parts[2:]), **kwargs)
-    return cls.from_pretrained(name, **kwargs)
-
-
-def resolve_generator_source(name: str) -> str:
-    path = Path(name).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file() and (path / GENERATOR_DIR / "config.json").is_file():
-        return str(path / GENERATOR_DIR)
-    return name
-
-
-def resolve_discriminator_source(args: argparse.Namespace, generator_source: str) -> str | None:
-    """The discriminator to fine-tune, or None for a randomly initialised one."""
-    if args.random_discriminator:
-        return None
-    if args.discriminator:
-        return args.discriminator
-    path = Path(generator_source).expanduser()
-    for candidate in (path / DISCRIMINATOR_DIR, path.parent / DISCRIMINATOR_DIR):
-        if (candidate / "config.json").is_file():
-            return str(candidate)
-    raise ValueError(
-        f"No pretrained discriminator found next to {generator_source!r}. The official recipe fine-tunes the GAN's "
-        "own D: pass --discriminator <directory|Hub id>, or --random_discriminator to start D from scratch."
-    )
-
-
-def build_ghfeat_model(args: argparse.Namespace, generator: StyleGANGenerator) -> GHFeatModel:
-    """A GHFeatModel whose synthesis holds the generator's synthesis weights (StyleMod affines dropped)."""
-    g_config = generator.config
-    if args.encoder_init:
-        model = _from_pretrained(GHFeatModel, args.encoder_init)
-        if (model.config.style_dims, model.config.image_size, model.config.num_channels) != (
-                g_config.style_dims, g_config.resolution, g_config.num_channels):
-            raise ValueError(
-                f"--encoder_init {args.encoder_init} encodes {model.config.num_channels}-channel images at "
-                f"{model.config.image_size} px into style widths {model.config.style_dims}; the generator needs "
-                f"{g_config.style_dims} at {g_config.resolution} px with {g_config.num_channels} channels."
-            )
-        model.config.generator_config = copy.deepcopy(g_config)
-    else:
-        config = GHFeatConfig(
-            depth=args.depth, base_width=args.base_width, extra_stage_channels=args.extra_stage_channels,
-            pyramid_channels=args.pyramid_channels, image_size=g_config.resolution, num_channels=g_config.num_channels,
-            stem_stride=args.stem_stride, stem_pool=args.stem_pool, head_layer_groups=args.head_layer_groups,
-            generator_config=g_config.to_dict(),
-        )
-        model = GHFeatModel(config)
-    missing, unexpected = model.synthesis.load_state_dict(generator.synthesis.state_dict(), strict=False)
-    if missing or any(".style." not in key for key in unexpected):
-        raise ValueError(f"Generator synthesis does not fit the GH-Feat synthesis: missing {missing}, "
-                         f"unexpected {[k for k in unexpected if '.style.' not in k]}.")
-    return model
-
-
-def load_discriminator(source: str | None, g_config) -> StyleGANDiscriminator:
-    """The discriminator to fine-tune (random weights of the generator's size when ``source`` is None)."""
-    if source is not None:
-        discriminator = _from_pretrained(StyleGANDiscriminator, source)
-    else:
-        discriminator = StyleGANDiscriminator(StyleGANDiscriminatorConfig(
-            resolution=g_config.resolution, num_channels=g_config.num_channels, fmap_base=g_config.fmap_base,
-            fmap_decay=g_config.fmap_decay, fmap_max=g_config.fmap_max))
-    config = discriminator.config
-    if (config.resolution, config.num_channels) != (g_config.resolution, g_config.num_channels):
-        raise ValueError(f"The discriminator works on {config.num_channels}x{config.resolution} px images, the "
-                         f"generator renders {g_config.num_channels}x{g_config.resolution} px.")
-    return discriminator
-
-
-def load_perceptual(args: argparse.Namespace) -> PerceptualLoss | None:
-    if args.perceptual_weight == 0:
-        return None
-    return build_perceptual_loss(
-        weights=args.perceptual_weights, model_name=args.perceptual_model, preprocess=args.perceptual_preprocess,
-        size=args.perceptual_size or None, cache_dir=args.perceptual_cache_dir,
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data
-
-
-def _is_hub_id(name: str) -> bool:
-    return not Path(name).expanduser().exists() and name.count("/") == 1 and name.lower() not in ("fashion-mnist",)
-
-
-def load_split(args: argparse.Namespace, split: str | None, streaming: bool):
-    if args.dataset.lower() in ("fashion-mnist", "fashion_mnist"):
-        dataset = load_fashion_mnist(pad_to=32)[split or "train"]
-        return dataset.to_iterable_dataset() if streaming else dataset
-    return load_image_dataset(args.dataset, split=split, image_column=args.image_column, streaming=streaming)
-
-
-def load_datasets(args: argparse.Namespace):
-    """``(train, validation or None)``; validation is held out of the training split unless a split is named."""
-    train = load_split(args, args.split, args.streaming)
-    if args.max_train_samples is not None:
-        train = train.take(args.max_train_samples) if args.streaming else train.select(range(args.max_train_samples))
-    n_val = args.num_validation_images
-    if n_val <= 0:
-        return train, None
-    if args.validation_split is not None:
-        if args.validation_split == (args.split or "train"):
-            warnings.warn("--validation_split is the training split: validation images are training images.",
-                          stacklevel=2)
-        validation = load_split(args, args.validation_split, args.streaming)
-        validation = validation.take(n_val) if args.streaming else validation.select(range(min(n_val, len(validation))))
-        return train, validation
-    if args.streaming:
-        return train.skip(n_val), train.take(n_val)
-    if len(train) <= n_val:
-        raise ValueError(f"The training split has {len(train)} images, too few to hold out {n_val} for validation; "
-                         "lower --num_validation_images or pass --validation_split.")
-    return train.select(range(len(train) - n_val)), train.select(range(len(train) - n_val, len(train)))
-
-
-def load_validation_images(args, dataset, resolution: int, num_channels: int) -> torch.Tensor | None:
-    if dataset is None:
-        return None
-    loader = make_image_dataloader(dataset, batch_size=64, resolution=resolution, num_channels=num_channels,
-                                   image_column=args.image_column, random_flip=False, shuffle=False, drop_last=False)
-    images = [batch["pixel_values"] for batch in loader if len(batch["pixel_values"])]
-    return torch.cat(images)[: args.num_validation_images] if images else None
-
-
-
-def load_dataloader(accelerator, args: argparse.Namespace, train_set, resolution: int, num_channels: int):
-    """Batches of ``pixel_values``: decoding, resizing (GHFeatImageProcessor) and mirroring in the workers."""
-    if args.streaming:
-        train_set = shard_iterable_dataset(train_set.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer), accelerator)
-    return make_image_dataloader(
-        train_set, args.batch_size, resolution, num_channels=num_channels, image_column=args.image_column,
-        random_flip=args.mirror_augment, seed=args.seed, shuffle=True, drop_last=True, num_workers=args.num_workers,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -333,7 +180,7 @@ def describe_run(args: argparse.Namespace, state: TrainState, global_batch: int,
                    f"(discriminator initialised from `{discriminator_source or 'random weights'}`"
                    + (f", encoder initialised from `{args.encoder_init}`" if args.encoder_init else "") + ")."),
         "domain": f"the training data (`{args.dataset}`)",
-        "datasets": [args.dataset] if _is_hub_id(args.dataset) else None,
+        "datasets": [args.dataset] if is_hub_id(args.dataset) else None,
         "training": {"steps": state.step, "images_seen": state.images_seen, "global_batch_size": global_batch,
                      "skipped_samples": state.skipped_samples, "arguments": arguments},
     }
@@ -359,6 +206,31 @@ def export_ghfeat(trainer: EncoderTrainer, config: GHFeatConfig, export_dir: Pat
     accelerator.wait_for_everyone()
 
 
+def export_run(trainer: EncoderTrainer, config: GHFeatConfig, state: TrainState, global_batch: int,
+               history: list[dict[str, float]], validation_history: list[dict[str, float]],
+               perceptual: PerceptualLoss | None, generator_source: str,
+               discriminator_source: str | None) -> tuple[Path, str | None, dict[str, float]]:
+    """Export the GHFeatModel (encoder + frozen synthesis, with its card) and the fine-tuned discriminator, and push
+    the model when ``--push_to_hub`` asks. Returns ``(export directory, Hub URL or None, final losses)``; the final
+    losses are the means of the last 20 iterations."""
+    accelerator, args = trainer.accelerator, trainer.args
+    tail = history[-20:]
+    final_losses = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if k != "step"} if tail else {}
+    card_metrics, provenance = describe_run(
+        args, state, global_batch, final_losses, len(tail), validation_history[-1] if validation_history else {},
+        perceptual, trainer.train_d, generator_source, discriminator_source)
+    output_dir = Path(args.output_dir)
+    export_dir = Path(args.export_dir) if args.export_dir else output_dir / ENCODER_EXPORT_DIR
+    export_ghfeat(trainer, config, export_dir, provenance, card_metrics, args.push_to_hub)
+    export_pretrained(accelerator, trainer.d_module, output_dir / DISCRIMINATOR_DIR)
+    pushed = None
+    if args.push_to_hub and accelerator.is_main_process:
+        pushed = push_to_hub(export_dir, args.push_to_hub, token=args.hub_token, private=args.hub_private,
+                             metrics=card_metrics)
+        accelerator.print(f"Pushed {export_dir} to {pushed}")
+    return export_dir, pushed, final_losses
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -368,25 +240,18 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world = accelerator.process_index, accelerator.num_processes
     print(f"[rank {rank}/{world}] device={accelerator.device} mixed_precision={accelerator.mixed_precision}", flush=True)
 
-    # Networks. The perceptual network first: refuse early when no pretrained VGG16 is available.
-    perceptual = load_perceptual(args)
-    generator_source = resolve_generator_source(args.generator)
-    discriminator_source = resolve_discriminator_source(args, generator_source)
-    generator = _from_pretrained(StyleGANGenerator, generator_source)
-    g_config = generator.config
-    model = build_ghfeat_model(args, generator)
-    del generator  # only its synthesis weights are used (mapping and StyleMod affines are not)
-    discriminator = load_discriminator(discriminator_source, g_config)
+    model, discriminator, perceptual, generator_source, discriminator_source = build_networks(args)
+    resolution, num_channels = model.config.image_size, model.config.num_channels
     if args.batch_size is None:
-        args.batch_size = OFFICIAL_BATCH_PER_GPU.get(g_config.resolution, 16)
+        args.batch_size = OFFICIAL_BATCH_PER_GPU.get(resolution, 16)
     global_batch = args.batch_size * world * args.gradient_accumulation_steps
     if args.total_kimg is not None:
         args.max_steps = max(1, int(args.total_kimg * 1000 / global_batch))
 
     with accelerator.main_process_first():
         train_set, validation_set = load_datasets(args)
-    dataloader = load_dataloader(accelerator, args, train_set, g_config.resolution, g_config.num_channels)
-    validation_images = load_validation_images(args, validation_set, g_config.resolution, g_config.num_channels)
+    dataloader = load_dataloader(accelerator, args, train_set, resolution, num_channels)
+    validation_images = load_validation_images(args, validation_set, resolution, num_channels)
 
     trainer, dataloader, e_sched, d_sched, bn_kind = build_trainer(
         accelerator, args, model, discriminator, perceptual, dataloader, prepare_dataloader=not args.streaming)
@@ -404,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = {name: sum(p.numel() for p in m.parameters()) for name, m in (("E", trainer.e_module),
                                                                               ("D", trainer.d_module))}
     accelerator.print(
-        f"GH-Feat encoder training at {g_config.resolution}px x{g_config.num_channels}: E {n_params['E'] / 1e6:.2f}M, "
+        f"GH-Feat encoder training at {resolution}px x{num_channels}: E {n_params['E'] / 1e6:.2f}M, "
         f"D {n_params['D'] / 1e6:.2f}M params; generator {generator_source}; D "
         f"{discriminator_source or 'random init'}{' (frozen: adversarial weight 0)' if not trainer.train_d else ''}; "
         f"perceptual {perceptual.source + ' [' + perceptual.preprocess + ']' if perceptual else 'off'}; {bn_kind}; "
@@ -454,21 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
     validate(trainer, validation_images, state.step, validation_history)
     checkpoints.save(state)
 
-    # Export: the GHFeatModel (encoder + frozen synthesis) and the fine-tuned discriminator.
-    tail = history[-20:]
-    final_losses = {k: sum(h[k] for h in tail) / len(tail) for k in tail[0] if k != "step"} if tail else {}
-    card_metrics, provenance = describe_run(
-        args, state, global_batch, final_losses, len(tail), validation_history[-1] if validation_history else {},
-        perceptual, trainer.train_d, generator_source, discriminator_source)
-    output_dir = Path(args.output_dir)
-    export_dir = Path(args.export_dir) if args.export_dir else output_dir / ENCODER_EXPORT_DIR
-    export_ghfeat(trainer, model.config, export_dir, provenance, card_metrics, args.push_to_hub)
-    export_pretrained(accelerator, trainer.d_module, output_dir / DISCRIMINATOR_DIR)
-    pushed = None
-    if args.push_to_hub and accelerator.is_main_process:
-        pushed = push_to_hub(export_dir, args.push_to_hub, token=args.hub_token, private=args.hub_private,
-                             metrics=card_metrics)
-        accelerator.print(f"Pushed {export_dir} to {pushed}")
+    export_dir, pushed, final_losses = export_run(trainer, model.config, state, global_batch, history,
+                                                  validation_history, perceptual, generator_source, discriminator_source)
 
     # Proof of a real multi-process run: batches per rank, parameter checksums (equal under DDP).
     gathered = accelerator.gather(torch.tensor([float(local_batches), _rank_checksum(trainer.e_module)],
@@ -491,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         if math.isfinite(throughput):
             print(throughput_line(throughput, global_batch, "the first step, validation, reconstruction grids and "
                                                             "checkpoint saves"), flush=True)
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (Path(args.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {**summary, "history": history, "output_dir": args.output_dir}

@@ -42,6 +42,8 @@ from tracking import Progress, init_trackers, log_scalars, memory_stats, process
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The run's flags (``arguments.stylegan_parser``); without ``--max_steps`` the run length is
+    ``DEFAULT_MAX_STEPS``, announced on stderr."""
     args = stylegan_parser(__doc__.split("\n\n")[0]).parse_args(argv)
     if not hasattr(args, "max_steps"):
         args.max_steps = DEFAULT_MAX_STEPS
