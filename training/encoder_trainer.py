@@ -1,7 +1,7 @@
 """The two updates of one GH-Feat iteration (encoder, then discriminator), their LR schedules and validation.
 
 The recipe they implement, and the official details they reproduce, are described in ``training/train_encoder.py``;
-``benchmarks/train_step.py`` times exactly :meth:`EncoderTrainer.iteration`.
+``benchmarks/train_step.py`` times exactly :meth:`EncoderTrainer.step`.
 """
 
 from __future__ import annotations
