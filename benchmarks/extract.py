@@ -40,10 +40,6 @@ import PIL.Image  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 from ghfeat_hf import GHFeatConfig, GHFeatImageProcessor, GHFeatModel  # noqa: E402
 from ghfeat_hf.error_reporting import run_script  # noqa: E402
 from ghfeat_hf.extraction import FileSource, decode_image, extract_features  # noqa: E402

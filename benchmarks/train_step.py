@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Throughput and peak memory of one GH-Feat encoder or StyleGAN training step, naive vs optimised, in one run.
 
-``--step encoder`` times exactly what ``training/train_encoder.py`` runs per iteration (``EncoderTrainer.iteration``):
+``--step encoder`` times exactly what ``training/train_encoder.py`` runs per iteration (``EncoderTrainer.step``):
 the E update (E forward/backward, frozen-G forward/backward, VGG16 conv4_3 on reals and reconstructions, D forward
 for the adversarial term) then the D update (the second E forward, G forward, D on fakes and mirrored reals, R1
-double backward), Adam steps for E and D. ``--step stylegan`` times ``training_step`` of
+double backward), Adam steps for E and D. ``--step stylegan`` times ``StyleGANTrainer.step`` of
 ``training/train_stylegan.py`` (D update with lazy R1, G update with style mixing, w_avg and G EMA updates): one timed
 iteration is ``--r1_interval`` consecutive steps, so that exactly one of them carries R1 and images/s amortise it.
 Weights are random (speed does not depend on them; the VGG here is random too, which the trainer itself would
@@ -72,8 +72,7 @@ if TYPE_CHECKING:
     import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+TRAINING = REPO / "training"  # the trainers' modules, importable in the workers (see Worker)
 
 CONFIGS = {
     "naive": dict(mixed_precision="no", channels_last=False, compile=False),
@@ -128,7 +127,7 @@ def _rss_mb() -> float:
 
 
 def _training_flags(args: argparse.Namespace, output_dir: str) -> list[str]:
-    """The engine flags both training scripts share: run directory, batch, precision, channels_last, compile."""
+    """The run flags both training scripts share: run directory, batch, precision, channels_last, compile."""
     config = CONFIGS[args.single]
     flags = ["--output_dir", output_dir, "--batch_size", str(args.batch_size), "--mixed_precision",
              config["mixed_precision"], "--report_to", "none"]
@@ -136,7 +135,7 @@ def _training_flags(args: argparse.Namespace, output_dir: str) -> list[str]:
 
 
 def _stylegan_args(args: argparse.Namespace, output_dir: str) -> argparse.Namespace:
-    from training import train_stylegan
+    import train_stylegan
 
     resolution = ["--resolution", str(args.resolution)] if args.resolution else []
     return train_stylegan.parse_args(["--dataset", "-", *_training_flags(args, output_dir),
@@ -156,31 +155,27 @@ def _parameters(**modules) -> dict[str, int]:
 
 
 def build_encoder_step(accelerator, args: argparse.Namespace, output_dir: str) -> TimedStep:
-    """``EncoderTrainer.iteration`` on the preset's networks, built as ``train_encoder.py`` builds them."""
-    import torch
-
+    """``EncoderTrainer.step`` on the preset's networks, built as ``train_encoder.py`` builds them."""
+    import encoder_setup
+    import encoder_trainer
+    import stylegan_trainer
+    import train_encoder
     from ghfeat_hf.perceptual import TORCHVISION_INPUT, VGG16, PerceptualLoss
-    from training import train_encoder, train_stylegan
-    from training.encoder_trainer import build_trainer
-    from training.engine import seed_step
 
     gan_args = _stylegan_args(args, output_dir)
     depth = ["--depth", str(args.depth)] if args.depth else []
     encoder_args = train_encoder.parse_args(["--generator", "-", "--dataset", "-", *_training_flags(args, output_dir),
                                              *PRESETS[args.preset].encoder_flags, *depth])
-    generator, discriminator = train_stylegan.build_networks(gan_args)
-    model = train_encoder.build_ghfeat_model(encoder_args, generator)
-    # As train_encoder.load_perceptual builds it, at the trainer's --perceptual_size; random weights: timing only.
+    generator, discriminator = stylegan_trainer.build_networks(gan_args)
+    model = encoder_setup.build_ghfeat_model(encoder_args, generator)
+    # As encoder_setup.load_perceptual builds it, at the trainer's --perceptual_size; random weights: timing only.
     perceptual = PerceptualLoss(VGG16("conv4_3", TORCHVISION_INPUT), size=encoder_args.perceptual_size or None)
-    trainer, _, e_sched, d_sched, _ = build_trainer(accelerator, encoder_args, model, discriminator, perceptual)
+    trainer, _, e_sched, d_sched, _ = encoder_trainer.build_trainer(accelerator, encoder_args, model, discriminator,
+                                                                    perceptual)
     batches = _random_batches(4, args.batch_size, gan_args.num_channels, gan_args.resolution)
 
     def run(index: int) -> torch.Tensor:
-        x = batches[index % len(batches)].to(accelerator.device)
-        if encoder_args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        seed_step(0, index)
-        metrics = trainer.iteration([x])
+        metrics = trainer.step([batches[index % len(batches)].to(accelerator.device)], index)
         e_sched.step()
         d_sched.step()
         return metrics["loss_E"]
@@ -193,23 +188,23 @@ def build_encoder_step(accelerator, args: argparse.Namespace, output_dir: str) -
 
 
 def build_stylegan_step(accelerator, args: argparse.Namespace, output_dir: str) -> TimedStep:
-    """``r1_interval`` consecutive ``train_stylegan.training_step`` calls (one of them with R1), built by
-    ``train_stylegan.build_training``."""
-    from training import train_stylegan
+    """``r1_interval`` consecutive ``StyleGANTrainer.step`` calls (one of them with R1), built as
+    ``train_stylegan.py`` builds them."""
+    import stylegan_trainer
 
     gan_args = _stylegan_args(args, output_dir)
-    ctx, _ = train_stylegan.build_training(accelerator, gan_args)
+    trainer, _ = stylegan_trainer.build_trainer(accelerator, gan_args)
     steps = gan_args.r1_interval
     batches = _random_batches(4, args.batch_size, gan_args.num_channels, gan_args.resolution)
 
     def run(index: int) -> torch.Tensor:
         for step in range(index * steps, (index + 1) * steps):  # R1 on the first (step % r1_interval == 0)
-            metrics = train_stylegan.training_step(ctx, [batches[step % len(batches)].to(accelerator.device)], step)
+            metrics = trainer.step([batches[step % len(batches)].to(accelerator.device)], step)
         return metrics["loss_G"]
 
     info = {"resolution": gan_args.resolution, "num_channels": gan_args.num_channels, "steps_per_iteration": steps,
             "r1_interval": gan_args.r1_interval, "style_mixing_prob": gan_args.style_mixing_prob,
-            "params": _parameters(G=ctx["g_module"].generator, D=ctx["D"])}
+            "params": _parameters(G=trainer.g_module.generator, D=trainer.discriminator)}
     return TimedStep(run, steps * args.batch_size, info)
 
 
@@ -285,8 +280,10 @@ class Worker:
         command += ["--depth", str(args.depth)] if args.depth else []
         command += ["--threads", str(threads)] if threads else []
         self.stderr = tempfile.TemporaryFile(mode="w+")
+        # The worker imports the trainers as train_encoder.py does: training/ first on its module search path.
+        pythonpath = os.pathsep.join(filter(None, [str(TRAINING), os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                        text=True, cwd=REPO)
+                                        text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": pythonpath})
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read_stdout, daemon=True).start()
 

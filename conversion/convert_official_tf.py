@@ -10,11 +10,8 @@ Options, outputs and exit statuses are those of ``ghfeat convert --help``; an er
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from ghfeat_hf.cli import main as ghfeat_main  # noqa: E402
+from ghfeat_hf.cli import main as ghfeat_main
 
 
 def main(argv: list[str] | None = None) -> int:

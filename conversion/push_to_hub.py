@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from ghfeat_hf.error_reporting import DEBUG_ENV, run_command  # noqa: E402
-from ghfeat_hf.errors import UsageError  # noqa: E402
-from ghfeat_hf.hub import hub_repo_id, push_to_hub  # noqa: E402
-from ghfeat_hf.model_names import OFFICIAL_HUB_REPO  # noqa: E402
+from ghfeat_hf.error_reporting import DEBUG_ENV, run_command
+from ghfeat_hf.errors import UsageError
+from ghfeat_hf.hub import hub_repo_id, push_to_hub
+from ghfeat_hf.model_names import OFFICIAL_HUB_REPO
 
 PROG = "push_to_hub"
 

@@ -362,7 +362,7 @@ def make_image_dataloader(
 
     Map-style datasets are wrapped in :class:`ImageRows` (shuffled with ``shuffle``); an ``IterableDataset`` is
     iterated as is (shuffle it yourself with ``dataset.shuffle(seed=..., buffer_size=...)`` and shard it across
-    processes with ``training.engine.shard_iterable_dataset``). Put the result through ``accelerator.prepare``
+    processes with ``shard_iterable_dataset`` of ``training/data_loop.py``). Put the result through ``accelerator.prepare``
     for map-style data (seedable sampler, per-process sharding, ``skip_first_batches``).
     """
     import datasets

@@ -12,6 +12,10 @@ import torch  # noqa: E402
 
 from ghfeat_hf import GHFeatConfig, StyleGANDiscriminatorConfig, StyleGANGeneratorConfig  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
+# A Python subprocess that imports the tests and the training modules: the checkout, and training/ as the training
+# scripts see it (pyproject.toml's pytest pythonpath does the same for the test process).
+TRAINING_PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "training")])
 SHARED = Path(os.environ.get("GHFEAT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 OFFICIAL_FIXTURES = SHARED / "fixtures" / "official-tf"
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import train_stylegan
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
 from ghfeat_hf.hub import save_ghfeat_directory
 from ghfeat_hf.model_card import PROVENANCE_FILE, render_model_card
@@ -46,7 +47,6 @@ from tests.doc_blocks import (
     relative,
     static_documents,
 )
-from training import train_stylegan
 
 BLOCK_TIMEOUT, SLOW_BLOCK_TIMEOUT = 900, 4 * 3600
 OUTPUT_TAIL = 4000

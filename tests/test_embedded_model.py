@@ -16,8 +16,8 @@ from ghfeat_hf.demo import demo_image_paths, run_demo
 from ghfeat_hf.hub import save_ghfeat_directory
 from ghfeat_hf.runtime import load_model, resolve_model_path
 from ghfeat_hf.timm_models import PRESETS, resolve_ghfeat_config
+from package_embedded_model import main as package_main
 from tests.conftest import tiny_discriminator_config, tiny_ghfeat_config
-from training.package_embedded_model import main as package_main
 
 
 def test_lookup_by_name(tmp_path, monkeypatch):

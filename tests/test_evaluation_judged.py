@@ -10,6 +10,7 @@ import pytest
 import scipy.linalg
 import torch
 
+import train_classifier
 from ghfeat_hf import GHFeatImageProcessor, GHFeatModel, StyleGANGenerator
 from ghfeat_hf.cli import main
 from ghfeat_hf.editing.codes import decode_codes, encode_images
@@ -20,7 +21,6 @@ from ghfeat_hf.evaluation.generation import effective_classes, evaluate_generati
 from ghfeat_hf.evaluation.hierarchy import evaluate_style_mixing, sample_pairs
 from ghfeat_hf.hub import save_ghfeat_directory
 from tests.conftest import tiny_generator_config, tiny_ghfeat_config
-from training import train_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SHAPES = ("horizontal bar", "vertical bar", "square")

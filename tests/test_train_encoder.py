@@ -21,16 +21,20 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
+import arguments
+import batchnorm
+import encoder_setup
+import encoder_trainer
+import train_encoder
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
-from tests.conftest import tiny_discriminator_config, tiny_generator_config
-from training import batchnorm, encoder_trainer, train_encoder
-from training.losses import (
+from losses import (
     PerceptualWeightsUnavailable,
     build_perceptual_loss,
     discriminator_logistic_loss,
     generator_nonsaturating_loss,
     r1_penalty,
 )
+from tests.conftest import TRAINING_PYTHONPATH, tiny_discriminator_config, tiny_generator_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "train_encoder.py"
@@ -107,7 +111,7 @@ def _argv(fx, output_dir, *extra, perceptual=True):
 
 
 def test_help_documents_every_option_with_its_official_default():
-    parser = train_encoder.build_parser()
+    parser = arguments.encoder_parser(train_encoder.__doc__.split("\n\n")[0])
     text = " ".join(parser.format_help().split())
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
@@ -297,7 +301,7 @@ def test_cross_process_batchnorm_matches_batchnorm_over_the_global_batch(tmp_pat
     code = ("from accelerate import debug_launcher; from tests.test_train_encoder import _bn_sync_worker; "
             f"debug_launcher(_bn_sync_worker, args=({str(tmp_path)!r},), num_processes=2)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300, cwd=REPO,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
+                   env={**os.environ, "PYTHONPATH": TRAINING_PYTHONPATH})
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["world"] == 2
@@ -387,18 +391,18 @@ def test_kill_and_resume_continues_bit_for_bit(fx, tmp_path, monkeypatch):
     AcceleratorState._reset_state(True)
 
     calls = {"n": 0}
-    original = train_encoder.training_iteration
+    original = encoder_trainer.EncoderTrainer.step
 
-    def dies_during_step_4(trainer, micro):
+    def dies_during_step_4(trainer, micro, step):
         calls["n"] += 1
         if calls["n"] == 4:  # step 3 finished but was never checkpointed: the resume must redo it
             raise KeyboardInterrupt("simulated kill")
-        return original(trainer, micro)
+        return original(trainer, micro, step)
 
-    monkeypatch.setattr(train_encoder, "training_iteration", dies_during_step_4)
+    monkeypatch.setattr(encoder_trainer.EncoderTrainer, "step", dies_during_step_4)
     with pytest.raises(KeyboardInterrupt):
         train_encoder.main(_argv(fx, tmp_path / "killed", *common))
-    monkeypatch.setattr(train_encoder, "training_iteration", original)
+    monkeypatch.setattr(encoder_trainer.EncoderTrainer, "step", original)
     AcceleratorState._reset_state(True)
     assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()) == ["checkpoint_2"]
 
@@ -458,7 +462,7 @@ def test_grayscale_generator_trains_and_exports_a_grayscale_encoder(fx, tmp_path
     generator.save_pretrained(gan / "stylegan-generator")
     StyleGANDiscriminator(tiny_discriminator_config(32, num_channels=1)).save_pretrained(gan / "stylegan-discriminator")
     with pytest.raises(ValueError, match="1 channels"):  # a 3-channel encoder cannot fine-tune against it
-        train_encoder.build_ghfeat_model(train_encoder.parse_args(_argv(fx, tmp_path / "x", "--encoder_init",
+        encoder_setup.build_ghfeat_model(train_encoder.parse_args(_argv(fx, tmp_path / "x", "--encoder_init",
                                                                         fx["init"])), generator)
     argv = _argv(fx, tmp_path / "gray", "--max_steps", 2, "--checkpointing_steps", 0, "--validation_steps", 0,
                  "--sample_every", 0, "--num_validation_images", 2, "--num_grid_images", 2)

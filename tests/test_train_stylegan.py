@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 import ghfeat_hf  # noqa: F401  (registers the Auto classes)
+import stylegan_trainer
+import train_stylegan
 from ghfeat_hf import StyleGANDiscriminator, StyleGANGenerator
 from tests.test_data import photo_crops, write_saved_dataset
-from training import train_stylegan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,17 +96,17 @@ def test_kill_and_resume_is_bit_identical(tmp_path, photo_dataset, monkeypatch):
     full = train_stylegan.main(tiny_args(photo_dataset, tmp_path / "full", *common))
     AcceleratorState._reset_state(True)
 
-    original = train_stylegan.g_step
+    original = stylegan_trainer.StyleGANTrainer.step
 
-    def killed_at_step_5(ctx, batch_size, step):
+    def killed_at_step_5(trainer, micro_batches, step):
         if step == 4:  # the 5th update: checkpoint_4 is the newest one on disk
             raise KeyboardInterrupt("simulated kill")
-        return original(ctx, batch_size, step)
+        return original(trainer, micro_batches, step)
 
-    monkeypatch.setattr(train_stylegan, "g_step", killed_at_step_5)
+    monkeypatch.setattr(stylegan_trainer.StyleGANTrainer, "step", killed_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         train_stylegan.main(tiny_args(photo_dataset, tmp_path / "cut", *common))
-    monkeypatch.setattr(train_stylegan, "g_step", original)
+    monkeypatch.setattr(stylegan_trainer.StyleGANTrainer, "step", original)
     AcceleratorState._reset_state(True)
     checkpoints = tmp_path / "cut" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint_2", "checkpoint_4"]

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from training.engine import convert_sync_batchnorm
+from acceleration import convert_sync_batchnorm
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -1,7 +1,7 @@
 """The two updates of one GH-Feat iteration (encoder, then discriminator), their LR schedules and validation.
 
 The recipe they implement, and the official details they reproduce, are described in ``training/train_encoder.py``;
-``benchmarks/train_step.py`` times exactly :meth:`EncoderTrainer.iteration`.
+``benchmarks/train_step.py`` times exactly :meth:`EncoderTrainer.step`.
 """
 
 from __future__ import annotations
@@ -14,24 +14,18 @@ from typing import Any
 
 import torch
 
+from acceleration import grad_norm, loss_scale, maybe_channels_last, maybe_compile, maybe_no_sync
+from batchnorm import synchronize_batchnorm
+from data_loop import seed_step
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator
 from ghfeat_hf.image_metrics import pixel_mse, psnr
-from training.batchnorm import synchronize_batchnorm
-from training.engine import (
-    grad_norm,
-    loss_scale,
-    maybe_channels_last,
-    maybe_compile,
-    maybe_no_sync,
-    save_image_grid,
-    tensor_to_pil,
-)
-from training.losses import (
+from losses import (
     PerceptualLoss,
     discriminator_logistic_loss,
     generator_nonsaturating_loss,
     r1_penalty,
 )
+from tracking import save_image_grid, tensor_to_pil
 
 
 class ExponentialDecay:
@@ -211,6 +205,15 @@ class EncoderTrainer:
         if self.train_d:
             metrics.update(self.discriminator_step(micro_batches))
         return metrics
+
+    def step(self, micro_batches: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """Iteration ``step`` as the training loop runs it: channels_last inputs when flagged, the step's seed, then
+        :meth:`iteration` (the caller steps the LR schedulers after it). ``micro_batches``: ``[B, C, H, W]`` reals in
+        [-1, 1]."""
+        if self.args.channels_last:
+            micro_batches = [m.contiguous(memory_format=torch.channels_last) for m in micro_batches]
+        seed_step(self.args.seed, step, self.accelerator.process_index)
+        return self.iteration(micro_batches)
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, batch_size: int) -> tuple[dict[str, float], torch.Tensor | None]:

@@ -61,7 +61,7 @@ def r1_penalty(real_scores: torch.Tensor, reals: torch.Tensor, create_graph: boo
 
     Multiply by ``gamma / 2`` (StyleGAN v1 / GH-Feat ``r1_gamma = 10``). ``create_graph`` keeps the graph for the
     double backward into D's weights. Computed in float32. Under fp16 autocast pass the GradScaler's loss ``scale``
-    (``training.engine.loss_scale``): the input gradient is then taken of ``scale * sum(D(reals))``, so its fp16
+    (``loss_scale`` of ``training/acceleration.py``): the input gradient is then taken of ``scale * sum(D(reals))``, so its fp16
     intermediates do not underflow, and divided by ``scale`` again (an overflow gives inf, which the GradScaler
     skips like any other inf gradient).
     """

@@ -8,16 +8,13 @@ Fashion-MNIST (Zalando Research) is MIT licensed; the images come from the Debia
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import PIL.Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-
-from ghfeat_hf.data import FASHION_MNIST_CLASSES, fashion_mnist_arrays  # noqa: E402
-from ghfeat_hf.demo import DEMO_IMAGES  # noqa: E402
-from ghfeat_hf.error_reporting import run_script  # noqa: E402
+from ghfeat_hf.data import FASHION_MNIST_CLASSES, fashion_mnist_arrays
+from ghfeat_hf.demo import DEMO_IMAGES
+from ghfeat_hf.error_reporting import run_script
 
 
 def main(argv: list[str] | None = None) -> int:

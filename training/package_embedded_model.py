@@ -24,18 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `training` and `ghfeat_hf` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from checkpoints import atomic_directory
 from ghfeat_hf.error_reporting import run_script
 from ghfeat_hf.model_card import render_model_card, write_provenance
-from training.engine import atomic_directory
 
 GENERATOR_DIR = "stylegan-generator"
 DISCRIMINATOR_DIR = "stylegan-discriminator"
