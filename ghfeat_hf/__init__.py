@@ -20,8 +20,7 @@ from .modeling_stylegan import (
     compact_style_codes,
     tile_style_codes,
 )
-
-__version__ = "0.2.0"
+from .version import __version__
 
 for _config, _model in (
     (GHFeatConfig, GHFeatModel),

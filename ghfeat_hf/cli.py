@@ -16,9 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
 from .arguments import MODEL_HELP, int_at_least, int_in_range
 from .error_reporting import DEBUG_ENV, run_command
+from .version import __version__
 
 
 def _default_num_workers() -> int:

@@ -95,7 +95,7 @@ class EvaluationReport:
 
     def __post_init__(self):
         if not self.version:
-            from . import __version__
+            from .version import __version__
 
             self.version = __version__
 

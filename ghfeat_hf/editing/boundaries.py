@@ -31,11 +31,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from tqdm.auto import tqdm
 
-from .. import __version__
 from ..errors import UsageError
 from ..files import restore_default_file_mode
 from ..modeling_stylegan import StyleCodes
 from ..runtime import model_fingerprint
+from ..version import __version__
 from .codes import concat_codes, encode_images, flatten_codes, shift_codes
 
 BOUNDARY_FORMAT = "ghfeat-boundary"

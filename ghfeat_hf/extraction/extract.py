@@ -397,7 +397,7 @@ def _pending(source: ImageSource, done_rows: dict[str, int], skipped_records: li
 
 def _output_metadata(model, source: ImageSource, layers: list[int], kept_dims: list[int],
                      skipped: list[SkippedImage], settings: dict[str, Any]) -> dict[str, Any]:
-    from .. import __version__
+    from ..version import __version__
 
     return {
         "skipped": [{"id": record.id, "error": record.error} for record in skipped],
