@@ -34,8 +34,9 @@ def tiny_ghfeat_config(resolution: int = 32, depth: int = 18, num_channels: int 
     return GHFeatConfig(**{**kwargs, **overrides})
 
 
-def tiny_discriminator_config(resolution: int = 32, num_channels: int = 3) -> StyleGANDiscriminatorConfig:
-    return StyleGANDiscriminatorConfig(resolution=resolution, num_channels=num_channels, fmap_base=128, fmap_max=32)
+def tiny_discriminator_config(resolution: int = 32, num_channels: int = 3, **overrides) -> StyleGANDiscriminatorConfig:
+    kwargs = dict(resolution=resolution, num_channels=num_channels, fmap_base=128, fmap_max=32)
+    return StyleGANDiscriminatorConfig(**{**kwargs, **overrides})
 
 
 @pytest.fixture(scope="module")
