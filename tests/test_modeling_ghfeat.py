@@ -246,7 +246,8 @@ def test_device_map_keeps_blocks_whole(depth):
     model = GHFeatModel(tiny_ghfeat_config(depth=depth))
     assert_device_map_keeps_blocks_whole(model)
     present = {type(module).__name__ for module in model.modules()}
-    assert set(model._no_split_modules) <= present | {"BasicUnit", "BottleneckUnit"}  # no misspelt class name
+    # no misspelt class name
+    assert set(model._no_split_modules) <= present | {"GHFeatBasicUnit", "GHFeatBottleneckUnit"}
 
 
 def test_integer_pixel_values_are_refused_with_the_conversion():
