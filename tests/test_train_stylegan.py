@@ -19,7 +19,7 @@ from transformers import AutoModel
 
 import ghfeat_hf  # noqa: F401  (registers the Auto classes)
 from ghfeat_hf import StyleGANDiscriminator, StyleGANGenerator
-from tests.test_data import photo_crops, write_saved_dataset
+from tests.helpers import photo_crops, write_saved_dataset
 from training import train_stylegan
 
 ROOT = Path(__file__).resolve().parents[1]
