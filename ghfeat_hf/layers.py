@@ -7,6 +7,16 @@ Every op reproduces the TensorFlow computation of the official code:
   ``gain / sqrt(fan_in) * lr_multiplier`` where ``fan_in`` is the product of all weight dims but the output one;
 * the [1, 2, 1] blur, StyleGAN v1's fused up/down-sampling convolutions, instance norm with eps 1e-8,
   AdaIN with the ``+1`` scale offset, pixel norm and minibatch standard deviation.
+
+Module classes carry the prefix of the model family whose official code defines them, as transformers names every
+class after its model: the TF 'SAME' convolution and max pool are the GH-Feat encoder's (``GHFeat...``, used by its
+ResNet trunk, FPN and SAM only), the equalized-learning-rate layers are StyleGAN v1's (``StyleGAN...``, used by the
+mapping, synthesis and discriminator networks, including the synthesis network inside ``GHFeatModel``).
+
+This file, like the configuration and modeling files, ships as remote code: ``ghfeat_hf.hub.REMOTE_CODE_FILES``
+copies it next to the weights, where ``trust_remote_code=True`` loads it without ``ghfeat_hf``. Those files import
+each other and transformers' own dependencies only (torch, numpy, PIL), so the TF 'SAME' padding is written here
+rather than taken from ``timm.layers`` (``pad_same``, ``Conv2dSame``): a remote-code load cannot count on timm.
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> t
 torch.fx.wrap("pad_same")
 
 
-class SameConv2d(nn.Conv2d):
+class GHFeatSameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TF 'SAME' padding (asymmetric where TF is), weight ``[C_out, C_in, k, k]``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True):
@@ -55,7 +65,7 @@ class SameConv2d(nn.Conv2d):
         return super().forward(pad_same(x, self.kernel_size[0], self.stride[0]))
 
 
-class SameMaxPool2d(nn.Module):
+class GHFeatSameMaxPool2d(nn.Module):
     """Max pooling with TF 'SAME' padding (padded cells never win: they hold -inf)."""
 
     def __init__(self, kernel_size: int = 3, stride: int = 2):
@@ -68,7 +78,7 @@ class SameMaxPool2d(nn.Module):
         return F.max_pool2d(x, self.kernel_size, self.stride)
 
 
-class EqualizedLinear(nn.Module):
+class StyleGANEqualizedLinear(nn.Module):
     """Dense layer with equalized learning rate: ``y = x @ (W * gain / sqrt(in) * lr_mul).T + b * lr_mul``.
 
     ``weight`` is ``[out_features, in_features]`` (the TF ``[in, out]`` matrix transposed).
@@ -98,7 +108,7 @@ class EqualizedLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, lr_multiplier={self.lr_multiplier}"
 
 
-class EqualizedConv2d(nn.Module):
+class StyleGANEqualizedConv2d(nn.Module):
     """Convolution with equalized learning rate, 'SAME' padding, and optional 2x resampling.
 
     ``weight`` is ``[C_out, C_in, k, k]``, scaled at run time by ``gain / sqrt(C_in * k * k)``.
@@ -213,10 +223,10 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, num_features: int = 1
 __all__ = [
     "LRELU_SLOPE",
     "SQRT2",
-    "EqualizedConv2d",
-    "EqualizedLinear",
-    "SameConv2d",
-    "SameMaxPool2d",
+    "GHFeatSameConv2d",
+    "GHFeatSameMaxPool2d",
+    "StyleGANEqualizedConv2d",
+    "StyleGANEqualizedLinear",
     "adain",
     "blur",
     "instance_norm",

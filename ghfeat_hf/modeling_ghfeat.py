@@ -30,7 +30,7 @@ from transformers.modeling_outputs import BackboneOutput
 from transformers.utils import ModelOutput
 
 from .configuration_ghfeat import HEAD_NAMES, GHFeatConfig
-from .layers import LRELU_SLOPE, SameConv2d, SameMaxPool2d
+from .layers import LRELU_SLOPE, GHFeatSameConv2d, GHFeatSameMaxPool2d
 from .modeling_stylegan import (
     StyleCodes,
     StyleGANSynthesis,
@@ -62,28 +62,28 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
 torch.fx.wrap("check_pixel_values")
 
 
-class ConvNorm(nn.Module):
+class GHFeatConvNorm(nn.Module):
     """A 'SAME'-padded convolution followed by BatchNorm (the activation is applied by the caller)."""
 
     def __init__(self, config: GHFeatConfig, in_ch: int, out_ch: int, kernel: int, stride: int = 1, bias: bool = True):
         super().__init__()
-        self.conv = SameConv2d(in_ch, out_ch, kernel, stride=stride, bias=bias)
+        self.conv = GHFeatSameConv2d(in_ch, out_ch, kernel, stride=stride, bias=bias)
         self.norm = nn.BatchNorm2d(out_ch, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
 
 
-class BottleneckUnit(GradientCheckpointingLayer):
+class GHFeatBottleneckUnit(GradientCheckpointingLayer):
     """Official bottleneck unit (stride in the 3x3 conv): ``relu(c(b(a(x))) + shortcut(x))``, conv -> BN -> ReLU."""
 
     def __init__(self, config: GHFeatConfig, in_ch: int, out_ch: int, stride: int, project: bool):
         super().__init__()
         hidden = int(out_ch * 0.25)
-        self.shortcut = ConvNorm(config, in_ch, out_ch, 1, stride, bias=False) if project else None
-        self.conv_a = ConvNorm(config, in_ch, hidden, 1)
-        self.conv_b = ConvNorm(config, hidden, hidden, 3, stride)
-        self.conv_c = ConvNorm(config, hidden, out_ch, 1)
+        self.shortcut = GHFeatConvNorm(config, in_ch, out_ch, 1, stride, bias=False) if project else None
+        self.conv_a = GHFeatConvNorm(config, in_ch, hidden, 1)
+        self.conv_b = GHFeatConvNorm(config, hidden, hidden, 3, stride)
+        self.conv_c = GHFeatConvNorm(config, hidden, out_ch, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
@@ -91,14 +91,14 @@ class BottleneckUnit(GradientCheckpointingLayer):
         return F.relu(self.conv_c(y) + shortcut)
 
 
-class BasicUnit(GradientCheckpointingLayer):
+class GHFeatBasicUnit(GradientCheckpointingLayer):
     """Official basic block: conv -> LeakyReLU(0.2) -> BN, twice, plus the shortcut; no activation after the add."""
 
     def __init__(self, config: GHFeatConfig, in_ch: int, out_ch: int, stride: int, project: bool):
         super().__init__()
-        self.shortcut = ConvNorm(config, in_ch, out_ch, 1, stride, bias=False) if project else None
-        self.conv_a = ConvNorm(config, in_ch, out_ch, 3, stride)
-        self.conv_b = ConvNorm(config, out_ch, out_ch, 3)
+        self.shortcut = GHFeatConvNorm(config, in_ch, out_ch, 1, stride, bias=False) if project else None
+        self.conv_a = GHFeatConvNorm(config, in_ch, out_ch, 3, stride)
+        self.conv_b = GHFeatConvNorm(config, out_ch, out_ch, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
@@ -106,20 +106,20 @@ class BasicUnit(GradientCheckpointingLayer):
         return self.conv_b.norm(F.leaky_relu(self.conv_b.conv(y), LRELU_SLOPE)) + shortcut
 
 
-class EncoderStem(nn.Module):
+class GHFeatEncoderStem(nn.Module):
     """7x7 conv (no bias) -> BN -> LeakyReLU(0.2) -> optional 3x3/2 max pool (TF 'SAME' padding)."""
 
     def __init__(self, config: GHFeatConfig):
         super().__init__()
-        self.conv = SameConv2d(config.num_channels, config.base_width, 7, stride=config.stem_stride, bias=False)
+        self.conv = GHFeatSameConv2d(config.num_channels, config.base_width, 7, stride=config.stem_stride, bias=False)
         self.norm = nn.BatchNorm2d(config.base_width, eps=config.batch_norm_eps, momentum=config.batch_norm_momentum)
-        self.pool = SameMaxPool2d(3, 2) if config.stem_pool else nn.Identity()
+        self.pool = GHFeatSameMaxPool2d(3, 2) if config.stem_pool else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(F.leaky_relu(self.norm(self.conv(x)), LRELU_SLOPE))
 
 
-class FeaturePyramid(nn.Module):
+class GHFeatFeaturePyramid(nn.Module):
     """FPN on (res4, res5, res6): 3x3 laterals, nearest top-down sums, 3x3 outputs; no activations.
 
     Returns ``(P0, P1, P2)`` from the finest (res4) to the coarsest (res6) level, each ``pyramid_channels`` wide.
@@ -128,8 +128,8 @@ class FeaturePyramid(nn.Module):
     def __init__(self, config: GHFeatConfig, in_channels: Sequence[int]):
         super().__init__()
         width = config.pyramid_channels
-        self.lateral_convs = nn.ModuleList(SameConv2d(ch, width, 3) for ch in in_channels)
-        self.output_convs = nn.ModuleList(SameConv2d(width, width, 3) for _ in in_channels)
+        self.lateral_convs = nn.ModuleList(GHFeatSameConv2d(ch, width, 3) for ch in in_channels)
+        self.output_convs = nn.ModuleList(GHFeatSameConv2d(width, width, 3) for _ in in_channels)
 
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         laterals = [conv(feature) for conv, feature in zip(self.lateral_convs, features)]
@@ -138,7 +138,7 @@ class FeaturePyramid(nn.Module):
         return tuple(conv(lateral) for conv, lateral in zip(self.output_convs, laterals))
 
 
-class SpatialAlignment(nn.Module):
+class GHFeatSpatialAlignment(nn.Module):
     """SAM: pool every level to the coarsest size (2x2 average pools), 3x3 conv each, add the coarsest to the others.
 
     The FPN levels are 2x apart, so level ``k`` of ``n`` takes ``n - 1 - k`` pools (a static count).
@@ -147,7 +147,7 @@ class SpatialAlignment(nn.Module):
     def __init__(self, config: GHFeatConfig, num_levels: int = 3):
         super().__init__()
         width = config.pyramid_channels
-        self.convs = nn.ModuleList(SameConv2d(width, width, 3) for _ in range(num_levels))
+        self.convs = nn.ModuleList(GHFeatSameConv2d(width, width, 3) for _ in range(num_levels))
 
     def forward(self, pyramid: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         aligned = []
@@ -159,7 +159,7 @@ class SpatialAlignment(nn.Module):
         return tuple(level + coarsest for level in aligned[:-1]) + (coarsest,)
 
 
-class StyleHead(nn.Module):
+class GHFeatStyleHead(nn.Module):
     """Dense + BatchNorm1d head producing the concatenated codes of its generator layers."""
 
     def __init__(self, config: GHFeatConfig, style_dims: Sequence[int]):
@@ -186,8 +186,8 @@ class GHFeatEncoder(nn.Module):
         super().__init__()
         self.image_size = config.image_size
         self.num_channels = config.num_channels
-        self.stem = EncoderStem(config)
-        unit = BottleneckUnit if config.bottleneck else BasicUnit
+        self.stem = GHFeatEncoderStem(config)
+        unit = GHFeatBottleneckUnit if config.bottleneck else GHFeatBasicUnit
         stages, in_ch = [], config.base_width
         for index, (num_units, out_ch) in enumerate(zip(config.units_per_stage, config.stage_channels)):
             stride = 1 if index == 0 else 2
@@ -196,11 +196,12 @@ class GHFeatEncoder(nn.Module):
             stages.append(nn.Sequential(*units))
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
-        self.extra_stage = BottleneckUnit(config, in_ch, config.extra_stage_channels, 2, project=True)
-        self.fpn = FeaturePyramid(config, [config.stage_channels[2], config.stage_channels[3], config.extra_stage_channels])
-        self.alignment = SpatialAlignment(config)
+        self.extra_stage = GHFeatBottleneckUnit(config, in_ch, config.extra_stage_channels, 2, project=True)
+        pyramid_inputs = [config.stage_channels[2], config.stage_channels[3], config.extra_stage_channels]
+        self.fpn = GHFeatFeaturePyramid(config, pyramid_inputs)
+        self.alignment = GHFeatSpatialAlignment(config)
         self.heads = nn.ModuleList(
-            StyleHead(config, [config.style_dims[layer] for layer in layers]) for layers in config.head_layers
+            GHFeatStyleHead(config, [config.style_dims[layer] for layer in layers]) for layers in config.head_layers
         )
         self.head_names = HEAD_NAMES
 
@@ -277,7 +278,12 @@ class GHFeatPreTrainedModel(PreTrainedModel):
     # Blocks that combine the outputs of their sub-modules (residual, FPN and SAM sums; the code split of a head;
     # noise and bias added to a convolution) must stay on one device when device_map="auto" places the model.
     _no_split_modules = [
-        "BasicUnit", "BottleneckUnit", "FeaturePyramid", "SpatialAlignment", "StyleHead", "SynthesisLayer"
+        "GHFeatBasicUnit",
+        "GHFeatBottleneckUnit",
+        "GHFeatFeaturePyramid",
+        "GHFeatSpatialAlignment",
+        "GHFeatStyleHead",
+        "StyleGANSynthesisLayer",
     ]
 
     def _init_weights(self, module: nn.Module) -> None:

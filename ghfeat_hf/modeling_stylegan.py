@@ -25,8 +25,8 @@ from transformers import initialization as init
 from .configuration_stylegan import StyleGANDiscriminatorConfig, StyleGANGeneratorConfig, feature_maps
 from .layers import (
     LRELU_SLOPE,
-    EqualizedConv2d,
-    EqualizedLinear,
+    StyleGANEqualizedConv2d,
+    StyleGANEqualizedLinear,
     adain,
     blur,
     instance_norm,
@@ -89,7 +89,7 @@ class StyleGANMapping(nn.Module):
         self.latent_size = config.latent_size
         widths = [config.latent_size] + [config.mapping_fmaps] * (config.mapping_layers - 1) + [config.dlatent_size]
         self.layers = nn.ModuleList(
-            EqualizedLinear(fan_in, fan_out, lr_multiplier=config.mapping_lr_multiplier)
+            StyleGANEqualizedLinear(fan_in, fan_out, lr_multiplier=config.mapping_lr_multiplier)
             for fan_in, fan_out in zip(widths[:-1], widths[1:])
         )
         self.register_buffer("w_avg", torch.zeros(config.dlatent_size))
@@ -112,7 +112,7 @@ class StyleGANMapping(nn.Module):
         return w
 
 
-class SynthesisLayer(nn.Module):
+class StyleGANSynthesisLayer(nn.Module):
     """One synthesis layer: (const | conv | up-conv + blur) -> noise -> bias -> lrelu -> instance norm -> AdaIN."""
 
     def __init__(
@@ -131,11 +131,13 @@ class SynthesisLayer(nn.Module):
             self.const = nn.Parameter(torch.ones(1, out_channels, 4, 4))
         else:
             resample = "up" if kind == "up" else None
-            self.conv = EqualizedConv2d(in_channels, out_channels, 3, bias=False, resample=resample, fused=fused)
+            self.conv = StyleGANEqualizedConv2d(
+                in_channels, out_channels, 3, bias=False, resample=resample, fused=fused
+            )
         self.register_buffer("noise", torch.randn(1, 1, resolution, resolution))
         self.noise_strength = nn.Parameter(torch.zeros(out_channels))
         self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.style = EqualizedLinear(dlatent_size, 2 * out_channels, gain=1.0) if dlatent_size else None
+        self.style = StyleGANEqualizedLinear(dlatent_size, 2 * out_channels, gain=1.0) if dlatent_size else None
 
     def forward(self, x: torch.Tensor | None, style_code: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
         if self.kind == "const":
@@ -177,9 +179,9 @@ class StyleGANSynthesis(nn.Module):
             else:
                 kind, in_channels = "conv", channels
             fused = kind == "up" and config.fused_at(resolution)
-            layers.append(SynthesisLayer(in_channels, channels, resolution, kind, fused, dlatent_size))
+            layers.append(StyleGANSynthesisLayer(in_channels, channels, resolution, kind, fused, dlatent_size))
         self.layers = nn.ModuleList(layers)
-        self.to_rgb = EqualizedConv2d(config.layer_channels[-1], config.num_channels, 1, gain=1.0)
+        self.to_rgb = StyleGANEqualizedConv2d(config.layer_channels[-1], config.num_channels, 1, gain=1.0)
 
     @property
     def has_style_mod(self) -> bool:
@@ -213,13 +215,13 @@ class StyleGANSynthesis(nn.Module):
         return self.to_rgb(x)
 
 
-class DiscriminatorBlock(nn.Module):
+class StyleGANDiscriminatorBlock(nn.Module):
     """``conv0`` (3x3) -> lrelu -> blur -> ``conv1_down`` (3x3, 2x down) -> lrelu."""
 
     def __init__(self, channels: int, out_channels: int, fused: bool):
         super().__init__()
-        self.conv0 = EqualizedConv2d(channels, channels, 3)
-        self.conv1_down = EqualizedConv2d(channels, out_channels, 3, resample="down", fused=fused)
+        self.conv0 = StyleGANEqualizedConv2d(channels, channels, 3)
+        self.conv1_down = StyleGANEqualizedConv2d(channels, out_channels, 3, resample="down", fused=fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.conv0(x), LRELU_SLOPE)
@@ -233,16 +235,18 @@ class StyleGANDiscriminatorNet(nn.Module):
         super().__init__()
         self.mbstd_group_size = config.mbstd_group_size
         self.mbstd_num_features = config.mbstd_num_features
-        self.from_rgb = EqualizedConv2d(config.num_channels, config.channels_at(config.resolution), 1)
+        self.from_rgb = StyleGANEqualizedConv2d(config.num_channels, config.channels_at(config.resolution), 1)
         self.blocks = nn.ModuleList(
-            DiscriminatorBlock(config.channels_at(2**log2), config.channels_at(2 ** (log2 - 1)), config.fused_at(2**log2))
+            StyleGANDiscriminatorBlock(
+                config.channels_at(2**log2), config.channels_at(2 ** (log2 - 1)), config.fused_at(2**log2)
+            )
             for log2 in range(config.resolution_log2, 2, -1)
         )
         channels = config.channels_at(4)
         dense_channels = feature_maps(0, config.fmap_base, config.fmap_decay, config.fmap_max)
-        self.final_conv = EqualizedConv2d(channels + config.mbstd_num_features, channels, 3)
-        self.final_dense = EqualizedLinear(channels * 16, dense_channels)
-        self.output = EqualizedLinear(dense_channels, 1, gain=1.0)
+        self.final_conv = StyleGANEqualizedConv2d(channels + config.mbstd_num_features, channels, 3)
+        self.final_dense = StyleGANEqualizedLinear(channels * 16, dense_channels)
+        self.output = StyleGANEqualizedLinear(dense_channels, 1, gain=1.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.from_rgb(images), LRELU_SLOPE)
@@ -260,11 +264,11 @@ def init_stylegan_module(module: nn.Module) -> bool:
 
     Uses ``transformers.initialization`` so tensors already loaded by ``from_pretrained`` are left alone.
     """
-    if isinstance(module, (EqualizedConv2d, EqualizedLinear)):
+    if isinstance(module, (StyleGANEqualizedConv2d, StyleGANEqualizedLinear)):
         init.normal_(module.weight, std=1.0 / module.lr_multiplier)
         if module.bias is not None:
             init.zeros_(module.bias)
-    elif isinstance(module, SynthesisLayer):
+    elif isinstance(module, StyleGANSynthesisLayer):
         if module.kind == "const":
             init.ones_(module.const)
         init.normal_(module.noise)
@@ -282,7 +286,7 @@ class StyleGANPreTrainedModel(PreTrainedModel):
 
     # Kept on one device by device_map="auto": the mapping's truncation reads w_avg next to its layers' output, a
     # synthesis layer adds its noise and bias to its convolution's output, a discriminator block chains two convs.
-    _no_split_modules = ["DiscriminatorBlock", "StyleGANMapping", "SynthesisLayer"]
+    _no_split_modules = ["StyleGANDiscriminatorBlock", "StyleGANMapping", "StyleGANSynthesisLayer"]
 
     def _init_weights(self, module: nn.Module) -> None:
         if not init_stylegan_module(module):

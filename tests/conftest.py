@@ -1,16 +1,29 @@
-"""Shared test setup: offline Hub, tiny model configurations, the official-TF fixtures."""
+"""Shared test setup: offline Hub, tiny model configurations and builders, the official-TF fixtures, a recording Hub
+API and subprocess runners. Plain helper functions (shared assertions, data writers) are in ``helpers.py``."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read once at huggingface_hub import: set before any HF import
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import json  # noqa: E402
+import math  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ghfeat_hf import GHFeatConfig, StyleGANDiscriminatorConfig, StyleGANGeneratorConfig  # noqa: E402
+from ghfeat_hf import (  # noqa: E402
+    GHFeatConfig,
+    GHFeatImageProcessor,
+    GHFeatModel,
+    StyleGANDiscriminatorConfig,
+    StyleGANGeneratorConfig,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # A Python subprocess that imports the tests and the training modules: the checkout, and training/ as the training
@@ -38,8 +51,91 @@ def tiny_ghfeat_config(resolution: int = 32, depth: int = 18, num_channels: int 
     return GHFeatConfig(**{**kwargs, **overrides})
 
 
-def tiny_discriminator_config(resolution: int = 32, num_channels: int = 3) -> StyleGANDiscriminatorConfig:
-    return StyleGANDiscriminatorConfig(resolution=resolution, num_channels=num_channels, fmap_base=128, fmap_max=32)
+def tiny_discriminator_config(resolution: int = 32, num_channels: int = 3, **overrides) -> StyleGANDiscriminatorConfig:
+    kwargs = dict(resolution=resolution, num_channels=num_channels, fmap_base=128, fmap_max=32)
+    return StyleGANDiscriminatorConfig(**{**kwargs, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[..., GHFeatModel]:
+    """The builder ``tiny_model(seed=0, image_size=32)`` of a random GH-Feat in eval mode: a 32 px generator (8 layers:
+    coarse 0-1, middle 2-3, fine 4-7) and an encoder taking ``image_size`` px (a multiple of 16)."""
+
+    def build(seed: int = 0, image_size: int = 32) -> GHFeatModel:
+        torch.manual_seed(seed)
+        return GHFeatModel(tiny_ghfeat_config(image_size=image_size)).eval()
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def save_tiny_model(tiny_model) -> Callable[[Path], Path]:
+    """``save_tiny_model(directory) -> directory`` saves a 32 px GH-Feat (model and processor) whose encoder weights
+    give O(1) codes (the default init gives ~1e-7)."""
+
+    def save(directory: Path) -> Path:
+        model = tiny_model()
+        with torch.no_grad():
+            for parameter in model.encoder.parameters():
+                if parameter.ndim > 1:
+                    parameter.normal_(0.0, math.sqrt(1.0 / parameter[0].numel()))
+        model.save_pretrained(directory)
+        GHFeatImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
+        return directory
+
+    return save
+
+
+class RecordingApi:
+    """Stands in for huggingface_hub.HfApi: records the calls that would go over HTTP."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        folder = Path(kwargs["folder_path"])  # a staged copy, gone after the call: record what it held
+        uploaded = {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+        self.calls.append(("upload_folder", kwargs["repo_id"], {**kwargs, "files": uploaded}))
+        return type("Commit", (), {"commit_url": f"https://hub.example/{kwargs['repo_id']}/commit/1"})()
+
+
+@pytest.fixture
+def recording_api() -> RecordingApi:
+    """A fresh :class:`RecordingApi` (``.calls`` lists ``(method, repo_id, kwargs)``) to pass as ``api=``."""
+    return RecordingApi()
+
+
+@pytest.fixture(scope="session")
+def run_python() -> Callable[..., dict]:
+    """``run_python(code, env=None) -> dict`` runs ``code`` (dedented) in a fresh offline Python process, asserts it
+    succeeds and returns the JSON object printed on its last stdout line."""
+
+    def run(code: str, env: dict | None = None) -> dict:
+        result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    return run
+
+
+ACCEPTANCE = 'import ghfeat_hf; from transformers import AutoModel; AutoModel.from_pretrained("ghfeat-ffhq")'
+
+
+@pytest.fixture(scope="session")
+def run_acceptance_line() -> Callable[[Path], subprocess.CompletedProcess]:
+    """``run_acceptance_line(directory)`` runs the exact ``python -c`` line loading ``ghfeat-ffhq`` (``ACCEPTANCE``)
+    in ``directory``, offline, and returns the completed process."""
+
+    def run(directory: Path) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        return subprocess.run([sys.executable, "-c", ACCEPTANCE], cwd=directory, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    return run
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,10 @@
-"""Shared inputs of the editing tests: a tiny random model and real images at the tiny model's resolution."""
+"""Shared inputs of the editing tests: real images at the resolution of the tiny model (conftest's ``tiny_model``)."""
 
 import PIL.Image
 import torch
 
-from ghfeat_hf import GHFeatImageProcessor, GHFeatModel
+from ghfeat_hf import GHFeatImageProcessor
 from ghfeat_hf.demo import demo_image_paths
-from tests.conftest import tiny_ghfeat_config
-
-
-def tiny_model(seed: int = 0, image_size: int = 32) -> GHFeatModel:
-    """A random GH-Feat with a 32 px generator (8 layers: coarse 0-1, middle 2-3, fine 4-7) and an encoder taking
-    ``image_size`` px (a multiple of 16), eval mode."""
-    torch.manual_seed(seed)
-    return GHFeatModel(tiny_ghfeat_config(image_size=image_size)).eval()
 
 
 def demo_pixel_values(count: int | None = None, size: int = 32) -> torch.Tensor:

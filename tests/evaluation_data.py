@@ -3,11 +3,9 @@
 import datasets
 import numpy as np
 import PIL.Image
-import torch
 from skimage import data as skdata
 
-from ghfeat_hf import GHFeatImageProcessor, GHFeatModel
-from tests.conftest import tiny_ghfeat_config
+from ghfeat_hf import GHFeatImageProcessor
 
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "immunohistochemistry", "colorwheel",
           "brick", "grass", "gravel", "clock", "text", "page", "moon", "hubble_deep_field")
@@ -15,11 +13,14 @@ PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "immuno
 ASTRONAUT_POINTS = {"left_eye": (242.0, 100.0), "right_eye": (195.0, 100.0), "flag": (410.0, 50.0)}
 
 
-def tiny_model(seed: int = 1) -> tuple[GHFeatModel, GHFeatImageProcessor]:
-    """A tiny random 32 px GH-Feat model and its processor. The seed is not 0, the random-init baseline's seed, so
-    the two differ."""
-    torch.manual_seed(seed)
-    return GHFeatModel(tiny_ghfeat_config()).eval(), GHFeatImageProcessor(size={"height": 32, "width": 32})
+# The evaluation tests' model is conftest's ``tiny_model(seed=MODEL_SEED)`` (32 px) with a 32 px processor. The seed
+# is not 0, the random-init baseline's seed, so the two differ.
+MODEL_SEED = 1
+
+
+def tiny_processor() -> GHFeatImageProcessor:
+    """The processor of the evaluation tests' tiny 32 px model."""
+    return GHFeatImageProcessor(size={"height": 32, "width": 32})
 
 
 def _photo(name: str) -> PIL.Image.Image:

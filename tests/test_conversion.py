@@ -25,7 +25,6 @@ from ghfeat_hf.conversion.tf_pickle import load_tf_pickle
 from ghfeat_hf.conversion.weight_mapping import ConversionError
 from tests.conftest import OFFICIAL_FIXTURES, PARITY_LINES
 from tests.official_pickles import Payload, from_tf_network, write
-from tests.test_hub import RecordingApi
 
 TOLERANCE = 1e-4
 REFERENCES = sorted(OFFICIAL_FIXTURES.glob("reference_depth*_seed*.npz"))
@@ -164,10 +163,10 @@ def networks(converted):
     return load_tf_pickle(converted["pickle"])
 
 
-def test_generator_pickle_converts_to_stylegan_directories(networks, converted, tmp_path, monkeypatch):
+def test_generator_pickle_converts_to_stylegan_directories(networks, converted, tmp_path, monkeypatch, recording_api):
     _, G, D, Gs = networks
     path = write(tmp_path / "stylegan.pkl", tuple(from_tf_network(net) for net in (G, D, Gs)))
-    api = RecordingApi()
+    api = recording_api
     monkeypatch.setattr(hub, "HfApi", lambda token=None: api)
     assert main(["--pickle", str(path), "--output", str(tmp_path / "out"), "--push-to-hub", "org/stylegan"]) == 0
     assert not (tmp_path / "out" / "config.json").exists()
@@ -278,13 +277,12 @@ def test_timm_features_only_on_the_converted_directory(parity, converted):
         torch.testing.assert_close(level, reference, rtol=0, atol=1e-6)
 
 
-def test_every_loader_matches_on_the_converted_directory(parity, converted, tmp_path):
+def test_every_loader_matches_on_the_converted_directory(parity, converted, tmp_path, run_python):
     """Backbone, pipeline (pooled and not), timm from a populated Hub cache and trust_remote_code without the
     package all give GHFeatModel's outputs on the converter's own directory."""
     from transformers import pipeline
 
     from ghfeat_hf.hub import load_backbone
-    from tests.test_hub import _run
 
     _, model = parity
     output = converted["output"]
@@ -314,7 +312,7 @@ def test_every_loader_matches_on_the_converted_directory(parity, converted, tmp_
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     pixels_file = str(tmp_path / "pixels.npy")
-    hub = _run(f"""
+    hub = run_python(f"""
         import json, numpy as np, torch, timm, ghfeat_hf
         from transformers import AutoModel
         pixels = torch.from_numpy(np.load({pixels_file!r}))
@@ -324,7 +322,7 @@ def test_every_loader_matches_on_the_converted_directory(parity, converted, tmp_
                                            pretrained_cfg_overlay=dict(hf_hub_id={repo!r})).eval().forward_features(pixels)
         print(json.dumps({{"codes": codes.tolist(), "timm": timm_codes.tolist()}}))
     """, env={"HF_HUB_CACHE": str(tmp_path / "hub")})
-    remote = _run(f"""
+    remote = run_python(f"""
         import json, sys
         sys.modules["ghfeat_hf"] = None
         import numpy as np, torch
@@ -339,11 +337,11 @@ def test_every_loader_matches_on_the_converted_directory(parity, converted, tmp_
         np.testing.assert_allclose(np.array(codes), expected.last_hidden_state.numpy(), rtol=0, atol=1e-6)
 
 
-def test_the_python_line_loads_the_official_format_fixture_after_ghfeat_convert(converted, tmp_path):
+def test_the_python_line_loads_the_official_format_fixture_after_ghfeat_convert(converted, tmp_path,
+                                                                                 run_acceptance_line):
     """The README's promise on the full-size official-format fixture pickle: in a folder without `ghfeat-ffhq`, the
     exact line explains how to get the model; after `ghfeat convert --pickle ...` there, it loads it."""
     from ghfeat_hf.cli import main as ghfeat
-    from tests.test_convert_command import run_acceptance_line
 
     before = run_acceptance_line(tmp_path)
     assert before.returncode == 1 and "ghfeat convert --pickle" in before.stderr.strip().splitlines()[-1]

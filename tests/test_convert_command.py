@@ -35,12 +35,10 @@ from ghfeat_hf.model_names import (
 from ghfeat_hf.modeling_ghfeat import GHFeatBackbone
 from ghfeat_hf.runtime import load_model
 from tests.official_pickles import dumps, official, tiny_official_parts
-from tests.test_hub import RecordingApi
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-ACCEPTANCE = 'import ghfeat_hf; from transformers import AutoModel; AutoModel.from_pretrained("ghfeat-ffhq")'
 needs_embedded = pytest.mark.skipif(not embedded_models(), reason="no embedded model in this installation")
 
 
@@ -69,14 +67,8 @@ def assert_explains_how_to_get_models(message: str) -> None:
     assert "couldn't connect" not in message
 
 
-def run_acceptance_line(directory: Path) -> subprocess.CompletedProcess:
-    """The exact ``python -c`` line of the issue, in ``directory``, offline."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", ACCEPTANCE], cwd=directory, env=env, capture_output=True, text=True,
-                          timeout=300)
-
-
-def test_the_python_line_explains_then_loads_after_ghfeat_convert(workdir, official_pickle, capsys):
+def test_the_python_line_explains_then_loads_after_ghfeat_convert(workdir, official_pickle, capsys,
+                                                                   run_acceptance_line):
     before = run_acceptance_line(workdir)
     assert before.returncode == 1
     last = before.stderr.strip().splitlines()[-1]
@@ -90,7 +82,8 @@ def test_the_python_line_explains_then_loads_after_ghfeat_convert(workdir, offic
     assert after.returncode == 0, after.stderr[-3000:]
 
 
-def test_convert_writes_ghfeat_ffhq_and_replaces_it_only_with_overwrite(workdir, official_pickle, capsys, monkeypatch):
+def test_convert_writes_ghfeat_ffhq_and_replaces_it_only_with_overwrite(workdir, official_pickle, capsys, monkeypatch,
+                                                                       recording_api):
     assert main(["convert", "--pickle", str(official_pickle)]) == 0
     output = workdir / OFFICIAL_LOCAL_NAME
     assert sorted(path.name for path in workdir.iterdir()) == [OFFICIAL_LOCAL_NAME]  # nothing else left behind
@@ -106,7 +99,7 @@ def test_convert_writes_ghfeat_ffhq_and_replaces_it_only_with_overwrite(workdir,
     assert line == f"ghfeat convert: error: {OFFICIAL_LOCAL_NAME}: already exists; pass --overwrite to replace it"
     assert (output / "config.json").read_bytes() == config
 
-    api = RecordingApi()
+    api = recording_api
     monkeypatch.setattr(hub, "HfApi", lambda token=None: api)
     assert main(["convert", "--pickle", str(official_pickle), "--overwrite", "--push-to-hub", OFFICIAL_HUB_REPO]) == 0
     (_, repo, _), (_, _, upload) = api.calls

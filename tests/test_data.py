@@ -13,27 +13,10 @@ import torch
 
 from ghfeat_hf import GHFeatImageProcessor
 from ghfeat_hf import data as gdata
+from tests.helpers import photo_crops, write_saved_dataset
 
 # ----------------------------------------------------------------------------------------------------------------
 # Real images bundled with scikit-image
-
-
-def photo_crops(count: int = 12, size: int = 40, seed: int = 0) -> list[PIL.Image.Image]:
-    """Crops of scikit-image's bundled photos, in several modes and sizes (RGB, L, RGBA, P)."""
-    from skimage import data as skdata
-
-    photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.camera(), skdata.rocket()]
-    rng = np.random.default_rng(seed)
-    images = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        crop = size + 8 * (index % 3)
-        top = int(rng.integers(0, photo.shape[0] - crop))
-        left = int(rng.integers(0, photo.shape[1] - crop))
-        image = PIL.Image.fromarray(photo[top : top + crop, left : left + crop])
-        mode = ("RGB", "L", "RGBA", "P")[index % 4]
-        images.append(image.convert(mode) if image.mode != mode else image)
-    return images
 
 
 def write_imagefolder(root: Path, images, classes=("cats", "dogs")) -> Path:
@@ -42,20 +25,6 @@ def write_imagefolder(root: Path, images, classes=("cats", "dogs")) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{index:03d}.png")
     return root
-
-
-def write_saved_dataset(path: Path, images, corrupt: int = 0) -> Path:
-    """save_to_disk directory of the images (PNG bytes) plus `corrupt` rows of garbage bytes."""
-    records = []
-    for image in images:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        records.append({"bytes": buffer.getvalue(), "path": None})
-    records += [{"bytes": b"definitely not an image " * (k + 1), "path": None} for k in range(corrupt)]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
-    dataset = datasets.Dataset.from_dict({"image": records, "label": list(range(len(records)))}, features=features)
-    dataset.save_to_disk(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from ghfeat_hf.editing import (
 )
 from ghfeat_hf.errors import UsageError
 from ghfeat_hf.runtime import model_fingerprint
-from tests.editing_helpers import brightness_dataset, tiny_model
+from tests.editing_helpers import brightness_dataset
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_model):
     return tiny_model()
 
 

@@ -12,19 +12,14 @@ from ghfeat_hf.cli import main
 from ghfeat_hf.demo import demo_image_paths
 from ghfeat_hf.editing import load_boundary
 from ghfeat_hf.hub import save_ghfeat_directory
-from tests.editing_helpers import brightness_dataset, tiny_model
+from tests.editing_helpers import brightness_dataset
 
 FIGURE_SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "make_editing_figures.py"
 
 
-def _save_tiny_model(directory: Path, seed: int) -> str:
-    save_ghfeat_directory(tiny_model(seed), directory)
-    return str(directory)
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return _save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+def model_dir(tmp_path_factory, tiny_model):
+    return str(save_ghfeat_directory(tiny_model(seed=0), tmp_path_factory.mktemp("tiny")))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +69,7 @@ def test_refine_with_the_hed_perceptual_term(model_dir, images, tmp_path, capsys
     assert code == 0 and out.count("dB ->") == 3 and (tmp_path / "refined.png").is_file(), err  # 2 images + mean
 
 
-def test_operations_when_the_encoder_input_size_is_not_the_generator_resolution(images, tmp_path, capsys):
+def test_operations_when_the_encoder_input_size_is_not_the_generator_resolution(images, tmp_path, capsys, tiny_model):
     directory = tmp_path / "model16"
     save_ghfeat_directory(tiny_model(image_size=16), directory)  # 16 px in, 32 px out
     common = ["--model", str(directory), "--device", "cpu", "--min-cell-size", "32", "--refine-steps", "2"]
@@ -89,7 +84,7 @@ def test_operations_when_the_encoder_input_size_is_not_the_generator_resolution(
     assert code == 0 and out.count("dB ->") == 3, err
 
 
-def test_learn_boundary_then_manipulate(model_dir, images, tmp_path, capsys):
+def test_learn_boundary_then_manipulate(model_dir, images, tmp_path, capsys, tiny_model):
     pixel_values, labels = brightness_dataset(120)
     pictures = [PIL.Image.fromarray(np.asarray((x.permute(1, 2, 0) + 1) * 127.5, dtype=np.uint8)) for x in pixel_values]
     dataset = datasets.Dataset.from_dict({"image": pictures, "bright": labels.int().tolist()},
@@ -109,7 +104,7 @@ def test_learn_boundary_then_manipulate(model_dir, images, tmp_path, capsys):
     assert code == 0 and out.count("sd from the 'bright' boundary") == 2
     assert PIL.Image.open(manipulated).width > 4 * 96
 
-    other_model = _save_tiny_model(tmp_path / "other", seed=1)
+    other_model = str(save_ghfeat_directory(tiny_model(seed=1), tmp_path / "other"))
     argv = ["manipulate", images[0], "--boundary", str(boundary), "--model", other_model, "-o", str(manipulated)]
     code, _, err = run(argv, capsys)
     assert code == 2 and "learned with another model" in err

@@ -17,11 +17,11 @@ from ghfeat_hf.editing import (
 )
 from ghfeat_hf.errors import UsageError
 from tests.conftest import tiny_ghfeat_config
-from tests.editing_helpers import demo_pixel_values, tiny_model
+from tests.editing_helpers import demo_pixel_values
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_model):
     return tiny_model()
 
 

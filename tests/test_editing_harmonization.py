@@ -8,7 +8,7 @@ import torch
 from ghfeat_hf.editing import box_mask, harmonize, image_mask, masks_at_resolution, paste_region, resize_images
 from ghfeat_hf.editing.harmonization import parse_box
 from ghfeat_hf.errors import UsageError
-from tests.editing_helpers import demo_pixel_values, tiny_model
+from tests.editing_helpers import demo_pixel_values
 
 
 def test_box_and_image_masks(tmp_path):
@@ -52,7 +52,7 @@ def test_paste_region_takes_the_masked_pixels_from_the_source():
         paste_region(base, source, torch.zeros(1, 1, 4, 4))
 
 
-def test_harmonize_with_empty_and_full_regions():
+def test_harmonize_with_empty_and_full_regions(tiny_model):
     model = tiny_model()
     base, source = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
@@ -103,7 +103,7 @@ def test_16_bit_and_float_masks_keep_their_scale(tmp_path):
         image_mask(np.zeros((3, 4, 3), np.float32))
 
 
-def test_a_mask_file_pastes_its_region_and_harmonization_stays_at_the_generator_resolution(tmp_path):
+def test_a_mask_file_pastes_its_region_and_harmonization_stays_at_the_generator_resolution(tmp_path, tiny_model):
     # an encoder input size (16 px) other than the generator resolution (32 px): everything returned is 32 px
     model = tiny_model(image_size=16)
     base, source = demo_pixel_values(2, size=16), demo_pixel_values(4, size=16)[2:]

@@ -14,11 +14,11 @@ from ghfeat_hf.editing import (
 )
 from ghfeat_hf.errors import UsageError
 from ghfeat_hf.image_metrics import pixel_mse, psnr
-from tests.editing_helpers import demo_pixel_values, tiny_model
+from tests.editing_helpers import demo_pixel_values
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_model):
     return tiny_model()
 
 
@@ -63,7 +63,7 @@ def test_refinement_raises_the_psnr_and_leaves_the_model_alone(model, pixel_valu
 
 
 @pytest.mark.parametrize("image_size", [16, 64])
-def test_refinement_when_the_encoder_input_size_is_not_the_generator_resolution(image_size):
+def test_refinement_when_the_encoder_input_size_is_not_the_generator_resolution(image_size, tiny_model):
     model = tiny_model(image_size=image_size)  # the generator renders 32 px
     pixel_values = demo_pixel_values(2, size=image_size)
     result = refine_style_codes(model, pixel_values, steps=10, learning_rate=0.02, progress=False)

@@ -12,13 +12,13 @@ from ghfeat_hf.cli import main
 from ghfeat_hf.data import find_fashion_mnist
 from ghfeat_hf.evaluation import PixelExtractor
 from ghfeat_hf.hub import save_ghfeat_directory
-from tests.evaluation_data import astronaut_landmarks, augmented_copies, lfw_faces, tiny_model, verification_pairs
+from tests.evaluation_data import MODEL_SEED, astronaut_landmarks, augmented_copies, lfw_faces, verification_pairs
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, tiny_model):
     directory = tmp_path_factory.mktemp("ghfeat-tiny")
-    save_ghfeat_directory(tiny_model()[0], directory)
+    save_ghfeat_directory(tiny_model(seed=MODEL_SEED), directory)
     return directory
 
 

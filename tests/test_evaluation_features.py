@@ -22,12 +22,12 @@ from ghfeat_hf.evaluation import (
     resolve_layer_groups,
 )
 from ghfeat_hf.evaluation.features import feature_views, numpy_columns
-from tests.evaluation_data import augmented_copies, lfw_faces, tiny_model
+from tests.evaluation_data import MODEL_SEED, augmented_copies, lfw_faces, tiny_processor
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return tiny_model()
+def tiny(tiny_model):
+    return tiny_model(seed=MODEL_SEED), tiny_processor()
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,19 @@ from ghfeat_hf.evaluation.verification import assign_folds
 from ghfeat_hf.evaluation_report import OURS
 from ghfeat_hf.perceptual import LPIPS_INSTALL, LPIPS_NAME
 from ghfeat_hf.reconstruction import image_metrics, reconstruct_images
-from tests.evaluation_data import astronaut_landmarks, augmented_copies, lfw_faces, tiny_model, verification_pairs
+from tests.evaluation_data import (
+    MODEL_SEED,
+    astronaut_landmarks,
+    augmented_copies,
+    lfw_faces,
+    tiny_processor,
+    verification_pairs,
+)
 
 
 @pytest.fixture(scope="module")
-def extractors():
-    model, processor = tiny_model()
+def extractors(tiny_model):
+    model, processor = tiny_model(seed=MODEL_SEED), tiny_processor()
     return [GHFeatExtractor(model, processor)] + build_baselines(["pixels", "random-init"], model, processor)
 
 

@@ -2,7 +2,6 @@
 
 import io
 import json
-import math
 import os
 import subprocess
 import sys
@@ -35,19 +34,6 @@ from .conftest import tiny_ghfeat_config
 BATCH = 16
 CORRUPT = ["broken/empty.jpg", "broken/noise.png", "broken/truncated.jpg"]
 GRAY, RGBA = "set_1/gray.png", "set_2/deep/rgba.png"
-
-
-def save_tiny_model(directory: Path) -> Path:
-    """A 32 px GH-Feat directory whose encoder weights give O(1) codes (the default init gives ~1e-7)."""
-    torch.manual_seed(0)
-    model = GHFeatModel(tiny_ghfeat_config()).eval()
-    with torch.no_grad():
-        for parameter in model.encoder.parameters():
-            if parameter.ndim > 1:
-                parameter.normal_(0.0, math.sqrt(1.0 / parameter[0].numel()))
-    model.save_pretrained(directory)
-    GHFeatImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
-    return directory
 
 
 def photo_crops(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -109,7 +95,7 @@ def read_rows(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, save_tiny_model):
     return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 

@@ -3,9 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -169,17 +166,10 @@ def _to_pil(pixels: torch.Tensor):
     return Image.fromarray(array)
 
 
-def _run(code: str, env: dict | None = None) -> dict:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_remote_code_without_the_package(saved):
+def test_remote_code_without_the_package(saved, run_python):
     """trust_remote_code loads the directory's own files in a process where ghfeat_hf cannot be imported."""
     directory, _, _, out = saved
-    result = _run(f"""
+    result = run_python(f"""
         import json, sys
         sys.modules["ghfeat_hf"] = None  # any import of the installed package fails
         import numpy as np, torch
@@ -199,7 +189,7 @@ def test_remote_code_without_the_package(saved):
     np.testing.assert_allclose(np.array(result["codes"]), out.last_hidden_state.numpy(), atol=1e-6)
 
 
-def test_loading_from_a_populated_hub_cache(saved, tmp_path):
+def test_loading_from_a_populated_hub_cache(saved, tmp_path, run_python):
     """Offline from_pretrained("org/name") for transformers, the backbone helper and timm (hf_hub_id overlay)."""
     directory, _, pixels, out = saved
     cache = tmp_path / "hub"
@@ -207,7 +197,7 @@ def test_loading_from_a_populated_hub_cache(saved, tmp_path):
     shutil.copytree(directory, snapshot)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    result = _run(f"""
+    result = run_python(f"""
         import json, numpy as np, torch, timm, ghfeat_hf
         from transformers import AutoModel
         from ghfeat_hf.hub import load_backbone
@@ -226,27 +216,11 @@ def test_loading_from_a_populated_hub_cache(saved, tmp_path):
     np.testing.assert_allclose(np.array(result["p5"]), out.pyramid_features[1].numpy(), atol=1e-6)
 
 
-class RecordingApi:
-    """Stands in for huggingface_hub.HfApi: records the calls that would go over HTTP."""
-
-    def __init__(self):
-        self.calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-
-    def upload_folder(self, **kwargs):
-        folder = Path(kwargs["folder_path"])  # a staged copy, gone after the call: record what it held
-        uploaded = {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
-        self.calls.append(("upload_folder", kwargs["repo_id"], {**kwargs, "files": uploaded}))
-        return type("Commit", (), {"commit_url": f"https://hub.example/{kwargs['repo_id']}/commit/1"})()
-
-
-def test_push_to_hub_renders_cards_and_uploads_the_folder(saved, tmp_path):
+def test_push_to_hub_renders_cards_and_uploads_the_folder(saved, tmp_path, recording_api):
     directory, *_ = saved
     target = tmp_path / "upload"
     shutil.copytree(directory, target)
-    api = RecordingApi()
+    api = recording_api
     url = push_to_hub(target, REPO_ID, metrics={"parity (max relative error)": "1.4e-05"}, api=api)
     assert url.endswith("/commit/1")
     (_, repo, create), (_, repo2, upload) = api.calls
@@ -262,12 +236,12 @@ def test_push_to_hub_renders_cards_and_uploads_the_folder(saved, tmp_path):
         push_to_hub(tmp_path / "empty", REPO_ID, api=api)
 
 
-def test_push_to_hub_uploads_a_directory_of_model_subfolders(tmp_path):
+def test_push_to_hub_uploads_a_directory_of_model_subfolders(tmp_path, recording_api):
     """A converted (G, D, Gs) pickle: no top-level model, a generator and a discriminator sub-directory."""
     target = tmp_path / "stylegan"
     save_stylegan_directory(StyleGANGenerator(tiny_generator_config()), target / "stylegan-generator")
     save_stylegan_directory(StyleGANDiscriminator(tiny_discriminator_config()), target / "stylegan-discriminator")
-    api = RecordingApi()
+    api = recording_api
     assert push_to_hub(target, REPO_ID, api=api).endswith("/commit/1")
     assert Path(api.calls[-1][2]["folder_path"]).name == target.name and not (target / "README.md").exists()
     for part, class_name in (("generator", "StyleGANGenerator"), ("discriminator", "StyleGANDiscriminator")):
@@ -277,17 +251,17 @@ def test_push_to_hub_uploads_a_directory_of_model_subfolders(tmp_path):
         push_to_hub(target, REPO_ID, metrics={"FID": 4.4}, api=api)
 
 
-def test_a_failed_push_leaves_the_local_cards_alone(saved, tmp_path):
+def test_a_failed_push_leaves_the_local_cards_alone(saved, tmp_path, recording_api, monkeypatch):
     directory, *_ = saved
     target = tmp_path / "upload"
     shutil.copytree(directory, target)
     before = {path.name: path.read_bytes() for path in target.iterdir() if path.is_file()}
 
-    class FailingApi(RecordingApi):
-        def upload_folder(self, **kwargs):
-            raise OSError("connection reset")
+    def failing_upload(**kwargs):
+        raise OSError("connection reset")
 
+    monkeypatch.setattr(recording_api, "upload_folder", failing_upload)
     with pytest.raises(OSError, match="connection reset"):
-        push_to_hub(target, REPO_ID, metrics={"FID": 4.4}, api=FailingApi())
+        push_to_hub(target, REPO_ID, metrics={"FID": 4.4}, api=recording_api)
     assert {path.name: path.read_bytes() for path in target.iterdir() if path.is_file()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["upload"]  # no staging folder left

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from ghfeat_hf.layers import (
-    EqualizedConv2d,
-    EqualizedLinear,
-    SameConv2d,
-    SameMaxPool2d,
+    GHFeatSameConv2d,
+    GHFeatSameMaxPool2d,
+    StyleGANEqualizedConv2d,
+    StyleGANEqualizedLinear,
     adain,
     blur,
     instance_norm,
@@ -37,7 +37,7 @@ def test_tf_same_padding(size, kernel, stride, expected):
 
 
 def test_same_conv_stride2_matches_explicit_asymmetric_padding():
-    conv = SameConv2d(2, 3, 3, stride=2)
+    conv = GHFeatSameConv2d(2, 3, 3, stride=2)
     x = torch.randn(1, 2, 8, 8)
     expected = F.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, conv.bias, stride=2)
     torch.testing.assert_close(conv(x), expected)
@@ -46,34 +46,34 @@ def test_same_conv_stride2_matches_explicit_asymmetric_padding():
 
 def test_same_max_pool_hand_computed():
     x = torch.arange(16.0).view(1, 1, 4, 4) - 100.0  # all negative: zero padding would win, -inf must not
-    out = SameMaxPool2d(3, 2)(x)
+    out = GHFeatSameMaxPool2d(3, 2)(x)
     # windows rows/cols {0,1,2} and {2,3,pad}
     expected = torch.tensor([[[[10.0, 11.0], [14.0, 15.0]]]]) - 100.0
     torch.testing.assert_close(out, expected)
 
 
 def test_fused_upconv_equals_nearest_upsampling_then_rotated_kernel():
-    conv = EqualizedConv2d(3, 4, 3, bias=False, resample="up", fused=True)
+    conv = StyleGANEqualizedConv2d(3, 4, 3, bias=False, resample="up", fused=True)
     x = torch.randn(2, 3, 5, 5)
     weight = conv.weight * conv.weight_gain
     expected = F.conv2d(F.interpolate(x, scale_factor=2.0), weight.flip(2, 3), padding=1)
     torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
     # and differs from the non-fused path with the same kernel (the >= 128 px threshold matters)
-    plain = EqualizedConv2d(3, 4, 3, bias=False, resample="up", fused=False)
+    plain = StyleGANEqualizedConv2d(3, 4, 3, bias=False, resample="up", fused=False)
     plain.weight.data.copy_(conv.weight.data)
     assert (plain(x) - conv(x)).abs().max() > 1e-3
 
 
 def test_fused_downconv_equals_conv_then_average_pool():
-    fused = EqualizedConv2d(3, 4, 3, resample="down", fused=True)
-    plain = EqualizedConv2d(3, 4, 3, resample="down", fused=False)
+    fused = StyleGANEqualizedConv2d(3, 4, 3, resample="down", fused=True)
+    plain = StyleGANEqualizedConv2d(3, 4, 3, resample="down", fused=False)
     plain.load_state_dict(fused.state_dict())
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(fused(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
 def test_equalized_linear_runtime_scale_and_lr_multiplier():
-    layer = EqualizedLinear(512, 4, lr_multiplier=0.01)
+    layer = StyleGANEqualizedLinear(512, 4, lr_multiplier=0.01)
     x = torch.randn(3, 512)
     expected = x @ (layer.weight * math.sqrt(2) / math.sqrt(512) * 0.01).T + layer.bias * 0.01
     torch.testing.assert_close(layer(x), expected)
@@ -81,7 +81,7 @@ def test_equalized_linear_runtime_scale_and_lr_multiplier():
 
 
 def test_equalized_conv_fan_in_includes_kernel():
-    conv = EqualizedConv2d(3, 8, 1)  # D's FromRGB: sqrt(2) / sqrt(3)
+    conv = StyleGANEqualizedConv2d(3, 8, 1)  # D's FromRGB: sqrt(2) / sqrt(3)
     assert conv.weight_gain == pytest.approx(math.sqrt(2) / math.sqrt(3))
 
 

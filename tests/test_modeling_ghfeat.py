@@ -1,61 +1,17 @@
 """GHFeatModel: shapes, layouts, head-to-layer mapping, hidden states, gradient checkpointing, save/load, errors."""
 
 import copy
-from collections.abc import Callable
 
 import pytest
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 from transformers import AutoConfig, AutoModel
-from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ghfeat_hf import GHFeatConfig, GHFeatModel, tile_style_codes
 from ghfeat_hf.configuration_ghfeat import default_head_layer_groups
 from tests.conftest import tiny_generator_config, tiny_ghfeat_config
-from tests.test_modeling_stylegan import assert_device_map_keeps_blocks_whole
+from tests.helpers import assert_checkpointing_recomputes_exactly, assert_device_map_keeps_blocks_whole
 
 OFFICIAL_TRAINABLE = {50: 151_766_976, 18: 124_871_872}  # manifest.json, E_gpu0 trainable scalars
-
-
-def assert_checkpointing_recomputes_exactly(
-    model: torch.nn.Module,
-    enable: Callable[[torch.nn.Module], None],
-    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
-    pixels: torch.Tensor,
-) -> None:
-    """A train step with gradient checkpointing (``enable``) gives the outputs and gradients of a plain one, and
-    really recomputes: the first trunk unit runs twice, and every BatchNorm inside a checkpointed layer has its
-    running statistics updated twice (as by two plain forwards), the others once."""
-    plain, checkpointed, twice = (copy.deepcopy(model).train() for _ in range(3))
-    enable(checkpointed)
-    unit_calls = []
-    first_unit = next(module for module in checkpointed.modules() if isinstance(module, GradientCheckpointingLayer))
-    first_norm = next(module for module in first_unit.modules() if isinstance(module, _BatchNorm))
-    first_norm.register_forward_pre_hook(lambda *_: unit_calls.append(1))
-    outputs = []
-    for candidate in (plain, checkpointed):
-        output = forward(candidate, pixels)
-        output.square().mean().backward()
-        outputs.append(output)
-    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
-    assert len(unit_calls) == 2  # forward + recomputation in the backward pass
-    for (name, param), reference in zip(checkpointed.named_parameters(), plain.parameters()):
-        torch.testing.assert_close(param.grad, reference.grad, rtol=1e-5, atol=1e-7, msg=name)
-    with torch.no_grad():
-        forward(twice, pixels)
-        forward(twice, pixels)
-    recomputed = {
-        f"{name}.{inner}".rstrip(".")
-        for name, layer in checkpointed.named_modules() if isinstance(layer, GradientCheckpointingLayer)
-        for inner, module in layer.named_modules() if isinstance(module, _BatchNorm)
-    }
-    assert recomputed
-    expected_models = dict(plain.named_modules()), dict(twice.named_modules())
-    for name, module in checkpointed.named_modules():
-        if isinstance(module, _BatchNorm):
-            expected = expected_models[name in recomputed][name]
-            for stat in ("running_mean", "running_var", "num_batches_tracked"):
-                torch.testing.assert_close(getattr(module, stat), getattr(expected, stat), msg=f"{name}.{stat}")
 
 
 @pytest.mark.parametrize("depth", [50, 18])
@@ -246,7 +202,8 @@ def test_device_map_keeps_blocks_whole(depth):
     model = GHFeatModel(tiny_ghfeat_config(depth=depth))
     assert_device_map_keeps_blocks_whole(model)
     present = {type(module).__name__ for module in model.modules()}
-    assert set(model._no_split_modules) <= present | {"BasicUnit", "BottleneckUnit"}  # no misspelt class name
+    # no misspelt class name
+    assert set(model._no_split_modules) <= present | {"GHFeatBasicUnit", "GHFeatBottleneckUnit"}
 
 
 def test_integer_pixel_values_are_refused_with_the_conversion():

@@ -1,13 +1,12 @@
 """StyleGAN generator / discriminator: consistency between w, style codes and images; round trips."""
 
-import accelerate
 import pytest
 import torch
-from transformers import AutoModel, PreTrainedModel
-from transformers.integrations import accelerate as transformers_accelerate
+from transformers import AutoModel
 
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
 from tests.conftest import tiny_discriminator_config, tiny_generator_config, tiny_ghfeat_config
+from tests.helpers import assert_device_map_keeps_blocks_whole
 
 
 @pytest.fixture(scope="module")
@@ -98,27 +97,6 @@ def test_generator_round_trip(tmp_path, generator):
     with torch.no_grad():
         torch.testing.assert_close(loaded(z), generator(z), rtol=0, atol=0)
         torch.testing.assert_close(loaded.mapping.w_avg, generator.mapping.w_avg)
-
-
-def split_blocks(model: PreTrainedModel, infer_auto_device_map, whole: set[str]) -> set[str]:
-    """Blocks of ``model._no_split_modules`` split by device maps over two small fake GPUs (then the CPU) that keep
-    the classes ``whole`` whole; the GPU budgets range from 1/8 to 1/2 of the model."""
-    size = sum(tensor.numel() * tensor.element_size() for tensor in (*model.parameters(), *model.buffers()))
-    blocks = [name for name, module in model.named_modules() if type(module).__name__ in model._no_split_modules]
-    split = set()
-    for fraction in range(2, 9):
-        device_map = infer_auto_device_map(model, no_split_module_classes=whole,
-                                           max_memory={0: size // fraction, 1: size // fraction, "cpu": 10 * size})
-        assert 1 in device_map.values()  # the model really spreads over both devices
-        split |= {block for block in blocks if any(key.startswith(block + ".") for key in device_map)}
-    return split
-
-
-def assert_device_map_keeps_blocks_whole(model: PreTrainedModel) -> None:
-    """device_map="auto" (transformers' and accelerate's planners) never splits a block of ``_no_split_modules``."""
-    for infer in (transformers_accelerate.infer_auto_device_map, accelerate.infer_auto_device_map):
-        assert split_blocks(model, infer, set()) != set()  # the budgets split blocks if nothing keeps them whole
-        assert split_blocks(model, infer, model._no_split_modules) == set()
 
 
 @pytest.mark.filterwarnings("ignore:Current model requires")  # the fake GPUs leave no room for offload buffers

@@ -13,13 +13,11 @@ from ghfeat_hf.cli import main
 from ghfeat_hf.reconstruction import format_metrics_table, image_metrics, reconstruct_images
 from ghfeat_hf.visualization import make_grid
 
-from .test_extraction import save_tiny_model
-
 WHITE = (255, 255, 255)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, save_tiny_model):
     return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 

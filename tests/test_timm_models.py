@@ -24,7 +24,7 @@ from ghfeat_hf import GHFeatConfig, GHFeatImageProcessor, GHFeatModel
 from ghfeat_hf.configuration_ghfeat import ghfeat_config_dict
 from ghfeat_hf.timm_models import GHFeatTimm, checkpoint_filter_fn, pyramid_level_indices, weights_ghfeat_config
 from tests.conftest import tiny_ghfeat_config
-from tests.test_modeling_ghfeat import assert_checkpointing_recomputes_exactly
+from tests.helpers import assert_checkpointing_recomputes_exactly
 
 ATOL = 1e-6
 OFFICIAL_ENCODER_PARAMS = {50: 151_766_976, 18: 124_871_872}

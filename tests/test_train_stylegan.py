@@ -21,7 +21,7 @@ import ghfeat_hf  # noqa: F401  (registers the Auto classes)
 import stylegan_trainer
 import train_stylegan
 from ghfeat_hf import StyleGANDiscriminator, StyleGANGenerator
-from tests.test_data import photo_crops, write_saved_dataset
+from tests.helpers import photo_crops, write_saved_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
