@@ -22,6 +22,7 @@ import torch
 from .editing import interpolate_style_codes, layer_groups, mix_style_codes
 from .errors import UsageError
 from .extraction import extract_features
+from .image_io import to_pil_image
 from .reconstruction import format_metrics_table, reconstruct_images, reconstruction_grid
 from .runtime import load_model
 from .visualization import enlarged_cell_size, make_grid
@@ -51,12 +52,6 @@ def demo_image_paths(directory: str | Path = DEMO_IMAGES, minimum: int = 1) -> l
     return paths
 
 
-def _read_image(path: Path) -> PIL.Image.Image:
-    """A fully loaded copy of an image file (the file is closed)."""
-    with PIL.Image.open(path) as image:
-        return image.copy()
-
-
 def _to_pil(images: torch.Tensor, processor) -> list[PIL.Image.Image]:
     return processor.postprocess(images.float().clamp(-1, 1))
 
@@ -75,7 +70,7 @@ def run_demo(
     output_dir.mkdir(parents=True, exist_ok=True)
     ghfeat, processor = load_model(model, device=device)
     names = [path.stem for path in paths]
-    pil_images = [_read_image(path) for path in paths]
+    pil_images = [to_pil_image(path) for path in paths]
     device = next(ghfeat.parameters()).device
 
     result = reconstruct_images(ghfeat, processor, pil_images, device=device)

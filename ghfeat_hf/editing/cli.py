@@ -22,7 +22,8 @@ import torch
 
 from ..arguments import MODEL_HELP, int_at_least
 from ..errors import UsageError
-from ..extraction import file_sources, image_extensions, open_image
+from ..extraction import file_sources, image_extensions
+from ..image_io import open_image
 from ..modeling_stylegan import StyleCodes
 from ..runtime import load_model
 from .boundaries import (

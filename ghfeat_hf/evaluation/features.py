@@ -27,20 +27,12 @@ import torch
 
 from ..errors import UsageError
 from ..evaluation_report import OURS, EvaluationReport, ProtocolItem
-from ..extraction import open_image
+from ..image_io import to_pil_image
 from ..runtime import ALL_LAYERS, parse_layers
 from .extractors import FeatureExtractor, stable_hash
 
 CACHE_VERSION = 1
 """Bumped whenever the layout of the cached tables changes (it is part of every fingerprint)."""
-
-
-def as_pil_image(raw: Any) -> PIL.Image.Image:
-    """A PIL image from anything [`open_image`] reads (a `datasets` record, bytes, a path, an array)."""
-    image = open_image(raw)
-    if isinstance(image, torch.Tensor):
-        image = image.numpy()
-    return image if isinstance(image, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(image))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,7 +192,7 @@ def cached_image_map(
             images = []
             for raw, index in zip(raws, indices):
                 try:
-                    images.append(as_pil_image(raw))
+                    images.append(to_pil_image(raw))
                 except Exception as error:  # noqa: BLE001 - any unreadable image is a usage error with its row
                     raise UsageError(
                         f"cannot read the image of row {offset + index} ({image_column!r}): {error}") from error
@@ -366,7 +358,6 @@ __all__ = [
     "FeatureTable",
     "FeatureView",
     "LayerGroup",
-    "as_pil_image",
     "cached_image_map",
     "dataset_fingerprint",
     "extract_features",

@@ -18,12 +18,12 @@ import PIL.Image
 from ..editing.codes import decode_codes, describe_layers, encode_images, mix_style_codes, resolve_layers
 from ..errors import UsageError
 from ..evaluation_report import OURS, EvaluationReport, MetricColumn, ProtocolItem
+from ..image_io import to_pil_image
 from ..runtime import autocast_context
 from ..visualization import enlarged_cell_size, make_grid
 from .data import class_names, describe_data, label_values, require_columns
 from .domain_classifier import DomainClassifier
 from .extractors import GHFeatExtractor
-from .features import as_pil_image
 from .metrics import wilson_interval
 
 DEFAULT_GROUPS = ("coarse", "middle", "fine")
@@ -93,7 +93,7 @@ def evaluate_style_mixing(
     a, b = sample_pairs(labels, num_pairs, seed)
     rows_needed = np.unique(np.concatenate([a, b]))
     position = {int(row): index for index, row in enumerate(rows_needed)}
-    images = [as_pil_image(raw) for raw in dataset.select(rows_needed.tolist())[image_column]]
+    images = [to_pil_image(raw) for raw in dataset.select(rows_needed.tolist())[image_column]]
     pixel_values = extractor.processor(images=images, return_tensors="pt")["pixel_values"]
     model.to(extractor.device).eval()
     classifier.to(extractor.device)

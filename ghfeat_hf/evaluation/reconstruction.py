@@ -18,12 +18,13 @@ import torch
 
 from ..errors import UsageError
 from ..evaluation_report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
+from ..image_io import to_pil_image
 from ..perceptual import HED_INSTALL, LPIPS_INSTALL, LPIPS_NAME, LPIPSHedVGG, PerceptualWeightsUnavailable
 from ..reconstruction import reconstruct_images, reconstruction_grid
 from ..runtime import autocast_context
 from .data import describe_data, require_columns
 from .extractors import FeatureExtractor, GHFeatExtractor
-from .features import ExtractionOptions, FeatureStore, as_pil_image, cached_image_map, numpy_columns
+from .features import ExtractionOptions, FeatureStore, cached_image_map, numpy_columns
 from .metrics import psnr, ssim
 
 LPIPS_NOTE = (f"{LPIPS_NAME} not computed: it needs `{HED_INSTALL} && {LPIPS_INSTALL}`; LPIPS with its ImageNet "
@@ -78,7 +79,7 @@ def save_extremes_grid(
     count = min(count, len(order) // 2) or 1
     picks = [("worst", rank, int(row)) for rank, row in enumerate(order[:count], 1)]
     picks += [("best", rank, int(row)) for rank, row in enumerate(order[::-1][:count], 1)]
-    images = [as_pil_image(raw) for raw in dataset.select([row for _, _, row in picks])[image_column]]
+    images = [to_pil_image(raw) for raw in dataset.select([row for _, _, row in picks])[image_column]]
     result = reconstruct_images(extractor.model, extractor.processor, images, dtype=extractor.dtype)
     names = [f"{kind} {rank}: row {row}\nSSIM {ssim_values[row]:.3f}" for kind, rank, row in picks]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
