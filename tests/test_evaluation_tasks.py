@@ -39,8 +39,9 @@ from ghfeat_hf.evaluation.reconstruction import LPIPS_KEY, lpips_metric
 from ghfeat_hf.evaluation.retrieval import query_gallery_split
 from ghfeat_hf.evaluation.verification import assign_folds
 from ghfeat_hf.evaluation_report import OURS
+from ghfeat_hf.image_metrics import picture_metrics
 from ghfeat_hf.perceptual import LPIPS_INSTALL, LPIPS_NAME
-from ghfeat_hf.reconstruction import image_metrics, reconstruct_images
+from ghfeat_hf.reconstruction import reconstruct_images
 from tests.evaluation_data import astronaut_landmarks, augmented_copies, lfw_faces, tiny_model, verification_pairs
 
 
@@ -290,7 +291,7 @@ def test_reconstruction(extractors, options, tmp_path, monkeypatch):
     images = list(copies["image"])
     for row, extractor in zip(report.rows, (extractors[0], extractors[2])):
         result = reconstruct_images(extractor.model, extractor.processor, images)
-        metrics = [image_metrics(a, b) for a, b in zip(result.inputs, result.reconstructions)]
+        metrics = [picture_metrics(a, b) for a, b in zip(result.inputs, result.reconstructions)]
         assert row["mse"] == pytest.approx(np.mean([m["mse"] for m in metrics]), rel=1e-9)
         assert row["psnr"] == pytest.approx(np.mean([m["psnr"] for m in metrics]), rel=1e-9)
         ssims = [structural_similarity(np.asarray(a) / 255, np.asarray(b) / 255, channel_axis=-1, data_range=1.0,
