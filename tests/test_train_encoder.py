@@ -22,11 +22,10 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
+from ghfeat_hf.perceptual import PerceptualWeightsUnavailable, build_perceptual_loss
 from tests.conftest import tiny_discriminator_config, tiny_generator_config
 from training import batchnorm, encoder_trainer, train_encoder
 from training.losses import (
-    PerceptualWeightsUnavailable,
-    build_perceptual_loss,
     discriminator_logistic_loss,
     generator_nonsaturating_loss,
     r1_penalty,

@@ -16,6 +16,7 @@ import torch
 
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator
 from ghfeat_hf.image_metrics import pixel_mse, psnr
+from ghfeat_hf.perceptual import PerceptualLoss
 from training.batchnorm import synchronize_batchnorm
 from training.engine import (
     grad_norm,
@@ -27,7 +28,6 @@ from training.engine import (
     tensor_to_pil,
 )
 from training.losses import (
-    PerceptualLoss,
     discriminator_logistic_loss,
     generator_nonsaturating_loss,
     r1_penalty,

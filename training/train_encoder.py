@@ -92,6 +92,12 @@ from ghfeat_hf import GHFeatConfig, GHFeatModel, StyleGANDiscriminator, StyleGAN
 from ghfeat_hf.data import load_fashion_mnist, load_image_dataset, make_image_dataloader
 from ghfeat_hf.error_reporting import run_command
 from ghfeat_hf.hub import push_to_hub, save_ghfeat_directory
+from ghfeat_hf.perceptual import (
+    DEFAULT_PERCEPTUAL_MODEL,
+    PerceptualLoss,
+    PerceptualWeightsUnavailable,
+    build_perceptual_loss,
+)
 from training.encoder_trainer import (
     EncoderTrainer,
     build_trainer,
@@ -113,11 +119,6 @@ from training.engine import (
     memory_stats,
     seed_step,
     shard_iterable_dataset,
-)
-from training.losses import (
-    DEFAULT_PERCEPTUAL_MODEL,
-    PerceptualLoss,
-    build_perceptual_loss,
 )
 
 GENERATOR_DIR = "stylegan-generator"
@@ -351,10 +352,17 @@ def build_ghfeat_model(args: argparse.Namespace, generator: StyleGANGenerator) -
 def load_perceptual(args: argparse.Namespace) -> PerceptualLoss | None:
     if args.perceptual_weight == 0:
         return None
-    return build_perceptual_loss(
-        weights=args.perceptual_weights, model_name=args.perceptual_model, preprocess=args.perceptual_preprocess,
-        size=args.perceptual_size or None, cache_dir=args.perceptual_cache_dir,
-    )
+    try:
+        return build_perceptual_loss(args.perceptual_model, args.perceptual_weights,
+                                     preprocess=args.perceptual_preprocess, size=args.perceptual_size or None,
+                                     cache_dir=args.perceptual_cache_dir)
+    except PerceptualWeightsUnavailable as error:
+        raise PerceptualWeightsUnavailable(
+            f"No pretrained VGG16 weights are available for the perceptual loss ({error.args[0].rstrip('.')}). The "
+            "loss refuses to run on a randomly initialised network: provide the weights, or pass a local VGG16 state "
+            "dict with --perceptual_weights <file.safetensors|.pth>, or disable the perceptual term explicitly with "
+            "--perceptual_weight 0."
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

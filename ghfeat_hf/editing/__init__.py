@@ -55,12 +55,7 @@ from .figures import (
     save_gif,
 )
 from .harmonization import HarmonizationResult, box_mask, harmonize, image_mask, masks_at_resolution, paste_region
-from .inversion import (
-    MAX_REFINEMENT_STEPS,
-    RefinementResult,
-    build_perceptual_loss,
-    refine_style_codes,
-)
+from .inversion import MAX_REFINEMENT_STEPS, RefinementResult, refine_style_codes
 
 __all__ = [
     "BOUNDARY_METHODS",
@@ -70,7 +65,6 @@ __all__ = [
     "RefinementResult",
     "binary_labels",
     "box_mask",
-    "build_perceptual_loss",
     "check_boundary",
     "concat_codes",
     "condition_boundary",

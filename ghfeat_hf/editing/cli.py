@@ -25,6 +25,7 @@ from ..errors import UsageError
 from ..extraction import file_sources, image_extensions
 from ..image_io import open_image
 from ..modeling_stylegan import StyleCodes
+from ..perceptual import DEFAULT_PERCEPTUAL_MODEL, DEFAULT_PERCEPTUAL_WEIGHT, build_perceptual_loss
 from ..runtime import load_model
 from .boundaries import (
     BOUNDARY_METHODS,
@@ -56,14 +57,7 @@ from .figures import (
     save_gif,
 )
 from .harmonization import box_mask, harmonize, image_mask, masks_at_resolution, parse_box
-from .inversion import (
-    DEFAULT_PERCEPTUAL_MODEL,
-    DEFAULT_PERCEPTUAL_WEIGHT,
-    MAX_REFINEMENT_STEPS,
-    RefinementResult,
-    build_perceptual_loss,
-    refine_style_codes,
-)
+from .inversion import MAX_REFINEMENT_STEPS, RefinementResult, refine_style_codes
 
 
 class _Editor:
@@ -110,7 +104,7 @@ class _Editor:
         args = self.args
         if self._perceptual is None and (args.perceptual_model or args.perceptual_weights):
             self._perceptual = build_perceptual_loss(args.perceptual_model or DEFAULT_PERCEPTUAL_MODEL,
-                                                     args.perceptual_weights)
+                                                     args.perceptual_weights, size=None, reduction="none")
         weight = DEFAULT_PERCEPTUAL_WEIGHT if args.perceptual_weight is None else args.perceptual_weight
         return refine_style_codes(self.model, pixel_values, codes, steps=args.refine_steps,
                                   learning_rate=args.refine_lr, perceptual=self._perceptual, perceptual_weight=weight,
