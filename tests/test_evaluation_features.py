@@ -19,9 +19,9 @@ from ghfeat_hf.evaluation import (
     TimmExtractor,
     build_baselines,
     extract_features,
-    resolve_layer_groups,
 )
 from ghfeat_hf.evaluation.features import feature_views, numpy_columns
+from ghfeat_hf.runtime import parse_layer_groups
 from tests.evaluation_data import augmented_copies, lfw_faces, tiny_model
 
 
@@ -43,7 +43,7 @@ def test_ghfeat_extractor_is_the_compact_vector_and_selects_layers(tiny, photos)
     with torch.no_grad():
         output = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"])
     torch.testing.assert_close(torch.from_numpy(features), output.pooler_output, rtol=0, atol=0)
-    coarse = resolve_layer_groups(["coarse"], model.config)[0]
+    coarse = parse_layer_groups(["coarse"], model.config)[0]
     assert coarse.layers == tuple(model.config.head_layers[0])
     expected = torch.cat([output.style_codes[layer] for layer in coarse.layers], dim=1)
     selected = features[:, extractor.columns(coarse.layers)]
@@ -57,14 +57,14 @@ def test_ghfeat_extractor_is_the_compact_vector_and_selects_layers(tiny, photos)
 
 def test_layer_groups(tiny):
     config = tiny[0].config
-    groups = resolve_layer_groups(["all", "middle", "0-1,5", "all"], config)
+    groups = parse_layer_groups(["all", "middle", "0-1,5", "all"], config)
     assert [(g.name, g.layers) for g in groups] == [("all", tuple(range(8))), ("middle", tuple(config.head_layers[1])),
                                                     ("0-1,5", (0, 1, 5))]
-    assert [g.name for g in resolve_layer_groups(None, config)] == ["all"]
+    assert [g.name for g in parse_layer_groups(None, config)] == ["all"]
     with pytest.raises(UsageError, match="invalid --layers item 'mid'"):
-        resolve_layer_groups(["mid"], config)
+        parse_layer_groups(["mid"], config)
     with pytest.raises(UsageError, match="out of range"):
-        resolve_layer_groups(["9"], config)
+        parse_layer_groups(["9"], config)
 
 
 def test_pixel_extractor_values():

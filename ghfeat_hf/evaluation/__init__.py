@@ -40,7 +40,7 @@ from .extractors import (
     build_baselines,
     random_init_model,
 )
-from .features import ExtractionOptions, FeatureTable, extract_features, resolve_layer_groups
+from .features import ExtractionOptions, FeatureTable, extract_features
 from .generation import evaluate_generation, frechet_distance
 from .hierarchy import evaluate_style_mixing
 from .landmarks import evaluate_landmarks
@@ -77,7 +77,6 @@ __all__ = [
     "load_domain_classifier",
     "load_split",
     "random_init_model",
-    "resolve_layer_groups",
     "results_markdown",
     "ridge_regression",
     "subsample",

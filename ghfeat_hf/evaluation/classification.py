@@ -47,7 +47,7 @@ def evaluate_classification(
             nulls, no -1 in a `ClassLabel` column, two classes or more in `train`).
         validation: an optional validation split for the probe's `C` (else `validation_fraction` of `train`).
         layer_groups: `["all"]` by default; GH-Feat extractors are evaluated per group (see
-            [`resolve_layer_groups`]), the other extractors once on all their features.
+            [`ghfeat_hf.runtime.parse_layer_groups`]), the other extractors once on all their features.
         k: neighbours of the k-NN classifier. c_grid, max_iter, seed: see [`linear_probe`].
         options: extraction options (batch size, cache); dataset_name: the data's name in the report.
 

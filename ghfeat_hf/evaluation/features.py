@@ -6,9 +6,9 @@ the dataset fingerprint and the column: the second run over the same model and d
 running the model. Under `accelerate launch` with several processes, every process extracts one contiguous shard
 and all of them then read the shards back from the cache.
 
-Layer groups ([`resolve_layer_groups`]) select columns of GH-Feat features; [`feature_views`] lists the
-(extractor, group) pairs a task evaluates, [`FeatureStore`] extracts what a task needs once and records the cache
-hits for its report.
+Layer groups ([`ghfeat_hf.runtime.parse_layer_groups`]) select columns of GH-Feat features; [`feature_views`]
+lists the (extractor, group) pairs a task evaluates, [`FeatureStore`] extracts what a task needs once and records
+the cache hits for its report.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from ..errors import UsageError
 from ..evaluation_report import OURS, EvaluationReport, ProtocolItem
 from ..image_io import to_pil_image
-from ..runtime import ALL_LAYERS, parse_layers
+from ..runtime import ALL_LAYERS, parse_layer_groups
 from .extractors import FeatureExtractor, stable_hash
 
 CACHE_VERSION = 1
@@ -36,26 +36,7 @@ CACHE_VERSION = 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Layer groups
-
-
-@dataclass(frozen=True)
-class LayerGroup:
-    """A named selection of generator layers (`"all"`, `"coarse"`, `"0-3,8"`, ...)."""
-
-    name: str
-    layers: tuple[int, ...]
-
-
-def resolve_layer_groups(specs: Sequence[str] | None, config) -> list[LayerGroup]:
-    """Layer groups from selections such as `["all", "coarse", "middle", "fine", "0-3,8"]` (see [`parse_layers`]);
-    `None` or `[]` means `["all"]`. Raises [`UsageError`] for an unknown group or a layer out of range."""
-    groups: dict[str, LayerGroup] = {}
-    for spec in specs or [ALL_LAYERS]:
-        spec = spec.strip()
-        layers = parse_layers(None if spec.lower() == ALL_LAYERS else spec, config)
-        groups.setdefault(spec, LayerGroup(spec, tuple(layers)))
-    return list(groups.values())
+# Feature views
 
 
 @dataclass(frozen=True)
@@ -78,14 +59,14 @@ class FeatureView:
 def feature_views(
     extractors: Sequence[FeatureExtractor], layer_groups: Sequence[str] | None = None
 ) -> list[FeatureView]:
-    """Every (extractor, layer group) pair to evaluate. The groups (see [`resolve_layer_groups`]; default `["all"]`)
+    """Every (extractor, layer group) pair to evaluate. The groups (see [`parse_layer_groups`]; default `["all"]`)
     apply to GH-Feat extractors, resolved with each one's configuration; other extractors get one view of all
     their features (group `"all"`). Raises [`UsageError`] for an unknown group."""
     views = []
     for extractor in extractors:
         if extractor.layered:
             views += [FeatureView(extractor, group.name, extractor.columns(group.layers))
-                      for group in resolve_layer_groups(layer_groups, extractor.config)]
+                      for group in parse_layer_groups(layer_groups, extractor.config)]
         else:
             views.append(FeatureView(extractor, ALL_LAYERS, None))
     return views
@@ -351,18 +332,15 @@ def standardize(reference: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
 
 
 __all__ = [
-    "ALL_LAYERS",
     "CACHE_VERSION",
     "ExtractionOptions",
     "FeatureStore",
     "FeatureTable",
     "FeatureView",
-    "LayerGroup",
     "cached_image_map",
     "dataset_fingerprint",
     "extract_features",
     "feature_views",
     "numpy_columns",
-    "resolve_layer_groups",
     "standardize",
 ]

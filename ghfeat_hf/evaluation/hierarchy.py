@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 import PIL.Image
 
-from ..editing.codes import decode_codes, describe_layers, encode_images, mix_style_codes, resolve_layers
+from ..editing.codes import decode_codes, describe_layers, encode_images, mix_style_codes
 from ..errors import UsageError
 from ..evaluation_report import OURS, EvaluationReport, MetricColumn, ProtocolItem
 from ..image_io import to_pil_image
-from ..runtime import autocast_context
+from ..runtime import autocast_context, parse_layer_groups
 from ..visualization import enlarged_cell_size, make_grid
 from .data import class_names, describe_data, label_values, require_columns
 from .domain_classifier import DomainClassifier
@@ -89,7 +89,7 @@ def evaluate_style_mixing(
     names = class_names(dataset, label_column)
     if names is not None and names != classifier.label_names:
         raise UsageError(f"the classifier's classes {classifier.label_names} differ from the dataset's {names}.")
-    groups = [(spec, resolve_layers(spec, config)) for spec in (layer_groups or DEFAULT_GROUPS)]
+    groups = [(group.name, group.layers) for group in parse_layer_groups(layer_groups or DEFAULT_GROUPS, config)]
     a, b = sample_pairs(labels, num_pairs, seed)
     rows_needed = np.unique(np.concatenate([a, b]))
     position = {int(row): index for index, row in enumerate(rows_needed)}
