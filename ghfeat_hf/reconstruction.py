@@ -10,8 +10,9 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
+from .encoding import encode_batch
 from .image_metrics import picture_metrics
-from .runtime import autocast_context, resolve_device, resolve_dtype
+from .runtime import resolve_device, resolve_dtype
 from .visualization import enlarged_cell_size, make_grid
 
 
@@ -58,11 +59,10 @@ def reconstruct_images(
     bar = tqdm(total=len(images), desc="reconstruct", unit="image", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(images), batch_size):
         batch = list(images[start:start + batch_size])
-        pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
-        with torch.inference_mode(), autocast_context(device, compute_dtype):
-            decoded = model.decode(model(pixel_values=pixel_values).style_codes)
+        pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"]
+        _, decoded = encode_batch(model, pixel_values, dtype=compute_dtype, decode=True)
         inputs += processor.postprocess(pixel_values.float())
-        reconstructions += processor.postprocess(decoded.float())
+        reconstructions += processor.postprocess(decoded)
         bar.update(len(batch))
     bar.close()
     metrics = [picture_metrics(a, b) for a, b in zip(inputs, reconstructions)]

@@ -4,7 +4,7 @@ Codes are tuples of ``[N, 2C_l]`` tensors (``GHFeatModelOutput.style_codes``), o
 selections are lists of generator-layer indices, or specs such as ``"coarse"``, ``"middle|fine"``, ``"0-3,8"`` or
 ``"all"`` parsed by [`ghfeat_hf.runtime.parse_layers`] against the model configuration (coarse / middle / fine are
 the layers of the encoder's three heads). Images are ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1], as the image
-processor returns them.
+processor returns them; [`encode_images`] is [`ghfeat_hf.encoding.encode_images`].
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..configuration_ghfeat import GHFeatConfig
+from ..encoding import encode_images
 from ..modeling_stylegan import StyleCodes
 from ..runtime import layers_by_head
 
@@ -106,16 +107,6 @@ def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
     if images.shape[-2:] == (resolution, resolution):
         return images.float()
     return F.interpolate(images.float(), size=(resolution, resolution), mode="area")
-
-
-@torch.no_grad()
-def encode_images(model, pixel_values: torch.Tensor, batch_size: int = 16) -> StyleCodes:
-    """GH-Feat codes of ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1], in batches; the codes stay on the model's
-    device."""
-    device = next(model.parameters()).device
-    batches = [model.encode(pixel_values[start:start + batch_size].to(device))
-               for start in range(0, len(pixel_values), batch_size)]
-    return concat_codes(batches)
 
 
 @torch.no_grad()

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..encoding import encode_batch
 from ..errors import UsageError
 from ..evaluation_report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
 from ..image_io import to_pil_image
 from ..image_metrics import psnr
 from ..perceptual import HED_INSTALL, LPIPS_INSTALL, LPIPS_NAME, LPIPSHedVGG, PerceptualWeightsUnavailable
 from ..reconstruction import reconstruct_images, reconstruction_grid
-from ..runtime import autocast_context
 from .data import describe_data, require_columns
 from .extractors import FeatureExtractor, GHFeatExtractor
 from .features import ExtractionOptions, FeatureStore, cached_image_map, numpy_columns
@@ -46,9 +46,8 @@ def reconstruction_metrics(extractor: GHFeatExtractor, images: Sequence,
                            lpips: LPIPSHedVGG | None = None) -> dict[str, np.ndarray]:
     """`{"mse", "psnr", "ssim"}` (plus `LPIPS_KEY` with `lpips`), each `[N]`, of the images and their
     reconstructions by `extractor.model`."""
-    pixel_values = extractor.processor(images=list(images), return_tensors="pt")["pixel_values"].to(extractor.device)
-    with autocast_context(extractor.device, extractor.dtype):
-        decoded = extractor.model.reconstruct(pixel_values)
+    pixel_values = extractor.processor(images=list(images), return_tensors="pt")["pixel_values"]
+    _, decoded = encode_batch(extractor.model, pixel_values, dtype=extractor.dtype, decode=True)
     if decoded.shape != pixel_values.shape:
         raise UsageError(f"the model reconstructs {tuple(decoded.shape[-2:])} images from "
                          f"{tuple(pixel_values.shape[-2:])} inputs; reconstruction metrics need equal sizes.")
