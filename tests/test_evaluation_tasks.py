@@ -25,18 +25,18 @@ from ghfeat_hf.evaluation import (
     GHFeatExtractor,
     PixelExtractor,
     build_baselines,
+    cached_feature_table,
     evaluate_classification,
     evaluate_landmarks,
     evaluate_reconstruction,
     evaluate_retrieval,
     evaluate_verification,
-    extract_features,
 )
-from ghfeat_hf.evaluation.data import encode_labels
 from ghfeat_hf.evaluation.landmarks import eye_points
 from ghfeat_hf.evaluation.probes import validation_split
-from ghfeat_hf.evaluation.reconstruction import LPIPS_KEY, lpips_metric
+from ghfeat_hf.evaluation.reconstruction_quality import LPIPS_KEY, lpips_metric
 from ghfeat_hf.evaluation.retrieval import query_gallery_split
+from ghfeat_hf.evaluation.splits import encode_labels
 from ghfeat_hf.evaluation.verification import assign_folds
 from ghfeat_hf.evaluation_report import OURS
 from ghfeat_hf.image_metrics import picture_metrics
@@ -58,7 +58,7 @@ def options(tmp_path):
 
 def _features(dataset, extractor, options, row, column="image"):
     """The features of a report row, read back from the cache (independently of the task's own slicing)."""
-    features = extract_features(dataset, extractor, image_column=column, options=options).features
+    features = cached_feature_table(dataset, extractor, image_column=column, options=options).features
     if extractor.layered:
         layers = range(extractor.config.num_layers) if row["layers"] == "all" else extractor.config.head_layers[
             ["coarse", "middle", "fine"].index(row["layers"])]

@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 
 from ghfeat_hf import GHFeatImageProcessor
 from ghfeat_hf.error_reporting import run_script
-from ghfeat_hf.evaluation.data import class_names, encode_labels, load_split
 from ghfeat_hf.evaluation.domain_classifier import DomainClassifier
 from ghfeat_hf.evaluation.metrics import accuracy_with_ci
+from ghfeat_hf.evaluation.splits import class_names, encode_labels, load_split
 from ghfeat_hf.image_io import to_pil_image
 
 

@@ -89,7 +89,7 @@ import torch
 from torch import nn
 
 from ghfeat_hf import GHFeatConfig, GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
-from ghfeat_hf.data import load_fashion_mnist, load_image_dataset, make_image_dataloader
+from ghfeat_hf.data import load_training_images, make_image_dataloader
 from ghfeat_hf.error_reporting import run_command
 from ghfeat_hf.hub import push_to_hub, save_ghfeat_directory
 from ghfeat_hf.perceptual import (
@@ -373,16 +373,9 @@ def _is_hub_id(name: str) -> bool:
     return not Path(name).expanduser().exists() and name.count("/") == 1 and name.lower() not in ("fashion-mnist",)
 
 
-def load_split(args: argparse.Namespace, split: str | None, streaming: bool):
-    if args.dataset.lower() in ("fashion-mnist", "fashion_mnist"):
-        dataset = load_fashion_mnist(pad_to=32)[split or "train"]
-        return dataset.to_iterable_dataset() if streaming else dataset
-    return load_image_dataset(args.dataset, split=split, image_column=args.image_column, streaming=streaming)
-
-
 def load_datasets(args: argparse.Namespace):
     """``(train, validation or None)``; validation is held out of the training split unless a split is named."""
-    train = load_split(args, args.split, args.streaming)
+    train = load_training_images(args.dataset, args.split, args.image_column, args.streaming)
     if args.max_train_samples is not None:
         train = train.take(args.max_train_samples) if args.streaming else train.select(range(args.max_train_samples))
     n_val = args.num_validation_images
@@ -392,7 +385,7 @@ def load_datasets(args: argparse.Namespace):
         if args.validation_split == (args.split or "train"):
             warnings.warn("--validation_split is the training split: validation images are training images.",
                           stacklevel=2)
-        validation = load_split(args, args.validation_split, args.streaming)
+        validation = load_training_images(args.dataset, args.validation_split, args.image_column, args.streaming)
         validation = validation.take(n_val) if args.streaming else validation.select(range(min(n_val, len(validation))))
         return train, validation
     if args.streaming:

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..evaluation_report import OURS, PAPER, PAPER_UNVERIFIED, EvaluationReport, MetricColumn, ProtocolItem
-from .data import class_names, describe_data, encode_labels, require_columns
 from .extractors import FeatureExtractor
 from .features import ExtractionOptions, FeatureStore, feature_views, standardize
 from .metrics import accuracy_with_ci
 from .probes import DEFAULT_C_GRID, DEFAULT_PATIENCE, knn_predict, linear_probe, require_probe_classes
+from .splits import class_names, describe_data, encode_labels, require_columns
 
 
 def evaluate_classification(

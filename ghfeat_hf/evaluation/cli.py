@@ -27,7 +27,6 @@ from ..image_io import to_pil_image
 from ..modeling_stylegan import StyleGANGenerator
 from ..runtime import load_model, resolve_device, resolve_dtype, resolve_model_path
 from .classification import evaluate_classification
-from .data import load_split, subsample
 from .domain_classifier import DEFAULT_CLASSIFIER, load_domain_classifier
 from .extractors import GHFeatExtractor, build_baselines
 from .features import ExtractionOptions
@@ -35,8 +34,9 @@ from .generation import evaluate_generation
 from .hierarchy import DEFAULT_GROUPS, evaluate_style_mixing
 from .landmarks import evaluate_landmarks
 from .probes import DEFAULT_C_GRID
-from .reconstruction import evaluate_reconstruction
+from .reconstruction_quality import evaluate_reconstruction
 from .retrieval import evaluate_retrieval
+from .splits import load_split, subsample
 from .verification import DEFAULT_LAYER_GROUPS, evaluate_verification
 
 DEFAULT_BASELINES = {"reconstruction": ["random-init"]}

@@ -1,6 +1,6 @@
 """Cached feature extraction over `datasets` datasets, layer groups, and the per-task bookkeeping.
 
-[`extract_features`] runs a [`FeatureExtractor`] over a dataset column with `datasets.Dataset.map(batched=True)`,
+[`cached_feature_table`] runs a [`FeatureExtractor`] over a dataset column with `datasets.Dataset.map(batched=True)`,
 writing an Arrow cache file named by a fingerprint of the extractor (model weights, layers, dtype, preprocessing),
 the dataset fingerprint and the column: the second run over the same model and data loads the file instead of
 running the model. Under `accelerate launch` with several processes, every process extracts one contiguous shard
@@ -78,7 +78,7 @@ def feature_views(
 
 @dataclass
 class ExtractionOptions:
-    """How [`extract_features`] runs: `batch_size` images per `map` batch; cache files in `cache_dir` (default
+    """How [`cached_feature_table`] runs: `batch_size` images per `map` batch; cache files in `cache_dir` (default
     `<HF datasets cache>/ghfeat_evaluation`) unless `use_cache=False`; a progress bar unless `progress=False`.
     `process_state` is an `accelerate.PartialState` (or an object with `num_processes`, `process_index`,
     `is_main_process` and `wait_for_everyone()`); by default one is created when launched with several processes."""
@@ -240,7 +240,7 @@ class FeatureTable:
     cache_hit: bool
 
 
-def extract_features(
+def cached_feature_table(
     dataset,
     extractor: FeatureExtractor,
     *,
@@ -281,7 +281,7 @@ class FeatureStore:
         """The features of `dataset[image_column]`; `role` names the data in the report (`"train"`, ...)."""
         key = (extractor.name, f"{role}:{image_column}")
         if key not in self._tables:
-            table = extract_features(dataset, extractor, image_column=image_column, options=self.options)
+            table = cached_feature_table(dataset, extractor, image_column=image_column, options=self.options)
             self.record_cache_hit(extractor, key[1], table.cache_hit)
             self._tables[key] = table
         return self._tables[key]
@@ -339,7 +339,7 @@ __all__ = [
     "FeatureView",
     "cached_image_map",
     "dataset_fingerprint",
-    "extract_features",
+    "cached_feature_table",
     "feature_views",
     "numpy_columns",
     "standardize",

@@ -20,9 +20,9 @@ from ..evaluation_report import OURS, STANDARD, EvaluationReport, MetricColumn, 
 from ..image_io import to_pil_image
 from ..modeling_stylegan import StyleGANGenerator
 from ..runtime import autocast_context
-from .data import describe_data, require_columns
 from .domain_classifier import DomainClassifier
-from .reconstruction import quantize
+from .reconstruction_quality import quantize
+from .splits import describe_data, require_columns
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:

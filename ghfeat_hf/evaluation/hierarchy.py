@@ -21,10 +21,10 @@ from ..evaluation_report import OURS, EvaluationReport, MetricColumn, ProtocolIt
 from ..image_io import to_pil_image
 from ..runtime import autocast_context, parse_layer_groups
 from ..visualization import enlarged_cell_size, make_grid
-from .data import class_names, describe_data, label_values, require_columns
 from .domain_classifier import DomainClassifier
 from .extractors import GHFeatExtractor
 from .metrics import wilson_interval
+from .splits import class_names, describe_data, label_values, require_columns
 
 DEFAULT_GROUPS = ("coarse", "middle", "fine")
 

@@ -23,10 +23,10 @@ from ..image_io import to_pil_image
 from ..image_metrics import psnr
 from ..perceptual import HED_INSTALL, LPIPS_INSTALL, LPIPS_NAME, LPIPSHedVGG, PerceptualWeightsUnavailable
 from ..reconstruction import reconstruct_images, reconstruction_grid
-from .data import describe_data, require_columns
 from .extractors import FeatureExtractor, GHFeatExtractor
 from .features import ExtractionOptions, FeatureStore, cached_image_map, numpy_columns
 from .metrics import ssim
+from .splits import describe_data, require_columns
 
 LPIPS_NOTE = (f"{LPIPS_NAME} not computed: it needs `{HED_INSTALL} && {LPIPS_INSTALL}`; LPIPS with its ImageNet "
               "backbone cannot be installed offline.")
