@@ -224,7 +224,8 @@ def _warn_about_inputs(images, processor, model_path: str) -> None:
 
 def _run_reconstruct(args: argparse.Namespace) -> int:
     from .errors import UsageError
-    from .extraction import decode_image, file_sources, image_extensions, open_image
+    from .extraction import decode_image, file_sources, image_extensions
+    from .image_io import open_image
     from .reconstruction import format_metrics_table, reconstruct_images, reconstruction_grid
     from .runtime import load_model, resolve_model_path
 

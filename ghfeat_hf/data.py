@@ -3,9 +3,10 @@
 * :func:`load_image_dataset` opens a Hub dataset id, an ``imagefolder`` directory or a ``save_to_disk``
   directory as one `datasets` split (map-style or streaming).
 * :class:`ImageRows` + :class:`ImageCollator` (or simply :func:`make_image_dataloader`) turn rows into
-  ``pixel_values`` exactly as :class:`~ghfeat_hf.GHFeatImageProcessor` does. Images are decoded in the
-  DataLoader workers; unreadable samples are skipped, counted (``batch["num_skipped"]``) and replaced by
-  readable ones of the same batch, so batch shapes stay constant and a long run never crashes on a bad file.
+  ``pixel_values`` exactly as :class:`~ghfeat_hf.GHFeatImageProcessor` does. Images are opened
+  (:mod:`ghfeat_hf.image_io`) in the DataLoader workers; unreadable samples are skipped, counted
+  (``batch["num_skipped"]``) and replaced by readable ones of the same batch, so batch shapes stay constant and a
+  long run never crashes on a bad file.
   The optional random horizontal flip (p = 0.5, the official augmentation) is a pure function of
   ``(seed, epoch, sample index)`` for map-style data, so an exactly resumed run flips the same images.
 * :func:`load_fashion_mnist` builds Fashion-MNIST (zero-padded to 32x32) from the Debian package
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import shutil
 import struct
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 
+from .image_io import open_image
 from .image_processing_ghfeat import GHFeatImageProcessor
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,34 +148,6 @@ def load_training_images(
 
 # ----------------------------------------------------------------------------------------------------------------
 # Decoding, collation, DataLoader
-
-
-def decode_image(value: Any) -> PIL.Image.Image | np.ndarray | torch.Tensor:
-    """Decode one stored image: a PIL image, ``{"bytes", "path"}`` (``datasets.Image(decode=False)``), raw bytes
-    or a file path. The pixels are fully read (``load()``), so a corrupt file raises here. Arrays and tensors
-    (any layout and dtype :class:`GHFeatImageProcessor` reads, e.g. float ``[0, 1]`` HWC or uint8 CHW) are
-    returned as they are, for the processor to decode."""
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value
-    if isinstance(value, PIL.Image.Image):
-        image = value
-    elif isinstance(value, dict):
-        if value.get("bytes"):
-            image = PIL.Image.open(io.BytesIO(value["bytes"]))
-        elif value.get("path"):
-            image = PIL.Image.open(value["path"])
-        else:
-            raise ValueError("Empty image record (no bytes and no path).")
-    elif isinstance(value, (bytes, bytearray)):
-        image = PIL.Image.open(io.BytesIO(value))
-    elif isinstance(value, (str, os.PathLike)):
-        image = PIL.Image.open(value)
-    else:
-        raise ValueError(f"Cannot decode an image from {type(value).__name__}.")
-    image.load()
-    if image.getexif().get(PIL.Image.ExifTags.Base.Orientation) is not None:
-        image = PIL.ImageOps.exif_transpose(image)
-    return image
 
 
 def _mix64(x: int) -> int:
@@ -299,7 +271,7 @@ class ImageCollator:
         decoded, kept_rows = [], []
         for row in rows:
             try:
-                decoded.append(decode_image(row[self.image_column]))
+                decoded.append(open_image(row[self.image_column]))
                 kept_rows.append(row)
             except Exception:
                 continue
@@ -568,7 +540,6 @@ __all__ = [
     "FASHION_MNIST_INSTALL",
     "ImageCollator",
     "ImageRows",
-    "decode_image",
     "encode_gray_pngs",
     "fashion_mnist_arrays",
     "find_fashion_mnist",

@@ -19,11 +19,12 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .editing import interpolate_style_codes, layer_groups, mix_style_codes
+from .editing import interpolate_style_codes, mix_style_codes
 from .errors import UsageError
 from .extraction import extract_features
+from .image_io import to_pil_image
 from .reconstruction import format_metrics_table, reconstruct_images, reconstruction_grid
-from .runtime import load_model
+from .runtime import layers_by_head, load_model
 from .visualization import enlarged_cell_size, make_grid
 
 DEMO_IMAGES = Path(__file__).resolve().parent / "assets" / "demo_images"
@@ -51,12 +52,6 @@ def demo_image_paths(directory: str | Path = DEMO_IMAGES, minimum: int = 1) -> l
     return paths
 
 
-def _read_image(path: Path) -> PIL.Image.Image:
-    """A fully loaded copy of an image file (the file is closed)."""
-    with PIL.Image.open(path) as image:
-        return image.copy()
-
-
 def _to_pil(images: torch.Tensor, processor) -> list[PIL.Image.Image]:
     return processor.postprocess(images.float().clamp(-1, 1))
 
@@ -75,7 +70,7 @@ def run_demo(
     output_dir.mkdir(parents=True, exist_ok=True)
     ghfeat, processor = load_model(model, device=device)
     names = [path.stem for path in paths]
-    pil_images = [_read_image(path) for path in paths]
+    pil_images = [to_pil_image(path) for path in paths]
     device = next(ghfeat.parameters()).device
 
     result = reconstruct_images(ghfeat, processor, pil_images, device=device)
@@ -88,7 +83,7 @@ def run_demo(
         contents, style = list(range(min(4, len(paths)))), len(paths) - 1
         style_codes = tuple(code[style : style + 1] for code in codes)
         content_codes = tuple(code[contents] for code in codes)
-        groups = layer_groups(ghfeat.config)
+        groups = layers_by_head(ghfeat.config)
         mixed = {name: _to_pil(ghfeat.decode(mix_style_codes(content_codes, style_codes, layers)), processor)
                  for name, layers in groups.items()}
         path = interpolate_style_codes(

@@ -1,13 +1,16 @@
 """Pixel metrics shared by reconstruction, inversion, training validation and evaluation: one PSNR for the project.
 
-Images compared here are model-space tensors in [-1, 1] (or 8-bit pictures); errors are measured on pixels scaled
-to [0, 1], so PSNR has peak 1.
+Images compared here are model-space tensors in [-1, 1] ([`pixel_mse`]) or 8-bit pictures ([`picture_metrics`]);
+errors are measured on pixels scaled to [0, 1], so PSNR has peak 1.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import PIL.Image
 import torch
+
+from .visualization import to_rgb
 
 
 def psnr(mse: float | np.ndarray | torch.Tensor, peak: float = 1.0) -> float | np.ndarray | torch.Tensor:
@@ -27,4 +30,17 @@ def pixel_mse(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return difference.square().flatten(1).mean(dim=1)
 
 
-__all__ = ["pixel_mse", "psnr"]
+def picture_metrics(reference: PIL.Image.Image | np.ndarray, reconstruction: PIL.Image.Image | np.ndarray) -> dict:
+    """MSE and PSNR (dB, peak 1) of two 8-bit RGB images (grayscale ones replicated to RGB, which leaves both
+    unchanged) on pixels scaled to `[0, 1]`, over all pixels and channels. A reconstruction of another size is
+    first resized (bilinear) to the reference's size. Identical images give `psnr = inf`."""
+    reference, reconstruction = to_rgb(reference), to_rgb(reconstruction)
+    if reconstruction.size != reference.size:
+        reconstruction = reconstruction.resize(reference.size, PIL.Image.Resampling.BILINEAR)
+    a = np.asarray(reference, dtype=np.float64) / 255.0
+    b = np.asarray(reconstruction, dtype=np.float64) / 255.0
+    mse = float(np.mean((a - b) ** 2))
+    return {"mse": mse, "psnr": psnr(mse)}
+
+
+__all__ = ["picture_metrics", "pixel_mse", "psnr"]

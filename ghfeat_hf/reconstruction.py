@@ -10,9 +10,10 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from .image_metrics import psnr
-from .runtime import autocast_context, resolve_device, resolve_dtype
-from .visualization import enlarged_cell_size, make_grid, to_rgb
+from .encoding import encode_batch
+from .image_metrics import picture_metrics
+from .runtime import resolve_device, resolve_dtype
+from .visualization import enlarged_cell_size, make_grid
 
 
 class ReconstructionResult(NamedTuple):
@@ -22,19 +23,6 @@ class ReconstructionResult(NamedTuple):
     inputs: list[PIL.Image.Image]
     reconstructions: list[PIL.Image.Image]
     metrics: list[dict[str, float]]
-
-
-def image_metrics(reference: PIL.Image.Image | np.ndarray, reconstruction: PIL.Image.Image | np.ndarray) -> dict:
-    """MSE and PSNR (dB, peak 1) of two 8-bit RGB images (grayscale ones replicated to RGB, which leaves both
-    unchanged) on pixels scaled to `[0, 1]`, over all pixels and channels. A reconstruction of another size is first resized (bilinear) to the reference's size. Identical
-    images give `psnr = inf`."""
-    reference, reconstruction = to_rgb(reference), to_rgb(reconstruction)
-    if reconstruction.size != reference.size:
-        reconstruction = reconstruction.resize(reference.size, PIL.Image.Resampling.BILINEAR)
-    a = np.asarray(reference, dtype=np.float64) / 255.0
-    b = np.asarray(reconstruction, dtype=np.float64) / 255.0
-    mse = float(np.mean((a - b) ** 2))
-    return {"mse": mse, "psnr": psnr(mse)}
 
 
 def reconstruct_images(
@@ -57,7 +45,7 @@ def reconstruct_images(
         progress: show a progress bar over the images.
 
     Returns:
-        A [`ReconstructionResult`] `(inputs, reconstructions, metrics)`; metrics are [`image_metrics`] of the
+        A [`ReconstructionResult`] `(inputs, reconstructions, metrics)`; metrics are [`picture_metrics`] of the
         8-bit input (after the processor's resize) and the 8-bit reconstruction.
     """
     if not isinstance(images, (list, tuple)):
@@ -71,14 +59,13 @@ def reconstruct_images(
     bar = tqdm(total=len(images), desc="reconstruct", unit="image", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(images), batch_size):
         batch = list(images[start:start + batch_size])
-        pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
-        with torch.inference_mode(), autocast_context(device, compute_dtype):
-            decoded = model.decode(model(pixel_values=pixel_values).style_codes)
+        pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"]
+        _, decoded = encode_batch(model, pixel_values, dtype=compute_dtype, decode=True)
         inputs += processor.postprocess(pixel_values.float())
-        reconstructions += processor.postprocess(decoded.float())
+        reconstructions += processor.postprocess(decoded)
         bar.update(len(batch))
     bar.close()
-    metrics = [image_metrics(a, b) for a, b in zip(inputs, reconstructions)]
+    metrics = [picture_metrics(a, b) for a, b in zip(inputs, reconstructions)]
     return ReconstructionResult(inputs, reconstructions, metrics)
 
 
@@ -109,5 +96,4 @@ def format_metrics_table(names: Sequence[str], metrics: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ReconstructionResult", "format_metrics_table", "image_metrics", "reconstruct_images",
-           "reconstruction_grid"]
+__all__ = ["ReconstructionResult", "format_metrics_table", "reconstruct_images", "reconstruction_grid"]

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers.utils import cached_file
@@ -171,12 +172,25 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
 ALL_LAYERS = "all"  # the selection of every generator layer
 
 
+@dataclass(frozen=True)
+class LayerGroup:
+    """A named selection of generator layers (`"all"`, `"coarse"`, `"0-3,8"`, ...)."""
+
+    name: str
+    layers: tuple[int, ...]
+
+
+def layers_by_head(config) -> dict[str, list[int]]:
+    """`{"coarse": [...], "middle": [...], "fine": [...]}`: the generator layers of each encoder head."""
+    return dict(zip(HEAD_NAMES, config.head_layers))
+
+
 def parse_layers(spec: str | Sequence[int] | None, config) -> list[int]:
     """Parse a layer selection into sorted, unique generator layer indices.
 
     `spec` is `None` (all layers), a sequence of ints, or a string of comma-separated items, each an index (`8`),
-    an inclusive range (`0-3`) or a head name (`coarse`, `middle`, `fine`, the config's `head_layers`); `|` works
-    as a separator too (`coarse|fine`).
+    an inclusive range (`0-3`), a head name (`coarse`, `middle`, `fine`, the config's `head_layers`) or `all`;
+    `|` works as a separator too (`coarse|fine`). Raises [`UsageError`] for an unknown item or a layer out of range.
     """
     num_layers = config.num_layers
     if spec is None:
@@ -186,9 +200,12 @@ def parse_layers(spec: str | Sequence[int] | None, config) -> list[int]:
         if not any(items):
             raise UsageError("empty --layers selection.")
         layers: set[int] = set()
+        heads = layers_by_head(config)
         for item in filter(None, items):
-            if item.lower() in HEAD_NAMES:
-                layers.update(config.head_layers[HEAD_NAMES.index(item.lower())])
+            if item.lower() == ALL_LAYERS:
+                layers.update(range(num_layers))
+            elif item.lower() in heads:
+                layers.update(heads[item.lower()])
             else:
                 layers.update(_parse_layer_item(item))
     else:
@@ -199,13 +216,23 @@ def parse_layers(spec: str | Sequence[int] | None, config) -> list[int]:
     return sorted(layers)
 
 
+def parse_layer_groups(specs: Sequence[str] | None, config) -> list[LayerGroup]:
+    """Named layer selections from specs such as `["all", "coarse", "middle", "fine", "0-3,8"]` (each parsed by
+    [`parse_layers`], named by its stripped text), in order, repeated specs once; `None` or `[]` means `["all"]`."""
+    groups: dict[str, LayerGroup] = {}
+    for spec in specs or [ALL_LAYERS]:
+        spec = spec.strip()
+        groups.setdefault(spec, LayerGroup(spec, tuple(parse_layers(spec, config))))
+    return list(groups.values())
+
+
 def _parse_layer_item(item: str) -> range:
     """`"8"` -> `range(8, 9)`, `"0-3"` -> `range(0, 4)`."""
     try:
         start, stop = (int(part) for part in item.split("-")) if "-" in item else (int(item), int(item))
     except ValueError:
         raise UsageError(
-            f"invalid --layers item {item!r}: use indices (8), ranges (0-3) or {', '.join(HEAD_NAMES)}."
+            f"invalid --layers item {item!r}: use indices (8), ranges (0-3), {', '.join(HEAD_NAMES)} or {ALL_LAYERS}."
         ) from None
     if start > stop:
         raise UsageError(f"invalid layer range {item!r}: start is after stop.")
@@ -215,10 +242,13 @@ def _parse_layer_item(item: str) -> range:
 __all__ = [
     "ALL_LAYERS",
     "MODEL_ENV_VAR",
+    "LayerGroup",
     "autocast_context",
     "default_model_path",
+    "layers_by_head",
     "load_model",
     "model_fingerprint",
+    "parse_layer_groups",
     "parse_layers",
     "processor_size",
     "resolve_device",

@@ -27,10 +27,10 @@ DIAGRAM = re.compile(r"(<!-- import-graph -->\n)(.*?)(<!-- /import-graph -->)", 
 # Lowest first. A module belongs to the first layer with a pattern that is its name or a package above it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("floor", ("version", "errors", "files", "embedded", "arguments", "error_reporting", "image_io", "image_metrics",
-               "model_names", "evaluation_report")),
+               "model_names", "evaluation_report", "visualization")),
     ("models", ("configuration_stylegan", "configuration_ghfeat", "layers", "modeling_stylegan", "modeling_ghfeat",
                 "image_processing_ghfeat", "strict_loading", "timm_models")),
-    ("runtime", ("runtime", "encoding", "perceptual", "visualization", "data", "model_card", "hub", "reconstruction")),
+    ("runtime", ("runtime", "encoding", "perceptual", "data", "model_card", "hub", "reconstruction")),
     ("applications", ("extraction", "editing", "evaluation", "conversion", "demo")),
     ("commands", ("cli", "editing.cli", "evaluation.cli", "conversion.command")),
     ("package", ("__init__",)),

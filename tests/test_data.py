@@ -13,6 +13,7 @@ import torch
 
 from ghfeat_hf import GHFeatImageProcessor
 from ghfeat_hf import data as gdata
+from ghfeat_hf.image_io import open_image
 from tests.helpers import photo_crops, write_saved_dataset
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def test_collator_reads_arrays_and_tensors_like_the_processor(photos):
     rgb = np.asarray(photos[0].convert("RGB"))
     chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
     inputs = [rgb.astype(np.float32) / 255, chw, torch.from_numpy(chw), torch.from_numpy(rgb / 255.0), rgb]
-    assert all(gdata.decode_image(value) is value for value in inputs)
+    assert all(open_image(value) is value for value in inputs)
     batch = gdata.ImageCollator(resolution=24)([{"image": value, "__index__": i} for i, value in enumerate(inputs)])
     assert int(batch["num_skipped"]) == 0 and batch["indices"].tolist() == list(range(5))
     processor = GHFeatImageProcessor(size={"height": 24, "width": 24})

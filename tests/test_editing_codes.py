@@ -10,12 +10,12 @@ from ghfeat_hf.editing import (
     encode_images,
     flatten_codes,
     interpolate_keyframes,
-    resolve_layers,
     select_codes,
     shift_codes,
     style_mixing,
 )
 from ghfeat_hf.errors import UsageError
+from ghfeat_hf.runtime import parse_layers
 from tests.conftest import tiny_ghfeat_config
 from tests.editing_helpers import demo_pixel_values
 
@@ -32,16 +32,16 @@ def pixel_values():
 
 def test_layer_selections_and_labels():
     config = tiny_ghfeat_config()  # 8 layers: coarse 0-1, middle 2-3, fine 4-7
-    assert resolve_layers(None, config) == resolve_layers("all", config) == list(range(8))
-    assert resolve_layers("middle|fine", config) == list(range(2, 8))
-    assert resolve_layers("0-1,5", config) == [0, 1, 5]
+    assert parse_layers(None, config) == parse_layers("all", config) == list(range(8))
+    assert parse_layers("middle|fine", config) == list(range(2, 8))
+    assert parse_layers("0-1,5", config) == [0, 1, 5]
     assert describe_layers(range(8), config) == "all layers"
     assert describe_layers([0, 1], config) == "coarse (0-1)"
     assert describe_layers(range(2, 8), config) == "middle+fine (2-7)"
     assert describe_layers([0, 1, 5], config) == "layers 0-1,5"
     for bad, message in (("coarsest", "invalid --layers item"), ("9", "out of range"), ("3-1", "start is after")):
         with pytest.raises(UsageError, match=message):
-            resolve_layers(bad, config)
+            parse_layers(bad, config)
 
 
 def test_flatten_and_shift_codes_use_the_same_layout():

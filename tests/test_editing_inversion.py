@@ -6,7 +6,6 @@ import torch
 
 from ghfeat_hf.editing import (
     MAX_REFINEMENT_STEPS,
-    build_perceptual_loss,
     decode_codes,
     encode_images,
     refine_style_codes,
@@ -14,6 +13,7 @@ from ghfeat_hf.editing import (
 )
 from ghfeat_hf.errors import UsageError
 from ghfeat_hf.image_metrics import pixel_mse, psnr
+from ghfeat_hf.perceptual import build_perceptual_loss
 from tests.editing_helpers import demo_pixel_values
 
 
@@ -92,7 +92,7 @@ def test_perceptual_term_from_local_weights(model, pixel_values, tmp_path):
     save_file({f"{index}.{kind}": value for index, conv in zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21),
                                                               VGG16("conv4_3").convs.values())
                for kind, value in conv.state_dict().items()}, str(weights))
-    loss = build_perceptual_loss(weights=weights)
+    loss = build_perceptual_loss(weights=weights, size=None, reduction="none")
     assert loss.source == f"local file {weights}" and not any(p.requires_grad for p in loss.parameters())
     distances = loss(pixel_values, pixel_values.flip(0))
     assert distances.shape == (3,) and distances[1] == 0 and (distances[[0, 2]] > 0).all()

@@ -18,10 +18,10 @@ from ghfeat_hf.evaluation import (
     PixelExtractor,
     TimmExtractor,
     build_baselines,
-    extract_features,
-    resolve_layer_groups,
+    cached_feature_table,
 )
 from ghfeat_hf.evaluation.features import feature_views, numpy_columns
+from ghfeat_hf.runtime import parse_layer_groups
 from tests.evaluation_data import MODEL_SEED, augmented_copies, lfw_faces, tiny_processor
 
 
@@ -43,7 +43,7 @@ def test_ghfeat_extractor_is_the_compact_vector_and_selects_layers(tiny, photos)
     with torch.no_grad():
         output = model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"])
     torch.testing.assert_close(torch.from_numpy(features), output.pooler_output, rtol=0, atol=0)
-    coarse = resolve_layer_groups(["coarse"], model.config)[0]
+    coarse = parse_layer_groups(["coarse"], model.config)[0]
     assert coarse.layers == tuple(model.config.head_layers[0])
     expected = torch.cat([output.style_codes[layer] for layer in coarse.layers], dim=1)
     selected = features[:, extractor.columns(coarse.layers)]
@@ -57,14 +57,14 @@ def test_ghfeat_extractor_is_the_compact_vector_and_selects_layers(tiny, photos)
 
 def test_layer_groups(tiny):
     config = tiny[0].config
-    groups = resolve_layer_groups(["all", "middle", "0-1,5", "all"], config)
+    groups = parse_layer_groups(["all", "middle", "0-1,5", "all"], config)
     assert [(g.name, g.layers) for g in groups] == [("all", tuple(range(8))), ("middle", tuple(config.head_layers[1])),
                                                     ("0-1,5", (0, 1, 5))]
-    assert [g.name for g in resolve_layer_groups(None, config)] == ["all"]
+    assert [g.name for g in parse_layer_groups(None, config)] == ["all"]
     with pytest.raises(UsageError, match="invalid --layers item 'mid'"):
-        resolve_layer_groups(["mid"], config)
+        parse_layer_groups(["mid"], config)
     with pytest.raises(UsageError, match="out of range"):
-        resolve_layer_groups(["9"], config)
+        parse_layer_groups(["9"], config)
 
 
 def test_pixel_extractor_values():
@@ -131,7 +131,7 @@ def test_extraction_is_cached_once_per_model_and_dataset(tiny, tmp_path, monkeyp
     calls = []
     encode = model.encode
     monkeypatch.setattr(model, "encode", lambda pixels: calls.append(len(pixels)) or encode(pixels))
-    first = extract_features(faces, GHFeatExtractor(model, processor), options=options)
+    first = cached_feature_table(faces, GHFeatExtractor(model, processor), options=options)
     assert not first.cache_hit and sum(calls) == 40 and first.features.shape == (40, sum(model.config.style_dims))
     np.testing.assert_array_equal(first.image_sizes, np.full((40, 2), 25))
 
@@ -139,13 +139,13 @@ def test_extraction_is_cached_once_per_model_and_dataset(tiny, tmp_path, monkeyp
     model.save_pretrained(tmp_path / "model")
     reloaded = GHFeatModel.from_pretrained(tmp_path / "model")
     monkeypatch.setattr(reloaded, "encode", lambda pixels: calls.append(len(pixels)) or encode(pixels))
-    second = extract_features(datasets.load_from_disk(tmp_path / "data"), GHFeatExtractor(reloaded, processor),
+    second = cached_feature_table(datasets.load_from_disk(tmp_path / "data"), GHFeatExtractor(reloaded, processor),
                               options=options)
     assert second.cache_hit and sum(calls) == 40
     np.testing.assert_array_equal(second.features, first.features)
     datasets.disable_caching()  # datasets' own switch does not turn the feature cache off
     try:
-        third = extract_features(faces, GHFeatExtractor(reloaded, processor), options=options)
+        third = cached_feature_table(faces, GHFeatExtractor(reloaded, processor), options=options)
     finally:
         datasets.enable_caching()
     assert third.cache_hit and sum(calls) == 40
@@ -154,12 +154,12 @@ def test_extraction_is_cached_once_per_model_and_dataset(tiny, tmp_path, monkeyp
     with monkeypatch.context() as patch:
         patch.setattr(datasets.Dataset, "map", lambda self, *args, **kwargs: map_(
             self, *args, **{**kwargs, "load_from_cache_file": False}))
-        recomputed = extract_features(faces, GHFeatExtractor(reloaded, processor), options=options)
+        recomputed = cached_feature_table(faces, GHFeatExtractor(reloaded, processor), options=options)
     assert not recomputed.cache_hit and sum(calls) == 80
 
-    other_data = extract_features(faces.select(range(20)), GHFeatExtractor(reloaded, processor), options=options)
+    other_data = cached_feature_table(faces.select(range(20)), GHFeatExtractor(reloaded, processor), options=options)
     assert not other_data.cache_hit and sum(calls) == 100
-    uncached = extract_features(faces, PixelExtractor(8), options=ExtractionOptions(use_cache=False, progress=False))
+    uncached = cached_feature_table(faces, PixelExtractor(8), options=ExtractionOptions(use_cache=False, progress=False))
     assert not uncached.cache_hit and uncached.features.shape == (40, 192)
     assert len(list((tmp_path / "cache").glob("features-*.arrow"))) == 2
 
@@ -192,7 +192,7 @@ class _RankState(SimpleNamespace):
 
 def test_multi_process_extraction_shares_shards(tmp_path):
     faces = lfw_faces().select(range(30))
-    single = extract_features(faces, PixelExtractor(8, "L"), options=ExtractionOptions(use_cache=False, progress=False))
+    single = cached_feature_table(faces, PixelExtractor(8, "L"), options=ExtractionOptions(use_cache=False, progress=False))
     cache = tmp_path / "cache"
 
     def run_ranks(cached: bool):
@@ -205,7 +205,7 @@ def test_multi_process_extraction_shares_shards(tmp_path):
             state = _RankState(num_processes=2, process_index=index, is_main_process=index == 0, barrier=barrier,
                                extractor=extractor, expected=expected)
             options = ExtractionOptions(batch_size=8, cache_dir=cache, progress=False, process_state=state)
-            return extract_features(faces, extractor, options=options), extractor
+            return cached_feature_table(faces, extractor, options=options), extractor
 
         with ThreadPoolExecutor(2) as pool:
             return list(pool.map(rank, (0, 1)))
@@ -238,6 +238,6 @@ def test_unreadable_image_is_a_usage_error(tmp_path):
     rows["image"][1] = {"bytes": b"not an image", "path": None}
     broken = datasets.Dataset.from_dict(rows, features=good.features)
     with pytest.raises(UsageError, match="cannot read the image of row 1"):
-        extract_features(broken, PixelExtractor(8), options=ExtractionOptions(cache_dir=tmp_path, progress=False))
+        cached_feature_table(broken, PixelExtractor(8), options=ExtractionOptions(cache_dir=tmp_path, progress=False))
     with pytest.raises(UsageError, match="no image column 'picture'"):
-        extract_features(broken, PixelExtractor(8), image_column="picture", options=ExtractionOptions(progress=False))
+        cached_feature_table(broken, PixelExtractor(8), image_column="picture", options=ExtractionOptions(progress=False))

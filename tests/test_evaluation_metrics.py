@@ -20,12 +20,12 @@ from ghfeat_hf.evaluation.metrics import (
     interocular_distance,
     kfold_verification,
     normalised_mean_error,
-    psnr,
     retrieval_metrics,
     ssim,
     wilson_interval,
 )
 from ghfeat_hf.evaluation.probes import fit_with_validation, knn_predict, linear_probe, validation_split
+from ghfeat_hf.image_metrics import psnr
 
 
 def test_ssim_matches_scikit_image_on_a_real_photo():

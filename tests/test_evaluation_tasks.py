@@ -25,22 +25,23 @@ from ghfeat_hf.evaluation import (
     GHFeatExtractor,
     PixelExtractor,
     build_baselines,
+    cached_feature_table,
     evaluate_classification,
     evaluate_landmarks,
     evaluate_reconstruction,
     evaluate_retrieval,
     evaluate_verification,
-    extract_features,
 )
-from ghfeat_hf.evaluation.data import encode_labels
 from ghfeat_hf.evaluation.landmarks import eye_points
 from ghfeat_hf.evaluation.probes import validation_split
-from ghfeat_hf.evaluation.reconstruction import LPIPS_KEY, lpips_metric
+from ghfeat_hf.evaluation.reconstruction_quality import LPIPS_KEY, lpips_metric
 from ghfeat_hf.evaluation.retrieval import query_gallery_split
+from ghfeat_hf.evaluation.splits import encode_labels
 from ghfeat_hf.evaluation.verification import assign_folds
 from ghfeat_hf.evaluation_report import OURS
+from ghfeat_hf.image_metrics import picture_metrics
 from ghfeat_hf.perceptual import LPIPS_INSTALL, LPIPS_NAME
-from ghfeat_hf.reconstruction import image_metrics, reconstruct_images
+from ghfeat_hf.reconstruction import reconstruct_images
 from tests.evaluation_data import (
     MODEL_SEED,
     astronaut_landmarks,
@@ -64,7 +65,7 @@ def options(tmp_path):
 
 def _features(dataset, extractor, options, row, column="image"):
     """The features of a report row, read back from the cache (independently of the task's own slicing)."""
-    features = extract_features(dataset, extractor, image_column=column, options=options).features
+    features = cached_feature_table(dataset, extractor, image_column=column, options=options).features
     if extractor.layered:
         layers = range(extractor.config.num_layers) if row["layers"] == "all" else extractor.config.head_layers[
             ["coarse", "middle", "fine"].index(row["layers"])]
@@ -297,7 +298,7 @@ def test_reconstruction(extractors, options, tmp_path, monkeypatch):
     images = list(copies["image"])
     for row, extractor in zip(report.rows, (extractors[0], extractors[2])):
         result = reconstruct_images(extractor.model, extractor.processor, images)
-        metrics = [image_metrics(a, b) for a, b in zip(result.inputs, result.reconstructions)]
+        metrics = [picture_metrics(a, b) for a, b in zip(result.inputs, result.reconstructions)]
         assert row["mse"] == pytest.approx(np.mean([m["mse"] for m in metrics]), rel=1e-9)
         assert row["psnr"] == pytest.approx(np.mean([m["psnr"] for m in metrics]), rel=1e-9)
         ssims = [structural_similarity(np.asarray(a) / 255, np.asarray(b) / 255, channel_axis=-1, data_range=1.0,

@@ -26,13 +26,13 @@ from ghfeat_hf.extraction import (
     extract_features,
     file_sources,
     fingerprint_file,
-    open_image,
     partial_path,
     read_extraction_metadata,
     storage,
 )
 from ghfeat_hf.extraction.storage import record_checksum
 from ghfeat_hf.hub import save_ghfeat_directory
+from ghfeat_hf.image_io import open_image
 from ghfeat_hf.runtime import load_model
 
 from .conftest import tiny_ghfeat_config

@@ -10,7 +10,8 @@ import torch
 
 from ghfeat_hf import GHFeatImageProcessor, GHFeatModel
 from ghfeat_hf.cli import main
-from ghfeat_hf.reconstruction import format_metrics_table, image_metrics, reconstruct_images
+from ghfeat_hf.image_metrics import picture_metrics
+from ghfeat_hf.reconstruction import format_metrics_table, reconstruct_images
 from ghfeat_hf.visualization import make_grid
 
 WHITE = (255, 255, 255)
@@ -71,10 +72,10 @@ def test_reconstruct_images_matches_numpy(model_dir, images):
 
 def test_image_metrics_known_values():
     black, white = np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)
-    assert image_metrics(black, white) == {"mse": 1.0, "psnr": 0.0}
-    assert image_metrics(white, white)["psnr"] == math.inf
+    assert picture_metrics(black, white) == {"mse": 1.0, "psnr": 0.0}
+    assert picture_metrics(white, white)["psnr"] == math.inf
     half = np.full((4, 4, 3), 51, np.uint8)  # 0.2 -> mse 0.04 -> psnr 13.979 dB
-    assert image_metrics(black, half)["psnr"] == pytest.approx(10 * math.log10(1 / 0.04))
+    assert picture_metrics(black, half)["psnr"] == pytest.approx(10 * math.log10(1 / 0.04))
     table = format_metrics_table(["a", "bb"], [{"mse": 0.04, "psnr": 13.9794}, {"mse": 0.01, "psnr": 20.0}])
     assert table.splitlines()[-1].split() == ["mean", "0.025000", "16.9897"]
 

@@ -27,9 +27,8 @@ import encoder_setup
 import encoder_trainer
 import train_encoder
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator, StyleGANGenerator
+from ghfeat_hf.perceptual import PerceptualWeightsUnavailable, build_perceptual_loss
 from losses import (
-    PerceptualWeightsUnavailable,
-    build_perceptual_loss,
     discriminator_logistic_loss,
     generator_nonsaturating_loss,
     r1_penalty,

@@ -19,8 +19,8 @@ from ghfeat_hf import (
     StyleGANGenerator,
     StyleGANGeneratorConfig,
 )
-from ghfeat_hf.data import load_fashion_mnist, load_image_dataset, make_image_dataloader
-from losses import PerceptualLoss, build_perceptual_loss
+from ghfeat_hf.data import load_training_images, make_image_dataloader
+from ghfeat_hf.perceptual import PerceptualLoss, PerceptualWeightsUnavailable, build_perceptual_loss
 from stylegan_trainer import DISCRIMINATOR_DIR, GENERATOR_DIR
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,10 +122,17 @@ def load_perceptual(args: argparse.Namespace) -> PerceptualLoss | None:
     """The pretrained VGG16 feature loss the flags name, None when ``--perceptual_weight 0`` disables it."""
     if args.perceptual_weight == 0:
         return None
-    return build_perceptual_loss(
-        weights=args.perceptual_weights, model_name=args.perceptual_model, preprocess=args.perceptual_preprocess,
-        size=args.perceptual_size or None, cache_dir=args.perceptual_cache_dir,
-    )
+    try:
+        return build_perceptual_loss(args.perceptual_model, args.perceptual_weights,
+                                     preprocess=args.perceptual_preprocess, size=args.perceptual_size or None,
+                                     cache_dir=args.perceptual_cache_dir)
+    except PerceptualWeightsUnavailable as error:
+        raise PerceptualWeightsUnavailable(
+            f"No pretrained VGG16 weights are available for the perceptual loss ({error.args[0].rstrip('.')}). The "
+            "loss refuses to run on a randomly initialised network: provide the weights, or pass a local VGG16 state "
+            "dict with --perceptual_weights <file.safetensors|.pth>, or disable the perceptual term explicitly with "
+            "--perceptual_weight 0."
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,17 +144,9 @@ def is_hub_id(name: str) -> bool:
     return not Path(name).expanduser().exists() and name.count("/") == 1 and name.lower() not in ("fashion-mnist",)
 
 
-def load_split(args: argparse.Namespace, split: str | None, streaming: bool):
-    """One split of ``--dataset`` (``fashion-mnist`` padded to 32x32, or any image dataset)."""
-    if args.dataset.lower() in ("fashion-mnist", "fashion_mnist"):
-        dataset = load_fashion_mnist(pad_to=32)[split or "train"]
-        return dataset.to_iterable_dataset() if streaming else dataset
-    return load_image_dataset(args.dataset, split=split, image_column=args.image_column, streaming=streaming)
-
-
 def load_datasets(args: argparse.Namespace):
     """``(train, validation or None)``; validation is held out of the training split unless a split is named."""
-    train = load_split(args, args.split, args.streaming)
+    train = load_training_images(args.dataset, args.split, args.image_column, args.streaming)
     if args.max_train_samples is not None:
         train = train.take(args.max_train_samples) if args.streaming else train.select(range(args.max_train_samples))
     n_val = args.num_validation_images
@@ -157,7 +156,7 @@ def load_datasets(args: argparse.Namespace):
         if args.validation_split == (args.split or "train"):
             warnings.warn("--validation_split is the training split: validation images are training images.",
                           stacklevel=2)
-        validation = load_split(args, args.validation_split, args.streaming)
+        validation = load_training_images(args.dataset, args.validation_split, args.image_column, args.streaming)
         validation = validation.take(n_val) if args.streaming else validation.select(range(min(n_val, len(validation))))
         return train, validation
     if args.streaming:

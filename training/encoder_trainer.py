@@ -19,8 +19,8 @@ from batchnorm import synchronize_batchnorm
 from data_loop import seed_step
 from ghfeat_hf import GHFeatModel, StyleGANDiscriminator
 from ghfeat_hf.image_metrics import pixel_mse, psnr
+from ghfeat_hf.perceptual import PerceptualLoss
 from losses import (
-    PerceptualLoss,
     discriminator_logistic_loss,
     generator_nonsaturating_loss,
     r1_penalty,

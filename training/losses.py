@@ -1,4 +1,5 @@
-"""Losses shared by the GH-Feat trainers: the StyleGAN logistic GAN losses with R1, and the VGG16 perceptual loss.
+"""Losses shared by the GH-Feat trainers: the StyleGAN logistic GAN losses with R1 (here), and the VGG16 perceptual
+loss (:func:`ghfeat_hf.perceptual.build_perceptual_loss`, as the trainers use it).
 
 GAN losses (NVlabs/stylegan ``training/loss.py``, ghfeat ``training/loss_encoder.py``), on raw D logits:
 
@@ -23,23 +24,14 @@ one (a random network makes the term meaningless noise):
 * any local VGG16 state dict (``--perceptual_weights``, ``.safetensors`` / ``.pth``): timm/torchvision
   ``features.N.*`` keys (torchvision preprocessing), genforce's Keras conversion ``layerN.*`` keys (the official
   Caffe preprocessing with the Keras means) or bare ``N.*`` keys.
-* no weights available: :class:`PerceptualWeightsUnavailable` explains how to provide them, or to disable the
-  loss explicitly (``--perceptual_weight 0``).
+* no weights available: :class:`ghfeat_hf.perceptual.PerceptualWeightsUnavailable`; ``train_encoder.py`` adds how
+  to provide them, or to disable the loss explicitly (``--perceptual_weight 0``).
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
-
-from ghfeat_hf import perceptual
-from ghfeat_hf.perceptual import (
-    DEFAULT_PERCEPTUAL_MODEL,
-    PerceptualLoss,
-    PerceptualWeightsUnavailable,
-)
 
 # ----------------------------------------------------------------------------------------------------------------
 # GAN losses
@@ -73,36 +65,7 @@ def r1_penalty(real_scores: torch.Tensor, reals: torch.Tensor, create_graph: boo
     return grad.square().sum(dim=list(range(1, grad.ndim))).mean()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# VGG16 perceptual loss
-
-
-def build_perceptual_loss(
-    weights: str | os.PathLike | None = None,
-    model_name: str = DEFAULT_PERCEPTUAL_MODEL,
-    preprocess: str = "auto",
-    size: int | None = 256,
-    cache_dir: str | os.PathLike | None = None,
-) -> PerceptualLoss:
-    """The trainer's :class:`PerceptualLoss` (scalar mean, see the module docstring), or
-    :class:`PerceptualWeightsUnavailable` telling how to provide weights or to disable the term."""
-    try:
-        return perceptual.build_perceptual_loss(model_name, weights, preprocess=preprocess, size=size,
-                                                cache_dir=cache_dir)
-    except PerceptualWeightsUnavailable as error:
-        raise PerceptualWeightsUnavailable(
-            f"No pretrained VGG16 weights are available for the perceptual loss ({error.args[0].rstrip('.')}). The "
-            "loss refuses to run on a randomly initialised network: provide the weights, or pass a local VGG16 state "
-            "dict with --perceptual_weights <file.safetensors|.pth>, or disable the perceptual term explicitly with "
-            "--perceptual_weight 0."
-        ) from None
-
-
 __all__ = [
-    "DEFAULT_PERCEPTUAL_MODEL",
-    "PerceptualLoss",
-    "PerceptualWeightsUnavailable",
-    "build_perceptual_loss",
     "discriminator_logistic_loss",
     "generator_nonsaturating_loss",
     "r1_penalty",

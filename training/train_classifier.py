@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from ghfeat_hf import GHFeatImageProcessor
 from ghfeat_hf.error_reporting import run_script
-from ghfeat_hf.evaluation.data import class_names, encode_labels, load_split
 from ghfeat_hf.evaluation.domain_classifier import DomainClassifier
-from ghfeat_hf.evaluation.features import as_pil_image
 from ghfeat_hf.evaluation.metrics import accuracy_with_ci
+from ghfeat_hf.evaluation.splits import class_names, encode_labels, load_split
+from ghfeat_hf.image_io import to_pil_image
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_pixels(dataset, processor: GHFeatImageProcessor, image_column: str, batch_size: int = 1024) -> torch.Tensor:
     """`pixel_values [N, C, R, R]` in [-1, 1] of a split, through the GH-Feat processor."""
     return torch.cat([
-        processor(images=[as_pil_image(raw) for raw in dataset[start:start + batch_size][image_column]],
+        processor(images=[to_pil_image(raw) for raw in dataset[start:start + batch_size][image_column]],
                   return_tensors="pt")["pixel_values"] for start in range(0, len(dataset), batch_size)])
 
 

@@ -98,7 +98,7 @@ from encoder_trainer import (
 from ghfeat_hf import GHFeatConfig, GHFeatModel
 from ghfeat_hf.error_reporting import run_command
 from ghfeat_hf.hub import push_to_hub, save_ghfeat_directory
-from losses import PerceptualLoss
+from ghfeat_hf.perceptual import PerceptualLoss
 from stylegan_trainer import DISCRIMINATOR_DIR
 from tracking import Progress, init_trackers, log_scalars, memory_stats, process_mean, throughput_line
 

@@ -37,10 +37,8 @@ from .codes import (
     flatten_codes,
     interpolate_keyframes,
     interpolate_style_codes,
-    layer_groups,
     mix_style_codes,
     resize_images,
-    resolve_layers,
     select_codes,
     shift_codes,
     style_mixing,
@@ -55,12 +53,7 @@ from .figures import (
     save_gif,
 )
 from .harmonization import HarmonizationResult, box_mask, harmonize, image_mask, masks_at_resolution, paste_region
-from .inversion import (
-    MAX_REFINEMENT_STEPS,
-    RefinementResult,
-    build_perceptual_loss,
-    refine_style_codes,
-)
+from .inversion import MAX_REFINEMENT_STEPS, RefinementResult, refine_style_codes
 
 __all__ = [
     "BOUNDARY_METHODS",
@@ -70,7 +63,6 @@ __all__ = [
     "RefinementResult",
     "binary_labels",
     "box_mask",
-    "build_perceptual_loss",
     "check_boundary",
     "concat_codes",
     "condition_boundary",
@@ -86,7 +78,6 @@ __all__ = [
     "interpolation_figure",
     "interpolation_gif_frames",
     "labelled_codes",
-    "layer_groups",
     "learn_boundary",
     "load_boundary",
     "manipulate_codes",
@@ -98,7 +89,6 @@ __all__ = [
     "refine_style_codes",
     "refinement_figure",
     "resize_images",
-    "resolve_layers",
     "save_boundary",
     "save_gif",
     "select_codes",

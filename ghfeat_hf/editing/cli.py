@@ -22,9 +22,11 @@ import torch
 
 from ..arguments import MODEL_HELP, int_at_least
 from ..errors import UsageError
-from ..extraction import file_sources, image_extensions, open_image
+from ..extraction import file_sources, image_extensions
+from ..image_io import open_image
 from ..modeling_stylegan import StyleCodes
-from ..runtime import load_model
+from ..perceptual import DEFAULT_PERCEPTUAL_MODEL, DEFAULT_PERCEPTUAL_WEIGHT, build_perceptual_loss
+from ..runtime import load_model, parse_layers
 from .boundaries import (
     BOUNDARY_METHODS,
     check_boundary,
@@ -41,7 +43,6 @@ from .codes import (
     describe_layers,
     encode_images,
     interpolate_keyframes,
-    resolve_layers,
     select_codes,
     style_mixing,
 )
@@ -55,14 +56,7 @@ from .figures import (
     save_gif,
 )
 from .harmonization import box_mask, harmonize, image_mask, masks_at_resolution, parse_box
-from .inversion import (
-    DEFAULT_PERCEPTUAL_MODEL,
-    DEFAULT_PERCEPTUAL_WEIGHT,
-    MAX_REFINEMENT_STEPS,
-    RefinementResult,
-    build_perceptual_loss,
-    refine_style_codes,
-)
+from .inversion import MAX_REFINEMENT_STEPS, RefinementResult, refine_style_codes
 
 
 class _Editor:
@@ -109,7 +103,7 @@ class _Editor:
         args = self.args
         if self._perceptual is None and (args.perceptual_model or args.perceptual_weights):
             self._perceptual = build_perceptual_loss(args.perceptual_model or DEFAULT_PERCEPTUAL_MODEL,
-                                                     args.perceptual_weights)
+                                                     args.perceptual_weights, size=None, reduction="none")
         weight = DEFAULT_PERCEPTUAL_WEIGHT if args.perceptual_weight is None else args.perceptual_weight
         return refine_style_codes(self.model, pixel_values, codes, steps=args.refine_steps,
                                   learning_rate=args.refine_lr, perceptual=self._perceptual, perceptual_weight=weight,
@@ -122,7 +116,7 @@ class _Editor:
         """``{label: layers}`` of ``--layers`` specs, in order."""
         selections = {}
         for spec in specs:
-            layers = resolve_layers(spec, self.model.config)
+            layers = parse_layers(spec, self.model.config)
             selections[describe_layers(layers, self.model.config)] = layers
         return selections
 
@@ -250,7 +244,7 @@ def _run_learn_boundary(args: argparse.Namespace, editor: _Editor) -> None:
     codes, labels = labelled_codes(editor.model, editor.processor, dataset, args.attribute_column, positive,
                                    image_column=args.image_column, max_samples=args.max_samples, seed=args.seed,
                                    batch_size=args.batch_size, progress=not args.no_progress)
-    layers = resolve_layers(args.layers, editor.model.config)
+    layers = parse_layers(args.layers, editor.model.config)
     attribute = args.attribute or (f"{args.attribute_column} in {{{args.positive}}}" if positive else
                                    args.attribute_column)
     boundary = learn_boundary(codes, labels, layers, attribute=attribute, method=args.method,
@@ -271,7 +265,7 @@ def _run_manipulate(args: argparse.Namespace, editor: _Editor) -> None:
     conditions = [load_boundary(path) for path in args.condition or []]
     for item in (boundary, *conditions):
         check_boundary(item, editor.model, allow_other_model=args.allow_other_model)
-    layers = resolve_layers(args.layers, editor.model.config) if args.layers else None
+    layers = parse_layers(args.layers, editor.model.config) if args.layers else None
     names, _, pixel_values = editor.read(args.images)
     codes = editor.invert(pixel_values, names)
     for name, distance in zip(names, (boundary.distance(codes) / boundary.std).tolist()):

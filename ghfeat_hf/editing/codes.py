@@ -2,8 +2,9 @@
 
 Codes are tuples of ``[N, 2C_l]`` tensors (``GHFeatModelOutput.style_codes``), one per generator layer. Layer
 selections are lists of generator-layer indices, or specs such as ``"coarse"``, ``"middle|fine"``, ``"0-3,8"`` or
-``"all"`` resolved against the model configuration (coarse / middle / fine are the layers of the encoder's three
-heads). Images are ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1], as the image processor returns them.
+``"all"`` parsed by [`ghfeat_hf.runtime.parse_layers`] against the model configuration (coarse / middle / fine are
+the layers of the encoder's three heads). Images are ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1], as the image
+processor returns them; [`encode_images`] is [`ghfeat_hf.encoding.encode_images`].
 """
 
 from __future__ import annotations
@@ -13,22 +14,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..configuration_ghfeat import HEAD_NAMES, GHFeatConfig
+from ..configuration_ghfeat import GHFeatConfig
+from ..encoding import encode_images
 from ..modeling_stylegan import StyleCodes
-from ..runtime import ALL_LAYERS, parse_layers
-
-
-def layer_groups(config: GHFeatConfig) -> dict[str, list[int]]:
-    """``{"coarse": [...], "middle": [...], "fine": [...]}``: the generator layers of each encoder head."""
-    return dict(zip(HEAD_NAMES, config.head_layers))
-
-
-def resolve_layers(spec: str | Sequence[int] | None, config: GHFeatConfig) -> list[int]:
-    """Sorted generator-layer indices of a selection: ``None`` or ``"all"`` (every layer), a list of indices, or a
-    spec of indices, inclusive ranges and head names (``"0-3,8"``, ``"coarse|fine"``). Raises ``UsageError``."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() == ALL_LAYERS):
-        return list(range(config.num_layers))
-    return parse_layers(spec, config)
+from ..runtime import layers_by_head
 
 
 def describe_layers(layers: Sequence[int], config: GHFeatConfig) -> str:
@@ -43,8 +32,9 @@ def describe_layers(layers: Sequence[int], config: GHFeatConfig) -> str:
     span = ",".join(ranges)
     if len(chosen) == config.num_layers:
         return "all layers"
-    names = [name for name, group in layer_groups(config).items() if group and set(group) <= set(chosen)]
-    if names and sorted(sum((layer_groups(config)[name] for name in names), [])) == chosen:
+    heads = layers_by_head(config)
+    names = [name for name, group in heads.items() if group and set(group) <= set(chosen)]
+    if names and sorted(sum((heads[name] for name in names), [])) == chosen:
         return f"{'+'.join(names)} ({span})"
     return f"layers {span}"
 
@@ -120,16 +110,6 @@ def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_images(model, pixel_values: torch.Tensor, batch_size: int = 16) -> StyleCodes:
-    """GH-Feat codes of ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1], in batches; the codes stay on the model's
-    device."""
-    device = next(model.parameters()).device
-    batches = [model.encode(pixel_values[start:start + batch_size].to(device))
-               for start in range(0, len(pixel_values), batch_size)]
-    return concat_codes(batches)
-
-
-@torch.no_grad()
 def decode_codes(model, codes: StyleCodes, batch_size: int = 16) -> torch.Tensor:
     """Images ``[N, 3, R, R]`` (float32 on the CPU, about [-1, 1]) of codes, decoded in batches on the model's
     device."""
@@ -156,7 +136,6 @@ def style_mixing(
 
 
 __all__ = [
-    "ALL_LAYERS",
     "concat_codes",
     "decode_codes",
     "describe_layers",
@@ -164,10 +143,8 @@ __all__ = [
     "flatten_codes",
     "interpolate_keyframes",
     "interpolate_style_codes",
-    "layer_groups",
     "mix_style_codes",
     "resize_images",
-    "resolve_layers",
     "select_codes",
     "shift_codes",
     "style_mixing",

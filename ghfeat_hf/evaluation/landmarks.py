@@ -17,11 +17,11 @@ import numpy as np
 
 from ..errors import UsageError
 from ..evaluation_report import OURS, PAPER, PAPER_UNVERIFIED, EvaluationReport, MetricColumn, ProtocolItem
-from .data import column_values, describe_data, require_columns
 from .extractors import FeatureExtractor
 from .features import ExtractionOptions, FeatureStore, feature_views, standardize
 from .metrics import bbox_diagonal, interocular_distance, normalised_mean_error
 from .probes import DEFAULT_ALPHA_GRID, DEFAULT_PATIENCE, ridge_regression
+from .splits import column_values, describe_data, require_columns
 
 
 def keypoint_columns(column_names: Sequence[str]) -> list[str]:

@@ -1,7 +1,7 @@
 """Metrics of the evaluation tasks, each a small pure function checked against an independent implementation.
 
 * Images: [`ssim`] (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, no sample-covariance correction,
-  averaged over the valid region and the channels) and [`psnr`].
+  averaged over the valid region and the channels); PSNR is [`ghfeat_hf.image_metrics.psnr`].
 * Classification: [`wilson_interval`] and [`accuracy_with_ci`] (95% Wilson score interval).
 * Retrieval: [`cosine_similarity`], [`average_precision`], [`retrieval_metrics`] (mAP and recall@k).
 * Verification: [`best_threshold`] and [`kfold_verification`] (the LFW "unrestricted" 10-fold protocol).
@@ -16,8 +16,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from ..image_metrics import psnr  # noqa: F401 - re-exported: the metrics of a report
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
@@ -240,7 +238,6 @@ __all__ = [
     "interocular_distance",
     "kfold_verification",
     "normalised_mean_error",
-    "psnr",
     "retrieval_metrics",
     "ssim",
     "wilson_interval",

@@ -15,10 +15,10 @@ import torch
 
 from ..errors import UsageError
 from ..evaluation_report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
-from .data import describe_data, encode_labels, require_columns
 from .extractors import FeatureExtractor
 from .features import ExtractionOptions, FeatureStore, dataset_fingerprint, feature_views, standardize
 from .metrics import retrieval_metrics
+from .splits import describe_data, encode_labels, require_columns
 
 
 def query_gallery_split(

@@ -13,10 +13,10 @@ import numpy as np
 
 from ..errors import UsageError
 from ..evaluation_report import OURS, PAPER, PAPER_UNVERIFIED, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
-from .data import column_values, describe_data, require_columns
 from .extractors import FeatureExtractor
 from .features import ExtractionOptions, FeatureStore, feature_views, standardize
 from .metrics import kfold_verification
+from .splits import column_values, describe_data, require_columns
 
 DEFAULT_LAYER_GROUPS = ("all", "coarse", "middle", "fine")
 

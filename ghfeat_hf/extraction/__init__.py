@@ -54,8 +54,6 @@ from .sources import (
     glob_source,
     image_extensions,
     list_file_source,
-    open_image,
-    open_regular_file,
     resolve_source,
 )
 from .storage import (
@@ -88,8 +86,6 @@ __all__ = [
     "glob_source",
     "image_extensions",
     "list_file_source",
-    "open_image",
-    "open_regular_file",
     "output_format",
     "partial_path",
     "read_extraction_metadata",

@@ -20,10 +20,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..encoding import encode_batch
 from ..errors import DestinationError, UsageError
 from ..image_processing_ghfeat import GHFeatImageProcessor
 from ..modeling_ghfeat import GHFeatModel
-from ..runtime import autocast_context, model_fingerprint, parse_layers, processor_size, resolve_device, resolve_dtype
+from ..modeling_stylegan import tile_style_codes
+from ..runtime import model_fingerprint, parse_layers, processor_size, resolve_device, resolve_dtype
 from .sources import (
     FINGERPRINT_MODES,
     FileSource,
@@ -122,7 +124,6 @@ class _BatchEncoder:
 
     model: GHFeatModel
     processor: GHFeatImageProcessor
-    device: torch.device
     dtype: torch.dtype
     layers: list[int]
     keep_codes: bool
@@ -135,12 +136,9 @@ class _BatchEncoder:
     """The names a streaming source's batches (this session's and the interrupted one's) already use."""
 
     def __call__(self, good: Sequence[tuple[SourceItem, torch.Tensor]]) -> pa.RecordBatch:
-        model = self.model
-        pixel_values = torch.stack([pixels for _, pixels in good]).to(self.device)
-        with torch.inference_mode(), autocast_context(self.device, self.dtype):
-            output = model(pixel_values=pixel_values)
-            decoded = model.decode(output.style_codes) if self.recon_dir is not None else None
-        codes = [output.style_codes[layer].float().cpu().numpy() for layer in self.layers]
+        pixel_values = torch.stack([pixels for _, pixels in good])
+        style_codes, decoded = encode_batch(self.model, pixel_values, dtype=self.dtype, decode=self.recon_dir is not None)
+        codes = [style_codes[layer].cpu().numpy() for layer in self.layers]
         columns: dict[str, Any] = {
             "id": pa.array([item.id for item, _ in good], pa.string()),
             "ghfeat": fixed_list(np.concatenate(codes, axis=1)),
@@ -149,7 +147,7 @@ class _BatchEncoder:
             for layer, code in zip(self.layers, codes):
                 columns[f"style_code_{layer:02d}"] = fixed_list(code)
         if self.keep_tiled:
-            columns["tiled_codes"] = fixed_list(output.last_hidden_state[:, self.layers].float().cpu().numpy())
+            columns["tiled_codes"] = fixed_list(tile_style_codes(style_codes)[:, self.layers].cpu().numpy())
         if decoded is not None:
             columns["reconstruction"] = pa.array(self._save_reconstructions(good, decoded), pa.string())
         columns[POSITION_COLUMN] = pa.array([item.position for item, _ in good], pa.int64())
@@ -289,7 +287,7 @@ def extract_features(
             done_rows = dict(zip(committed.column("id").to_pylist(), committed.column(POSITION_COLUMN).to_pylist()))
             done_ids = set(done_rows) | {record["id"] for record in skipped_records}
             positions, pending, total = _pending(source, done_rows, skipped_records, done_ids)
-            encode = _BatchEncoder(model, processor, device, compute_dtype, layer_list, keep_codes, keep_tiled,
+            encode = _BatchEncoder(model, processor, compute_dtype, layer_list, keep_codes, keep_tiled,
                                    run.schema, recon_dir)
             if recon_dir is not None and positions is not None:
                 encode.recon_names = reconstruction_names(list(positions))

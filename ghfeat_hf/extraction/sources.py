@@ -1,21 +1,19 @@
 """Extraction sources (files, folders, globs, text lists, `datasets` datasets) and their decoding in workers.
 
 Finite sources are decoded in DataLoader worker processes, streaming datasets in threads; an unreadable item
-becomes an error string next to its [`SourceItem`], never an exception. Files are `stat`ed before they are opened
-and opened non-blocking: a FIFO, socket, device or folder named like an image is a skip record, never opened, so
-nothing can block. Decoding a file records its fingerprint (size and mtime, or a sha256 of its content) in the
+becomes an error string next to its [`SourceItem`], never an exception. Images are opened by
+[`ghfeat_hf.image_io`]: files are `stat`ed before they are opened and opened non-blocking, so a FIFO, socket, device
+or folder named like an image is a skip record, never opened, and nothing can block. Decoding a file records its fingerprint (size and mtime, or a sha256 of its content) in the
 item, so that `--resume` can tell which inputs changed since.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import glob as globlib
 import hashlib
 import io
 import os
-import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,22 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from ..errors import UsageError
+from ..files import open_regular_file
+from ..image_io import DecodedImage, open_image, read_image, unwrap_image_record
 from ..image_processing_ghfeat import GHFeatImageProcessor
 
 LIST_FILE_SUFFIXES = (".txt", ".lst", ".list")
 FINGERPRINT_MODES = ("stat", "content")
 """How decoding fingerprints an input file: `stat` (size and mtime_ns) or `content` (sha256 of its bytes)."""
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
-_SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 DecodedItem = tuple["SourceItem", "torch.Tensor | None", "str | None"]
 _Decoded = tuple["torch.Tensor | None", "str | None", "str | None"]
@@ -293,30 +288,6 @@ def resolve_source(source) -> ImageSource:
 # Decoding
 
 
-def _refuse_special(mode: int) -> None:
-    """A `ValueError` naming what a non-regular file is (a FIFO, a socket, ...)."""
-    if not stat.S_ISREG(mode):
-        kind = next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "a special file")
-        raise ValueError(f"{kind}, not a regular file (not opened)")
-
-
-@contextlib.contextmanager
-def open_regular_file(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, os.stat_result]]:
-    """Open a regular file for reading without ever blocking: `stat` first (a FIFO, socket, device or folder is
-    refused unopened), then a non-blocking `open` and an `fstat` of what was opened (the name may have been
-    swapped in between). Yields the binary file and that `fstat`; a `ValueError` for anything not regular."""
-    _refuse_special(os.stat(path).st_mode)
-    descriptor = os.open(path, _OPEN_FLAGS)
-    try:
-        status = os.fstat(descriptor)
-        _refuse_special(status.st_mode)
-    except BaseException:
-        os.close(descriptor)
-        raise
-    with os.fdopen(descriptor, "rb") as handle:
-        yield handle, status
-
-
 def _fingerprinted(handle: BinaryIO, status: os.stat_result, mode: str | None) -> tuple[BinaryIO, str | None]:
     """The stream to decode and the file's fingerprint: `stat:<size>:<mtime_ns>`, or `sha256:<hex>` of the bytes
     read (`content`, which then decodes them from memory), or `None` without a mode."""
@@ -336,40 +307,14 @@ def fingerprint_file(path: str | os.PathLike, mode: str) -> str | None:
         return None
 
 
-def _load_image(stream: Any) -> PIL.Image.Image:
-    with PIL.Image.open(stream) as opened:
-        opened.load()
-        image = PIL.ImageOps.exif_transpose(opened)
-        return opened.copy() if image is opened else image
-
-
-def _open(raw: Any, mode: str | None) -> tuple[PIL.Image.Image | np.ndarray | torch.Tensor, str | None]:
+def _open(raw: Any, mode: str | None) -> tuple[DecodedImage, str | None]:
     """[`open_image`], with the fingerprint (`mode`) of the file read when `raw` names one."""
-    if isinstance(raw, (np.ndarray, torch.Tensor, PIL.Image.Image)):
-        return raw, None
-    if isinstance(raw, dict):
-        if raw.get("bytes") is not None:
-            raw = raw["bytes"]
-        elif raw.get("path"):
-            raw = raw["path"]
-        else:
-            raise ValueError("empty image record (no bytes and no path).")
-    if isinstance(raw, (bytes, bytearray, memoryview)):
-        return _load_image(io.BytesIO(bytes(raw))), None
-    if raw is None:
-        raise ValueError("missing image (None).")
-    if not isinstance(raw, (str, os.PathLike)):
-        raise ValueError(f"unsupported image value of type {type(raw).__name__}.")
+    raw = unwrap_image_record(raw)
+    if mode is None or not isinstance(raw, (str, os.PathLike)):
+        return open_image(raw), None
     with open_regular_file(raw) as (handle, status):
         stream, fingerprint = _fingerprinted(handle, status, mode)
-        return _load_image(stream), fingerprint
-
-
-def open_image(raw: Any) -> PIL.Image.Image | np.ndarray | torch.Tensor:
-    """Open one image from a path, a `datasets` `{"bytes", "path"}` record, bytes, a PIL image or an array; the
-    pixels are fully decoded (so truncated files fail here) and EXIF orientation is applied. A path that is not a
-    regular file is refused before it is opened (see [`open_regular_file`])."""
-    return _open(raw, None)[0]
+        return read_image(stream), fingerprint
 
 
 def _decode(raw: Any, processor: GHFeatImageProcessor, mode: str | None) -> _Decoded:
@@ -494,7 +439,5 @@ __all__ = [
     "glob_source",
     "image_extensions",
     "list_file_source",
-    "open_image",
-    "open_regular_file",
     "resolve_source",
 ]

@@ -16,15 +16,17 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..encoding import encode_batch
 from ..errors import UsageError
 from ..evaluation_report import OURS, PAPER, STANDARD, EvaluationReport, MetricColumn, ProtocolItem
+from ..image_io import to_pil_image
+from ..image_metrics import psnr
 from ..perceptual import HED_INSTALL, LPIPS_INSTALL, LPIPS_NAME, LPIPSHedVGG, PerceptualWeightsUnavailable
 from ..reconstruction import reconstruct_images, reconstruction_grid
-from ..runtime import autocast_context
-from .data import describe_data, require_columns
 from .extractors import FeatureExtractor, GHFeatExtractor
-from .features import ExtractionOptions, FeatureStore, as_pil_image, cached_image_map, numpy_columns
-from .metrics import psnr, ssim
+from .features import ExtractionOptions, FeatureStore, cached_image_map, numpy_columns
+from .metrics import ssim
+from .splits import describe_data, require_columns
 
 LPIPS_NOTE = (f"{LPIPS_NAME} not computed: it needs `{HED_INSTALL} && {LPIPS_INSTALL}`; LPIPS with its ImageNet "
               "backbone cannot be installed offline.")
@@ -44,9 +46,8 @@ def reconstruction_metrics(extractor: GHFeatExtractor, images: Sequence,
                            lpips: LPIPSHedVGG | None = None) -> dict[str, np.ndarray]:
     """`{"mse", "psnr", "ssim"}` (plus `LPIPS_KEY` with `lpips`), each `[N]`, of the images and their
     reconstructions by `extractor.model`."""
-    pixel_values = extractor.processor(images=list(images), return_tensors="pt")["pixel_values"].to(extractor.device)
-    with autocast_context(extractor.device, extractor.dtype):
-        decoded = extractor.model.reconstruct(pixel_values)
+    pixel_values = extractor.processor(images=list(images), return_tensors="pt")["pixel_values"]
+    _, decoded = encode_batch(extractor.model, pixel_values, dtype=extractor.dtype, decode=True)
     if decoded.shape != pixel_values.shape:
         raise UsageError(f"the model reconstructs {tuple(decoded.shape[-2:])} images from "
                          f"{tuple(pixel_values.shape[-2:])} inputs; reconstruction metrics need equal sizes.")
@@ -78,7 +79,7 @@ def save_extremes_grid(
     count = min(count, len(order) // 2) or 1
     picks = [("worst", rank, int(row)) for rank, row in enumerate(order[:count], 1)]
     picks += [("best", rank, int(row)) for rank, row in enumerate(order[::-1][:count], 1)]
-    images = [as_pil_image(raw) for raw in dataset.select([row for _, _, row in picks])[image_column]]
+    images = [to_pil_image(raw) for raw in dataset.select([row for _, _, row in picks])[image_column]]
     result = reconstruct_images(extractor.model, extractor.processor, images, dtype=extractor.dtype)
     names = [f"{kind} {rank}: row {row}\nSSIM {ssim_values[row]:.3f}" for kind, rank, row in picks]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
