@@ -76,6 +76,7 @@ def _ghfeat_fields(directory: Path) -> dict[str, Any]:
         "model_name": f"GH-Feat ResNet-{config.depth} encoder ({config.image_size} px)",
         "depth": config.depth,
         "image_size": config.image_size,
+        "color_mode": {1: "grayscale", 3: "RGB"}.get(config.num_channels, f"{config.num_channels}-channel"),
         "num_layers": config.num_layers,
         "feature_dim": sum(config.style_dims),
         "max_style_dim": max(config.style_dims),

@@ -64,9 +64,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ghfeat_resnet18_256": {"depth": 18},
     "ghfeat_resnet18_32": {  # the embedded ghfeat-fmnist32 model
         "depth": 18, "base_width": 32, "extra_stage_channels": 256, "pyramid_channels": 128, "stem_stride": 1,
-        "stem_pool": False, "image_size": 32,
-        "generator_config": {"resolution": 32, "fmap_base": 512, "fmap_max": 64, "latent_size": 128,
-                             "dlatent_size": 128, "mapping_fmaps": 128, "mapping_layers": 4},
+        "stem_pool": False, "image_size": 32, "num_channels": 1, "head_layer_groups": [4, 2, 2],
+        "generator_config": {"resolution": 32, "num_channels": 1, "fmap_base": 512, "fmap_max": 64,
+                             "latent_size": 128, "dlatent_size": 128, "mapping_fmaps": 128, "mapping_layers": 4},
     },
 }
 HUB_FILENAME = "model.safetensors"
@@ -190,7 +190,8 @@ default_cfgs = generate_default_cfgs({
     "ghfeat_resnet50_256.lsun_bedroom": _hub_cfg("ghfeat-hf/ghfeat-bedroom-256"),
     "ghfeat_resnet18_256": _cfg(),
     "ghfeat_resnet18_32.fmnist32": _cfg(
-        file=str(PRETRAINED_DIR / "ghfeat-fmnist32" / HUB_FILENAME), input_size=(3, 32, 32), license="mit",
+        file=str(PRETRAINED_DIR / "ghfeat-fmnist32" / HUB_FILENAME), input_size=(1, 32, 32), mean=(0.5,), std=(0.5,),
+        license="mit",
         paper_ids=None, origin_url="https://github.com/zalandoresearch/fashion-mnist",
     ),
 })

@@ -212,7 +212,7 @@ def test_block_runs_or_is_marked(block: Block, tmp_path, tmp_path_factory):
 
 @pytest.mark.parametrize("document, handed_on", [
     ("README.md", ["runs/fmnist32-stylegan/stylegan-generator/model.safetensors", "runs/enc/ghfeat/model.safetensors"]),
-    ("training/recipes/ghfeat-fmnist32.md", ["runs/fmnist32-encoder/ghfeat/model.safetensors",
+    ("training/recipes/ghfeat-fmnist32.md", ["runs/fmnist32-encoder-v2b/ghfeat/model.safetensors",
                                              "ghfeat_hf/pretrained/ghfeat-fmnist32/evaluation.json"]),
 ])
 def test_training_commands_run_in_sequence(document: str, handed_on: list[str], tmp_path_factory):

@@ -90,7 +90,7 @@ def test_footwear_boundary_separates_held_out_fashion_mnist(trained):
 
 def test_brightness_boundary_brightens_decoded_images(trained):
     model, _ = trained
-    pixel_values, labels = brightness_dataset(500)
+    pixel_values, labels = brightness_dataset(500, num_channels=model.config.num_channels)
     codes = encode_images(model, pixel_values)
     boundary = learn_boundary(select_codes(codes, slice(0, 400)), labels[:400], attribute="bright")
     assert boundary.accuracy > 0.9

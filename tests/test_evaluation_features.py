@@ -55,6 +55,21 @@ def test_ghfeat_extractor_is_the_compact_vector_and_selects_layers(tiny, photos)
         feature_views([fine_only], ["coarse"])
 
 
+def test_another_ghfeat_model_as_a_baseline(tiny, save_tiny_model, tmp_path):
+    """`ghfeat:[LABEL=]MODEL`: a saved GH-Feat model (e.g. a previous version), with its own weights and processor."""
+    model, processor = tiny
+    other_dir = save_tiny_model(tmp_path / "ghfeat-v1")
+    labelled, unlabelled = build_baselines([f"ghfeat:v1={other_dir}", f"ghfeat:{other_dir}"], model, processor)
+    assert (labelled.name, unlabelled.name) == ("GH-Feat v1", "GH-Feat ghfeat-v1")
+    assert str(other_dir) in labelled.description
+    saved = GHFeatModel.from_pretrained(other_dir)
+    for name, parameter in saved.state_dict().items():
+        assert torch.equal(labelled.model.state_dict()[name], parameter), name
+    assert labelled.fingerprint() == unlabelled.fingerprint() != GHFeatExtractor(model, processor).fingerprint()
+    with pytest.raises(UsageError):
+        build_baselines([f"ghfeat:{tmp_path / 'missing'}"], model, processor)
+
+
 def test_layer_groups(tiny):
     config = tiny[0].config
     groups = parse_layer_groups(["all", "middle", "0-1,5", "all"], config)

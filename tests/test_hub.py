@@ -81,6 +81,7 @@ def test_model_card_metadata(saved):
                  "- stylegan", "- gan-inversion", "license: other"):
         assert line in front, line
     assert "random init (test)" in card and "| reconstruction PSNR | 12.5 |" in card
+    assert "| input | 32x32 RGB, values in [-1, 1]" in card
     assert "CC BY-NC 4.0" in card and "Limitations" in card and "Intended use" in card
 
 
@@ -143,6 +144,7 @@ def test_grayscale_directory_processor_and_pipeline(tmp_path):
         save_ghfeat_directory(model, tmp_path / "mismatch", processor=GHFeatImageProcessor(size=32))
     directory = save_ghfeat_directory(model, tmp_path / "gray")
     assert json.loads((directory / "preprocessor_config.json").read_text())["num_channels"] == 1
+    assert "| input | 32x32 grayscale, values in [-1, 1]" in (directory / "README.md").read_text()
     processor = AutoImageProcessor.from_pretrained(directory)
     assert processor.num_channels == 1 and (processor.size.height, processor.size.width) == (32, 32)
     # directories of the old layout take the processor from config.json: the model's channels too

@@ -256,7 +256,7 @@ def test_well_formed_directories_load_as_from_pretrained_does(where, good_dir):
     directory = good_dir if where == "saved" else ghfeat_hf.embedded_model_path()
     model = assert_loads_exactly(directory)
     reference = GHFeatModel.from_pretrained(directory).eval()
-    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    pixels = torch.rand(2, model.config.num_channels, 32, 32) * 2 - 1
     with torch.inference_mode():
         ours, theirs = model(pixel_values=pixels), reference(pixel_values=pixels)
         assert torch.equal(ours.pooler_output, theirs.pooler_output)

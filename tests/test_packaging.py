@@ -139,11 +139,11 @@ def test_unpacked_wheel_loads_and_runs_the_embedded_model(wheel, tmp_path):
 
     size = report["image_size"]
     assert size == 32 and report["processor_size"] == [size, size]
-    assert report["pixel_values"] == [1, 3, size, size]
+    assert report["pixel_values"] == [1, 1, size, size]  # the shipped model is grayscale: one channel in
     assert -1.0 <= report["pixel_range"][0] < report["pixel_range"][1] <= 1.0
     dims = report["style_dims"]
     assert len(dims) == 8  # a 32 px StyleGAN has 2 * (log2(32) - 1) layers
     assert report["last_hidden_state"] == [1, len(dims), max(dims)]
     assert report["pooler_output"] == [1, sum(dims)] == [1, 896]
-    assert report["decoded"] == [1, 3, size, size]
+    assert report["decoded"] == [1, 1, size, size]  # and one channel out
     assert report["finite"]

@@ -16,7 +16,7 @@ import PIL.Image
 import pytest
 import timm
 import torch
-from transformers import AutoImageProcessor, AutoModel, pipeline
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 from transformers.models.auto import image_processing_auto
 
 import ghfeat_hf
@@ -36,12 +36,20 @@ def _saved_directory(root: Path) -> Path:
 
 
 def _old_layout_directory(root: Path) -> Path:
-    """The embedded model's weights under the ``config.json`` and processor file that ghfeat-hf 0.1 shipped."""
+    """The ``config.json`` and processor file that ghfeat-hf 0.1 shipped with its embedded (RGB) model, with weights
+    of that architecture (seeded, scaled so the codes are O(1))."""
     directory = root / "old-layout"
     directory.mkdir()
     for name in ("config.json", "preprocessor_config.json"):
         shutil.copyfile(OLD_LAYOUT / name, directory / name)
-    (directory / "model.safetensors").symlink_to(ghfeat_hf.embedded_model_path() / "model.safetensors")
+    torch.manual_seed(0)
+    model = GHFeatModel(AutoConfig.from_pretrained(directory))
+    with torch.no_grad():
+        for parameter in model.encoder.parameters():
+            if parameter.ndim > 1:
+                parameter.normal_(0.0, parameter[0].numel() ** -0.5)
+    model.save_pretrained(root / "weights")
+    shutil.move(root / "weights" / "model.safetensors", directory / "model.safetensors")
     return directory
 
 
@@ -69,7 +77,7 @@ def test_auto_image_processor_and_pipeline_use_the_model_resolution(directory, m
     assert (processor.size.height, processor.size.width) == (size, size)
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 20, 3), dtype=np.uint8))
     pixels = processor(image, return_tensors="pt")["pixel_values"]
-    assert tuple(pixels.shape) == (1, 3, size, size)
+    assert tuple(pixels.shape) == (1, model.config.num_channels, size, size)
 
     extractor = pipeline("image-feature-extraction", model=str(directory))
     with torch.no_grad():

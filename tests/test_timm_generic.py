@@ -232,9 +232,9 @@ def test_model_load_pretrained(model_name):
                     "faked Hub cache")
     source = safetensors.torch.load_file(PRETRAINED_DIR / "ghfeat-fmnist32" / "model.safetensors")
     for num_classes in (5, 0):
-        model = timm.create_model(model_name, pretrained=True, in_chans=1, num_classes=num_classes)
-        torch.testing.assert_close(model.encoder.stem.conv.weight,
-                                   source["encoder.stem.conv.weight"].sum(dim=1, keepdim=True))
+        model = timm.create_model(model_name, pretrained=True, num_classes=num_classes)  # grayscale: in_chans 1
+        assert model.pretrained_cfg["input_size"] == (1, 32, 32)
+        torch.testing.assert_close(model.encoder.stem.conv.weight, source["encoder.stem.conv.weight"].float())
         assert model.eval()(torch.zeros(1, 1, 32, 32)).shape == (1, num_classes or model.head_hidden_size)
 
 
@@ -375,11 +375,12 @@ def test_forward_intermediates_stop_early_and_norm():
 
 
 def test_features_only_grad_checkpointing_backward():
-    inputs = torch.randn(2, 3, 32, 32)
+    inputs = None
     grads = []
     for enable in (False, True):
         torch.manual_seed(0)
         model = timm.create_model(SMALL, features_only=True).train()
+        inputs = _inputs(model, 2, generator=torch.Generator().manual_seed(1)) if inputs is None else inputs
         _set_grad_checkpointing(model, enable)
         sum(feature.pow(2).mean() for feature in model(inputs)).backward()
         grads.append([param.grad for param in model.parameters() if param.grad is not None])
@@ -391,7 +392,7 @@ def test_features_only_grad_checkpointing_backward():
 def test_feature_hook_net_grad_checkpointing_order():
     """Recomputation in the backward pass must not re-fire feature hooks into the next forward's outputs."""
     model = timm.create_model(SMALL, features_only=True, feature_cls="hook").train()
-    inputs = torch.randn(2, 3, 32, 32)
+    inputs = _inputs(model, 2)
     with torch.no_grad():
         reference = model(inputs)
     _set_grad_checkpointing(model)
