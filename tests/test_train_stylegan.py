@@ -176,6 +176,24 @@ def test_refuses_empty_batches(capsys):
         assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
 
 
+def test_style_mixing_crossovers_restrict_where_mixing_crosses_over(capsys):
+    """--style_mixing_crossovers draws the crossover layer from the given list only; layers outside the generator
+    are refused with their range."""
+    args = train_stylegan.parse_args(["--dataset", "d", "--output_dir", "o", "--resolution", "32",
+                                      "--style_mixing_crossovers", "4", "6", "--max_steps", "1"])
+    generator, _ = stylegan_trainer.build_networks(args)
+    torch.manual_seed(0)
+    cutoffs = {int(stylegan_trainer.sample_latents(2, generator.config, "cpu", args.style_mixing_crossovers)[2])
+               for _ in range(200)}
+    assert cutoffs == {4, 6, 8}  # 8 == num_layers: the 10% of minibatches without mixing
+    torch.manual_seed(0)
+    default = {int(stylegan_trainer.sample_latents(2, generator.config, "cpu")[2]) for _ in range(400)}
+    assert default == set(range(1, 9))
+    with pytest.raises(SystemExit):
+        train_stylegan.parse_args(["--dataset", "d", "--output_dir", "o", "--style_mixing_crossovers", "8"])
+    assert "a 32 px generator has 8 layers, crossovers are in [1, 7]" in capsys.readouterr().err
+
+
 def test_two_cpu_processes(tmp_path, photo_dataset):
     """A real 2-process gloo run (accelerate launch --multi_gpu with ACCELERATE_USE_CPU=1)."""
     env = dict(os.environ, ACCELERATE_USE_CPU="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",

@@ -109,6 +109,10 @@ def stylegan_parser(description: str) -> argparse.ArgumentParser:
     model.add_argument("--mapping_lr_multiplier", type=float, default=0.01, help="Equalized-lr multiplier of the mapping network.")
     model.add_argument("--style_mixing_prob", type=float, default=0.9, help="Style-mixing regularisation probability.")
     model.add_argument("--dlatent_avg_beta", type=float, default=0.995, help="Decay of the tracked average w.")
+    model.add_argument("--style_mixing_crossovers", type=int, nargs="+", default=None, metavar="LAYER",
+                       help="Layers where style mixing may cross over (the first layer taking the second w), drawn "
+                            "uniformly; default: every layer from 1, as StyleGAN v1. E.g. 4 at 32 px mixes only at "
+                            "the coarse (4x4, 8x8) / fine boundary.")
     optim = parser.add_argument_group("optimisation and losses")
     add_adam_args(optim, learning_rate=0.001, beta1=0.0, networks="G and D")
     optim.add_argument("--r1_gamma", type=float, default=10.0, help="R1 regularisation weight gamma (0 disables R1).")

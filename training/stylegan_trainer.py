@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -44,13 +45,20 @@ class MixingGenerator(nn.Module):
         return self.generator.synthesis(w, noise_mode=noise_mode), w_mean
 
 
-def sample_latents(batch: int, config: StyleGANGeneratorConfig, device) -> tuple[torch.Tensor, ...]:
+def sample_latents(batch: int, config: StyleGANGeneratorConfig, device,
+                   crossovers: Sequence[int] | None = None) -> tuple[torch.Tensor, ...]:
     """z, the second z of style mixing and the crossover layer as a 0-d tensor (num_layers: no mixing); one
-    crossover per minibatch, drawn in [1, num_layers) with probability style_mixing_prob, as StyleGAN v1 does."""
+    crossover per minibatch, with probability style_mixing_prob, drawn uniformly from ``crossovers`` (default
+    ``[1, num_layers)``, as StyleGAN v1 does)."""
     z = torch.randn(batch, config.latent_size, device=device)
     z_mix = torch.randn(batch, config.latent_size, device=device)
     mix = float(torch.rand(())) < config.style_mixing_prob and config.num_layers > 1
-    cutoff = int(torch.randint(1, config.num_layers, ())) if mix else config.num_layers
+    if not mix:
+        cutoff = config.num_layers
+    elif crossovers:
+        cutoff = crossovers[int(torch.randint(len(crossovers), ()))]
+    else:
+        cutoff = int(torch.randint(1, config.num_layers, ()))
     return z, z_mix, torch.tensor(cutoff, device=device)
 
 
@@ -113,7 +121,8 @@ class StyleGANTrainer:
         totals = {k: torch.zeros((), device=accelerator.device) for k in ("loss_D", "loss_D_real", "loss_D_fake",
                                                                           "r1_penalty", "D_real", "D_fake")}
         for index, reals in enumerate(micro_batches):
-            z, z_mix, cutoff = sample_latents(reals.shape[0], self.g_config, accelerator.device)
+            z, z_mix, cutoff = sample_latents(reals.shape[0], self.g_config, accelerator.device,
+                                              args.style_mixing_crossovers)
             with torch.no_grad(), accelerator.autocast():
                 fakes, w_mean = self.g_module(z, z_mix, cutoff)
             self.update_w_avg(w_mean)
@@ -146,7 +155,8 @@ class StyleGANTrainer:
         micro_steps = args.gradient_accumulation_steps
         try:
             for index in range(micro_steps):
-                z, z_mix, cutoff = sample_latents(args.batch_size, self.g_config, accelerator.device)
+                z, z_mix, cutoff = sample_latents(args.batch_size, self.g_config, accelerator.device,
+                                                 args.style_mixing_crossovers)
                 with maybe_no_sync(accelerator, self.generator, index == micro_steps - 1), accelerator.autocast():
                     fakes, w_mean = self.generator(z, z_mix, cutoff)
                     loss = generator_nonsaturating_loss(d_module(fakes))

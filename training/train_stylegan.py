@@ -44,7 +44,13 @@ from tracking import Progress, init_trackers, log_scalars, memory_stats, process
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The run's flags (``arguments.stylegan_parser``); without ``--max_steps`` the run length is
     ``DEFAULT_MAX_STEPS``, announced on stderr."""
-    args = stylegan_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    parser = stylegan_parser(__doc__.split("\n\n")[0])
+    args = parser.parse_args(argv)
+    num_layers = 2 * int(math.log2(args.resolution)) - 2
+    outside = [layer for layer in args.style_mixing_crossovers or () if not 1 <= layer < num_layers]
+    if outside:
+        parser.error(f"--style_mixing_crossovers {outside}: a {args.resolution} px generator has {num_layers} layers, "
+                     f"crossovers are in [1, {num_layers - 1}]")
     if not hasattr(args, "max_steps"):
         args.max_steps = DEFAULT_MAX_STEPS
         print(f"train_stylegan.py: no --max_steps given: this run stops after the default {DEFAULT_MAX_STEPS} steps.",
