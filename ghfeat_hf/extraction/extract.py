@@ -25,7 +25,14 @@ from ..errors import DestinationError, UsageError
 from ..image_processing_ghfeat import GHFeatImageProcessor
 from ..modeling_ghfeat import GHFeatModel
 from ..modeling_stylegan import tile_style_codes
-from ..runtime import model_fingerprint, parse_layers, processor_size, resolve_device, resolve_dtype
+from ..runtime import (
+    launched_process_state,
+    model_fingerprint,
+    parse_layers,
+    processor_size,
+    resolve_device,
+    resolve_dtype,
+)
 from .sources import (
     FINGERPRINT_MODES,
     FileSource,
@@ -59,6 +66,8 @@ try:
 except ImportError:  # Windows: no advisory file locks there
     fcntl = None
 
+BARRIER_TIMEOUT_MINUTES = 24 * 60
+"""How long a process of a multi-process run waits for the others (which may have more images to encode)."""
 CHANGED_INPUT_POLICIES = ("reencode", "error")
 """What `--resume` does with inputs whose fingerprint changed since the interrupted run read them."""
 
@@ -75,6 +84,9 @@ class ExtractionResult:
     """Rows that came from an earlier, interrupted session."""
     num_changed: int = 0
     """Inputs of the interrupted session that changed since it read them, extracted again."""
+    processes: list[dict] = field(default_factory=list)
+    """Under several processes, one entry per process: `process`, `rows` (encoded in this session), `items`
+    (rows and skipped items of its share, all sessions), `seconds`, `images_per_second`, `peak_rss_mib`."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,7 @@ def extract_features(
     on_changed_input: str = "reencode",
     progress: bool = True,
     on_batch: Callable[[BatchProgress], None] | None = None,
+    process_state: Any = None,
 ) -> ExtractionResult:
     """Extract GH-Feat vectors for every image of `source` into `output` (format chosen by extension).
 
@@ -248,6 +261,11 @@ def extract_features(
         raise UsageError(f"the processor resizes to {height}x{width} but the model expects {config.image_size} px.")
     compute_dtype = resolve_dtype(dtype)
     device = next(model.parameters()).device if device is None else resolve_device(device)
+    if process_state is None:
+        process_state = launched_process_state(BARRIER_TIMEOUT_MINUTES)
+    processes = 1 if process_state is None else process_state.num_processes
+    if processes > 1 and device.type == process_state.device.type:
+        device = process_state.device  # each process on its own accelerator
     model.eval().to(device)
     source = resolve_source(source)
     recon_dir = Path(reconstructions_dir) if reconstructions_dir is not None else None
@@ -260,44 +278,90 @@ def extract_features(
         "reconstructions": os.fspath(recon_dir.resolve()) if recon_dir is not None else None,
         "fingerprint": fingerprint_mode,
     }
+    schema = row_schema(kept_dims, layer_list, keep_codes, keep_tiled, max(style_dims), recon_dir is not None)
+    session = Session(model, processor, compute_dtype, layer_list, keep_codes, keep_tiled, recon_dir, batch_size,
+                      num_workers, fingerprint_mode, on_changed_input, progress, on_batch, output.name)
+    if processes > 1:
+        from .sharded import ShardedRun
+
+        job = ShardedRun(process_state, session, source, output, schema, settings, resume, overwrite,
+                         output_metadata(model, source, layer_list, kept_dims, [], settings))
+        return job.run()
     partial_dir = partial_path(output)
-    with _claimed(output):
-        if partial_dir.exists() and not (resume or overwrite):
-            raise UsageError(f"found an interrupted run in {os.fspath(partial_dir)!r}: pass --resume to continue "
-                             "it or --overwrite to start over.")
-        if output.exists() and not partial_dir.exists():
-            if resume:
-                return _finished_result(output, settings, layer_list)
-            if not overwrite:
-                raise UsageError(f"{os.fspath(output)!r} already exists: pass --overwrite to replace it.")
+    with claimed(output):
+        from .sharded import check_process_count
+
+        if partial_dir.exists() and resume:
+            check_process_count(partial_dir, 1)
+        if refuse_existing(output, resume, overwrite):
+            return finished_result(output, settings, layer_list)
         if recon_dir is not None:
             remove_stale_temporaries(recon_dir, recursive=True)
 
-        schema = row_schema(kept_dims, layer_list, keep_codes, keep_tiled, max(style_dims), recon_dir is not None)
         open_run = PartialRun.reopen if resume and partial_dir.exists() else PartialRun.start
         run = open_run(partial_dir, schema, settings, "id" if source.finite else POSITION_COLUMN)
         try:
+            positions, num_resumed, num_changed = session.run(run, source)
+            # Merge the committed parts into the final file, in source order.
+            table = run.committed_table()
+            keys, skipped_records = source_keys(table, run.state["skipped"], positions)
+            order = np.argsort(keys, kind="stable") if keys.size and np.any(np.diff(keys) < 0) else None
+            table = table.drop_columns([POSITION_COLUMN, FINGERPRINT_COLUMN])
+            skipped = [SkippedImage(record["id"], record["error"]) for record in skipped_records]
+            write_output(fmt, output, table, order, schema,
+                         output_metadata(model, source, layer_list, kept_dims, skipped, settings))
+            run.close()
+            shutil.rmtree(partial_dir, ignore_errors=True)
+            return ExtractionResult(output, table.num_rows, skipped, layer_list, num_resumed, num_changed)
+        finally:
+            run.close()
+
+
+@dataclass
+class Session:
+    """One process's extraction loop over a partial run: what to encode with, how, and what to report."""
+
+    model: GHFeatModel
+    processor: GHFeatImageProcessor
+    dtype: torch.dtype
+    layers: list[int]
+    keep_codes: bool
+    keep_tiled: bool
+    recon_dir: Path | None
+    batch_size: int
+    num_workers: int
+    fingerprint_mode: str | None
+    on_changed_input: str
+    progress: bool
+    on_batch: Callable[[BatchProgress], None] | None
+    label: str
+
+    def run(self, run: PartialRun, source: ImageSource) -> tuple[dict[str, int] | None, int, int]:
+        """Extract the items of `source` that `run` has not committed yet, committing batch by batch (the run is
+        closed at the end). Returns `({id: position}` of a finite source or `None`, rows resumed, inputs changed)."""
+        try:
             committed = run.committed_table()
-            changed = (_changed_inputs(source, committed, run.state["skipped"], fingerprint_mode)
-                       if fingerprint_mode is not None else [])
+            changed = (_changed_inputs(source, committed, run.state["skipped"], self.fingerprint_mode)
+                       if self.fingerprint_mode is not None else [])
             if changed:
-                _drop_changed(run, changed, on_changed_input)
+                _drop_changed(run, changed, self.on_changed_input)
                 committed = run.committed_table()
             skipped_records = list(run.state["skipped"])
             done_rows = dict(zip(committed.column("id").to_pylist(), committed.column(POSITION_COLUMN).to_pylist()))
             done_ids = set(done_rows) | {record["id"] for record in skipped_records}
             positions, pending, total = _pending(source, done_rows, skipped_records, done_ids)
-            encode = _BatchEncoder(model, processor, compute_dtype, layer_list, keep_codes, keep_tiled,
-                                   run.schema, recon_dir)
-            if recon_dir is not None and positions is not None:
+            encode = _BatchEncoder(self.model, self.processor, self.dtype, self.layers, self.keep_codes,
+                                   self.keep_tiled, run.schema, self.recon_dir)
+            if self.recon_dir is not None and positions is not None:
                 encode.recon_names = reconstruction_names(list(positions))
-            elif recon_dir is not None:  # streaming: named batch by batch, after the interrupted session's names
+            elif self.recon_dir is not None:  # streaming: named batch by batch, after the interrupted session's names
                 encode.taken_names = set(committed.column("reconstruction").to_pylist())
             del committed
 
-            bar = _progress_bar(total, len(done_ids), progress, output)
+            bar = _progress_bar(total, len(done_ids), self.progress, self.label)
             rows, skipped_count, batches, processed = run.num_rows, len(skipped_records), 0, len(done_ids)
-            chunks = decoded_chunks(source, pending, processor, batch_size, num_workers, fingerprint_mode)
+            chunks = decoded_chunks(source, pending, self.processor, self.batch_size, self.num_workers,
+                                    self.fingerprint_mode)
             try:
                 for chunk in chunks:
                     good = [(item, pixels) for item, pixels, error in chunk if error is None]
@@ -311,34 +375,41 @@ def extract_features(
                     if bad:
                         bar.set_postfix(skipped=skipped_count, refresh=False)
                     processed += len(chunk)
-                    if on_batch is not None:
-                        on_batch(BatchProgress(batches, rows, processed, skipped_count))
+                    if self.on_batch is not None:
+                        self.on_batch(BatchProgress(batches, rows, processed, skipped_count))
             finally:
                 chunks.close()
                 bar.close()
-                run.close()
-
-            # Merge the committed parts into the final file, in source order.
-            table = run.committed_table()
-            if positions is not None:
-                keys = np.array([positions[item_id] for item_id in table.column("id").to_pylist()], dtype=np.int64)
-                skipped_records = sorted(run.state["skipped"], key=lambda record: positions[record["id"]])
-            else:
-                keys = table.column(POSITION_COLUMN).to_numpy()
-                skipped_records = sorted(run.state["skipped"], key=lambda record: record["position"])
-            order = np.argsort(keys, kind="stable") if keys.size and np.any(np.diff(keys) < 0) else None
-            table = table.drop_columns([POSITION_COLUMN, FINGERPRINT_COLUMN])
-            skipped = [SkippedImage(record["id"], record["error"]) for record in skipped_records]
-            write_output(fmt, output, table, order, schema,
-                         _output_metadata(model, source, layer_list, kept_dims, skipped, settings))
-            run.close()
-            shutil.rmtree(partial_dir, ignore_errors=True)
-            return ExtractionResult(output, table.num_rows, skipped, layer_list, len(done_rows), len(changed))
+            return positions, len(done_rows), len(changed)
         finally:
             run.close()
 
 
-def _finished_result(output: Path, settings: dict, layers: list[int]) -> ExtractionResult:
+def source_keys(table: pa.Table, skipped: list[dict], positions: dict[str, int] | None) -> tuple[np.ndarray, list]:
+    """The source position of every committed row (`positions[id]` for a finite source, the recorded position
+    for a streaming one) and the skip records sorted by theirs."""
+    if positions is not None:
+        keys = np.array([positions[item_id] for item_id in table.column("id").to_pylist()], dtype=np.int64)
+        return keys, sorted(skipped, key=lambda record: positions[record["id"]])
+    return table.column(POSITION_COLUMN).to_numpy(), sorted(skipped, key=lambda record: record["position"])
+
+
+def refuse_existing(output: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse to start over an interrupted run (without `resume` or `overwrite`) or a finished output (without
+    `overwrite`); `True` when `resume` finds the output finished, to be returned as it is."""
+    partial_dir = partial_path(output)
+    if partial_dir.exists() and not (resume or overwrite):
+        raise UsageError(f"found an interrupted run in {os.fspath(partial_dir)!r}: pass --resume to continue "
+                         "it or --overwrite to start over.")
+    if output.exists() and not partial_dir.exists():
+        if resume:
+            return True
+        if not overwrite:
+            raise UsageError(f"{os.fspath(output)!r} already exists: pass --overwrite to replace it.")
+    return False
+
+
+def finished_result(output: Path, settings: dict, layers: list[int]) -> ExtractionResult:
     """`--resume` of a finished run: its output, once read back whole and found written with `settings`."""
     try:
         meta = read_extraction_metadata(output, verify=True)
@@ -393,7 +464,7 @@ def _pending(source: ImageSource, done_rows: dict[str, int], skipped_records: li
     return positions, [item for item in items if item.id not in done_ids], len(items)
 
 
-def _output_metadata(model, source: ImageSource, layers: list[int], kept_dims: list[int],
+def output_metadata(model, source: ImageSource, layers: list[int], kept_dims: list[int],
                      skipped: list[SkippedImage], settings: dict[str, Any]) -> dict[str, Any]:
     from ..version import __version__
 
@@ -408,10 +479,10 @@ def _output_metadata(model, source: ImageSource, layers: list[int], kept_dims: l
     }
 
 
-def _progress_bar(total: int | None, initial: int, enabled: bool, output: Path):
+def _progress_bar(total: int | None, initial: int, enabled: bool, label: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="img", desc=f"ghfeat extract -> {output.name}",
+    return tqdm(total=total, initial=initial, unit="img", desc=f"ghfeat extract -> {label}",
                 disable=not enabled, dynamic_ncols=True, smoothing=0.1)
 
 
@@ -513,7 +584,7 @@ def output_lock(output: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _claimed(output: Path) -> Iterator[None]:
+def claimed(output: Path) -> Iterator[None]:
     """Check the output path, create its folder, hold its lock and remove the temporary files of killed runs; an
     `OSError` of the run (a read-only or full file system, ...) becomes a one-line [`DestinationError`]."""
     try:

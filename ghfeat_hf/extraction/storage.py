@@ -401,15 +401,22 @@ class PartialRun:
 
 
 def read_partial_progress(output: str | os.PathLike) -> dict | None:
-    """The progress record of an interrupted run writing `output` (`rows`, `skipped`, ...), or `None`."""
+    """The progress record of an interrupted run writing `output` (`rows`, `skipped`, ...), or `None`; for a run
+    of several processes, the rows and skipped items of all of them (`settings`: the first process's)."""
     directory = partial_path(output)
-    try:
-        state = _read_state(directory)
-        rows = _committed_rows(state)
-    except (OSError, ValueError, TypeError, KeyError):
+    states, rows = [], 0
+    for folder in [directory, *sorted(directory.glob("rank-[0-9]*"))]:
+        try:
+            state = _read_state(folder)
+            count = _committed_rows(state)
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        states.append(state)
+        rows += count
+    if not states:
         return None
-    return {"rows": rows, "skipped": state.get("skipped", []),
-            "settings": state.get("settings", {}), "directory": os.fspath(directory)}
+    return {"rows": rows, "skipped": [record for state in states for record in state.get("skipped", [])],
+            "settings": states[0].get("settings", {}), "directory": os.fspath(directory)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
