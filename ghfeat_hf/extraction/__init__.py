@@ -33,9 +33,13 @@ Output layouts (by extension):
         (written after the matrix).
 All vectors are stored as float32 whatever the compute dtype.
 
-Models, devices, dtypes and layer selection come from [`ghfeat_hf.runtime`]. Modules: [`sources`] (inputs and decoding), [`storage`] (partial
-state and output files), [`extract`] (the loop, the output lock and path checks). Everything public is re-exported
-here.
+Under `accelerate launch` (or `ghfeat extract --num-processes N`) every process extracts one share of the source
+into `<output>.partial/rank-NNNNN/` and the main process merges them into the same single output, rows in source
+order ([`sharded`]); a resume needs the same process count.
+
+Models, devices, dtypes and layer selection come from [`ghfeat_hf.runtime`]. Modules: [`sources`] (inputs, decoding
+and per-process shares), [`storage`] (partial state and output files), [`extract`] (the loop), [`destination`] (the
+output lock and path checks), [`sharded`] (the split between processes). Everything public is re-exported here.
 """
 
 from .extract import CHANGED_INPUT_POLICIES, BatchProgress, ExtractionResult, extract_features, reconstruction_names

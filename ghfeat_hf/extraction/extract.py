@@ -1,17 +1,15 @@
 """[`extract_features`]: the batch loop of `ghfeat extract` (decode -> encode -> commit, reconstruction PNG names),
-its resume logic and the final merge into one output file; and the destination it writes: the checks of the output
-path, the lock that keeps a second run off the same output, and the removal of the temporary files of killed runs."""
+its resume logic and the final merge into one output file (the destination checks and lock: [`destination`]; the
+split between processes: [`sharded`])."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
-import stat
 import warnings
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from ..encoding import encode_batch
-from ..errors import DestinationError, UsageError
+from ..errors import UsageError
 from ..image_processing_ghfeat import GHFeatImageProcessor
 from ..modeling_ghfeat import GHFeatModel
 from ..modeling_stylegan import tile_style_codes
@@ -33,6 +31,7 @@ from ..runtime import (
     resolve_device,
     resolve_dtype,
 )
+from .destination import check_destination, claimed, output_lock, remove_stale_temporaries
 from .sources import (
     FINGERPRINT_MODES,
     FileSource,
@@ -45,9 +44,7 @@ from .sources import (
 )
 from .storage import (
     FINGERPRINT_COLUMN,
-    OUTPUT_FORMATS,
     POSITION_COLUMN,
-    TEMPORARY_NAME,
     PartialRun,
     SkippedImage,
     atomic_write_bytes,
@@ -56,15 +53,9 @@ from .storage import (
     output_format,
     partial_path,
     read_extraction_metadata,
-    read_partial_progress,
     row_schema,
     write_output,
 )
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory file locks there
-    fcntl = None
 
 BARRIER_TIMEOUT_MINUTES = 24 * 60
 """How long a process of a multi-process run waits for the others (which may have more images to encode)."""
@@ -234,6 +225,9 @@ def extract_features(
             and extracts them again (with a warning), `"error"` refuses to resume.
         progress: show a tqdm bar (images/s, skipped count).
         on_batch: called with a [`BatchProgress`] after every committed batch.
+        process_state: an `accelerate.PartialState` of several processes (default: the launched one, if any):
+            each process extracts its share of `source` on its own device and the main process writes `output`
+            (see [`sharded`]); every process returns the same result, with per-process statistics.
 
     Unreadable items never stop the run: they are listed in [`ExtractionResult.skipped`] and in the output's
     metadata; so are FIFOs, sockets and devices, which are never opened. On an exception or Ctrl-C the committed
@@ -484,122 +478,6 @@ def _progress_bar(total: int | None, initial: int, enabled: bool, label: str):
 
     return tqdm(total=total, initial=initial, unit="img", desc=f"ghfeat extract -> {label}",
                 disable=not enabled, dynamic_ncols=True, smoothing=0.1)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Destination
-
-
-def check_destination(output: Path) -> None:
-    """A [`UsageError`] when `output` cannot become a file: an existing folder, FIFO, socket or device, or a path
-    below something that is not a folder."""
-    for ancestor in output.absolute().parents:
-        if os.path.isdir(ancestor):
-            break
-        if os.path.lexists(ancestor):
-            raise UsageError(f"cannot write {os.fspath(output)!r}: {os.fspath(ancestor)!r} is a file, not a folder.")
-    try:
-        mode = os.stat(output).st_mode
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(mode):
-        raise UsageError(f"the output {os.fspath(output)!r} is a folder: name a file ending in "
-                         f"{', '.join(OUTPUT_FORMATS)}.")
-    if not stat.S_ISREG(mode):
-        raise UsageError(f"the output {os.fspath(output)!r} exists and is not a regular file (a FIFO, socket or "
-                         "device).")
-
-
-def _running(pid: int) -> bool:
-    """Whether process `pid` exists (always `True` off POSIX, where `os.kill` would terminate it)."""
-    if os.name != "posix":
-        return True
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(directory: Path, names: Collection[str] | None = None, recursive: bool = False) -> None:
-    """Remove the `.<name>.tmp-<PID>` files that killed writers left in `directory` (and its subfolders with
-    `recursive`): those whose PID no longer runs, and only for `names` when given."""
-    if not directory.is_dir():
-        return
-    folders = (folder for folder, _, _ in os.walk(directory)) if recursive else [directory]
-    for folder in folders:
-        with os.scandir(folder) as entries:
-            stale = [entry.path for entry in entries if (match := TEMPORARY_NAME.fullmatch(entry.name))
-                     and (names is None or match[1] in names) and entry.is_file(follow_symlinks=False)
-                     and not _running(int(match[2]))]
-        for path in stale:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
-
-def _same_file(descriptor: int, path: Path) -> bool:
-    try:
-        named = os.stat(path)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(descriptor)
-    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
-
-
-@contextlib.contextmanager
-def output_lock(output: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on `.<name>.lock` next to `output` while a run writes it: a second run on the same
-    output gets a [`UsageError`] at once. The file is removed on release; a run re-checks after locking that its
-    file is still the one at that name, so the removal never lets two runs in. (No lock without `fcntl`.)"""
-    if fcntl is None:
-        yield
-        return
-    path = output.with_name(f".{output.name}.lock")
-    while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(descriptor, 32).decode(errors="replace").strip()
-            os.close(descriptor)
-            gone = (" (that process is gone: its decoding workers are still exiting, retry in a few seconds)"
-                    if holder.isdigit() and not _running(int(holder)) else "")
-            raise UsageError(f"another run (PID {holder or '?'}) is writing {os.fspath(output)!r}{gone}; wait for "
-                             f"it to end or stop it (lock file {os.fspath(path)!r}).") from None
-        if _same_file(descriptor, path):
-            break
-        os.close(descriptor)
-    try:
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        os.close(descriptor)
-
-
-@contextlib.contextmanager
-def claimed(output: Path) -> Iterator[None]:
-    """Check the output path, create its folder, hold its lock and remove the temporary files of killed runs; an
-    `OSError` of the run (a read-only or full file system, ...) becomes a one-line [`DestinationError`]."""
-    try:
-        check_destination(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with output_lock(output):
-            remove_stale_temporaries(output.parent, {output.name, f"{output.name}.json"})
-            remove_stale_temporaries(partial_path(output))
-            yield
-    except OSError as error:
-        reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
-        where = f" ({os.fspath(error.filename)!r})" if error.filename else ""
-        kept = (f"; the rows committed so far stay in {os.fspath(partial_path(output))!r}: run the same command "
-                "with --resume once that is fixed" if read_partial_progress(output) else "")
-        raise DestinationError(f"cannot write {os.fspath(output)!r}: {reason}{where}{kept}.") from error
 
 
 __all__ = [

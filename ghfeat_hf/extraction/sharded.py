@@ -31,7 +31,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DestinationError, UsageError
-from .extract import ExtractionResult, Session, claimed, finished_result, refuse_existing, source_keys
+from .destination import claimed, remove_stale_temporaries
+from .extract import ExtractionResult, Session, finished_result, refuse_existing, source_keys
 from .sources import DatasetSource, ImageSource
 from .storage import (
     FINGERPRINT_COLUMN,
@@ -176,8 +177,6 @@ class ShardedRun:
             atomic_write_bytes(record, json.dumps({"format": _PROCESSES_FORMAT, "num_processes": self.count,
                                                    "settings": self.settings}, indent=1).encode("utf-8"))
         if self.session.recon_dir is not None:
-            from .extract import remove_stale_temporaries
-
             remove_stale_temporaries(self.session.recon_dir, recursive=True)
         return ("go",)
 
