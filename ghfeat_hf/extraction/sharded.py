@@ -31,20 +31,11 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DestinationError, UsageError
+from . import storage
 from .destination import claimed, remove_stale_temporaries
-from .extract import ExtractionResult, Session, finished_result, refuse_existing, source_keys
+from .session import ExtractionResult, Session, finished_result, refuse_existing, source_keys
 from .sources import DatasetSource, ImageSource
-from .storage import (
-    FINGERPRINT_COLUMN,
-    POSITION_COLUMN,
-    PartialRun,
-    SkippedImage,
-    atomic_write_bytes,
-    check_settings,
-    output_format,
-    partial_path,
-    write_output,
-)
+from .storage import PartialRun, partial_path
 
 PROCESSES_FILE = "processes.json"
 _PROCESSES_FORMAT = "ghfeat-extract-processes"
@@ -115,7 +106,7 @@ class ShardedRun:
     def __post_init__(self):
         self.count, self.index = self.state.num_processes, self.state.process_index
         self.partial_dir = partial_path(self.output)
-        self.key = "id" if self.source.finite else POSITION_COLUMN
+        self.key = "id" if self.source.finite else storage.POSITION_COLUMN
 
     def _settings(self, index: int) -> dict:
         return {**self.settings, "process": [index, self.count]}
@@ -166,7 +157,7 @@ class ShardedRun:
         record = self.partial_dir / PROCESSES_FILE
         if self.resume and record.is_file():
             previous = json.loads(record.read_text(encoding="utf-8"))
-            check_settings(previous.get("settings", {}), self.settings, "the interrupted run")
+            storage.check_settings(previous.get("settings", {}), self.settings, "the interrupted run")
         else:
             if os.path.lexists(self.partial_dir):
                 if self.partial_dir.is_dir() and not self.partial_dir.is_symlink():
@@ -174,7 +165,7 @@ class ShardedRun:
                 else:
                     self.partial_dir.unlink()
             self.partial_dir.mkdir(parents=True)
-            atomic_write_bytes(record, json.dumps({"format": _PROCESSES_FORMAT, "num_processes": self.count,
+            storage.atomic_write_bytes(record, json.dumps({"format": _PROCESSES_FORMAT, "num_processes": self.count,
                                                    "settings": self.settings}, indent=1).encode("utf-8"))
         if self.session.recon_dir is not None:
             remove_stale_temporaries(self.session.recon_dir, recursive=True)
@@ -222,12 +213,12 @@ class ShardedRun:
                     table_keys, records = source_keys(table, run.state["skipped"], positions)
                     skipped += [(positions[record["id"]], record) for record in records]
                 else:
-                    table_keys = self._global_keys(index, table.column(POSITION_COLUMN).to_numpy(), offset)
+                    table_keys = self._global_keys(index, table.column(storage.POSITION_COLUMN).to_numpy(), offset)
                     record_keys = self._global_keys(
                         index, np.array([record["position"] for record in run.state["skipped"]], np.int64), offset)
                     skipped += list(zip(record_keys.tolist(), run.state["skipped"]))
                     offset += run.num_rows + len(run.state["skipped"])
-                tables.append(table.drop_columns([POSITION_COLUMN, FINGERPRINT_COLUMN]))
+                tables.append(table.drop_columns([storage.POSITION_COLUMN, storage.FINGERPRINT_COLUMN]))
                 keys.append(np.asarray(table_keys, dtype=np.int64))
             table = pa.concat_tables(tables) if tables else self.schema.empty_table()
             key_array = np.concatenate(keys) if keys else np.zeros(0, np.int64)
@@ -241,10 +232,10 @@ class ShardedRun:
             if np.unique(key_array).size != key_array.size:
                 raise UsageError(f"cannot merge {os.fspath(self.partial_dir)!r}: two processes committed the same "
                                  "item; pass --overwrite to start over.")
-            records = [SkippedImage(record["id"], record["error"]) for _, record in skipped]
+            records = [storage.SkippedImage(record["id"], record["error"]) for _, record in skipped]
             metadata = {**self.metadata, "skipped": [{"id": r.id, "error": r.error} for r in records],
                         "num_processes": self.count}
-            write_output(output_format(self.output), self.output, table, order, self.schema, metadata)
+            storage.write_output(storage.output_format(self.output), self.output, table, order, self.schema, metadata)
         finally:
             for run in runs:
                 run.close()
