@@ -100,7 +100,8 @@ def render(cells: list[dict], machine: dict, args: argparse.Namespace, minutes: 
         "",
         "On N GPUs of one machine (one process per GPU), and on several machines (run on each, same shared folder):",
         "",
-        "```",
+        "<!-- doc-test: skip (needs 8 GPUs, or 4 machines) -->",
+        "```bash",
         "ghfeat extract photos/ -o features.parquet --num-processes 8",
         "accelerate launch --multi_gpu --num_processes 8 -m ghfeat_hf.cli extract photos/ -o features.parquet",
         "accelerate launch --multi_gpu --num_machines 4 --machine_rank $RANK --main_process_ip $HEAD "
