@@ -78,6 +78,10 @@ def _add_extract_parser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output or discard an interrupted run")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    parser.add_argument("--max-rows-per-file", type=_positive_int, default=None, metavar="N",
+                        help="split a .parquet output into files of at most N rows: OUTPUT becomes a folder holding "
+                             "<stem>-00000-of-000NN.parquet, ... in input order (load it with datasets.load_dataset("
+                             "'parquet', data_files='OUTPUT/*.parquet')); not for .npy/.safetensors/.arrow")
     parser.add_argument("--num-processes", type=_positive_int, default=1,
                         help="split the work between N processes on this machine, one per GPU (or N CPU processes "
                              "without CUDA), through `accelerate launch`; the same as `accelerate launch "
@@ -213,7 +217,7 @@ def _run_extract(args: argparse.Namespace) -> int:
             num_workers=args.num_workers, layers=args.layers, keep_codes=args.keep_codes,
             keep_tiled=args.keep_tiled, reconstructions_dir=args.reconstructions, resume=args.resume,
             overwrite=args.overwrite, fingerprint=args.fingerprint, on_changed_input=args.on_changed_input,
-            progress=not args.no_progress,
+            progress=not args.no_progress, max_rows_per_file=args.max_rows_per_file,
         )
     except KeyboardInterrupt:
         state = read_partial_progress(args.output) or {"rows": 0, "skipped": []}

@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from ..errors import DestinationError, UsageError
+from .split_output import is_split_folder, remove_output
 from .storage import OUTPUT_FORMATS, TEMPORARY_NAME, partial_path, read_partial_progress
 
 try:
@@ -19,8 +20,9 @@ except ImportError:  # Windows: no advisory file locks there
 
 
 def check_destination(output: Path) -> None:
-    """A [`UsageError`] when `output` cannot become a file: an existing folder, FIFO, socket or device, or a path
-    below something that is not a folder."""
+    """A [`UsageError`] when `output` cannot become a file or a folder of split Parquet files: an existing folder
+    (other than a split output of its name), FIFO, socket or device, or a path below something that is not a
+    folder."""
     for ancestor in output.absolute().parents:
         if os.path.isdir(ancestor):
             break
@@ -30,10 +32,10 @@ def check_destination(output: Path) -> None:
         mode = os.stat(output).st_mode
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(mode) and not is_split_folder(output):
         raise UsageError(f"the output {os.fspath(output)!r} is a folder: name a file ending in "
-                         f"{', '.join(OUTPUT_FORMATS)}.")
-    if not stat.S_ISREG(mode):
+                         f"{', '.join(OUTPUT_FORMATS)} (or, with --max-rows-per-file, a new folder).")
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
         raise UsageError(f"the output {os.fspath(output)!r} exists and is not a regular file (a FIFO, socket or "
                          "device).")
 
@@ -55,18 +57,18 @@ def _running(pid: int) -> bool:
 
 def remove_stale_temporaries(directory: Path, names: Collection[str] | None = None, recursive: bool = False) -> None:
     """Remove the `.<name>.tmp-<PID>` files that killed writers left in `directory` (and its subfolders with
-    `recursive`): those whose PID no longer runs, and only for `names` when given."""
+    `recursive`): those whose PID no longer runs, and only for `names` when given; also the temporary folders of
+    split outputs."""
     if not directory.is_dir():
         return
     folders = (folder for folder, _, _ in os.walk(directory)) if recursive else [directory]
     for folder in folders:
         with os.scandir(folder) as entries:
-            stale = [entry.path for entry in entries if (match := TEMPORARY_NAME.fullmatch(entry.name))
-                     and (names is None or match[1] in names) and entry.is_file(follow_symlinks=False)
+            stale = [Path(entry.path) for entry in entries if (match := TEMPORARY_NAME.fullmatch(entry.name))
+                     and (names is None or match[1] in names) and not entry.is_symlink()
                      and not _running(int(match[2]))]
         for path in stale:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            remove_output(path)
 
 
 def _same_file(descriptor: int, path: Path) -> bool:

@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import UsageError
@@ -25,6 +24,7 @@ from ..runtime import (
     resolve_dtype,
 )
 from .destination import check_destination, claimed, output_lock, remove_stale_temporaries
+from .merge import RankRows, write_merged
 from .session import (
     CHANGED_INPUT_POLICIES,
     BatchProgress,
@@ -33,7 +33,6 @@ from .session import (
     finished_result,
     reconstruction_names,
     refuse_existing,
-    source_keys,
 )
 from .sharded import ShardedRun, check_process_count
 from .sources import (
@@ -43,14 +42,11 @@ from .sources import (
     resolve_source,
 )
 from .storage import (
-    FINGERPRINT_COLUMN,
     POSITION_COLUMN,
     PartialRun,
-    SkippedImage,
     output_format,
     partial_path,
     row_schema,
-    write_output,
 )
 
 BARRIER_TIMEOUT_MINUTES = 24 * 60
@@ -78,6 +74,7 @@ def extract_features(
     progress: bool = True,
     on_batch: Callable[[BatchProgress], None] | None = None,
     process_state: Any = None,
+    max_rows_per_file: int | None = None,
 ) -> ExtractionResult:
     """Extract GH-Feat vectors for every image of `source` into `output` (format chosen by extension).
 
@@ -109,6 +106,8 @@ def extract_features(
         process_state: an `accelerate.PartialState` of several processes (default: the launched one, if any):
             each process extracts its share of `source` on its own device and the main process writes `output`
             (see [`sharded`]); every process returns the same result, with per-process statistics.
+        max_rows_per_file: split a `.parquet` output into files of at most this many rows: `output` becomes a
+            folder of `<stem>-00000-of-000NN.parquet`, ... in source order (see [`split_output`]).
 
     Unreadable items never stop the run: they are listed in [`ExtractionResult.skipped`] and in the output's
     metadata; so are FIFOs, sockets and devices, which are never opened. On an exception or Ctrl-C the committed
@@ -123,6 +122,11 @@ def extract_features(
                          "per-layer codes or the tiled array.")
     if batch_size < 1:
         raise UsageError(f"batch size must be positive, got {batch_size}.")
+    if max_rows_per_file is not None and fmt != "parquet":
+        raise UsageError(f"--max-rows-per-file splits Parquet outputs only; a .{fmt} output is one file (use a "
+                         ".parquet output, or drop --max-rows-per-file).")
+    if max_rows_per_file is not None and max_rows_per_file < 1:
+        raise UsageError(f"--max-rows-per-file must be positive, got {max_rows_per_file}.")
     for name, value, choices in (("fingerprint", fingerprint, FINGERPRINT_MODES),
                                  ("on_changed_input", on_changed_input, CHANGED_INPUT_POLICIES)):
         if value not in choices:
@@ -153,12 +157,14 @@ def extract_features(
         "reconstructions": os.fspath(recon_dir.resolve()) if recon_dir is not None else None,
         "fingerprint": fingerprint_mode,
     }
+    if max_rows_per_file is not None:
+        settings["max_rows_per_file"] = max_rows_per_file
     schema = row_schema(kept_dims, layer_list, keep_codes, keep_tiled, max(style_dims), recon_dir is not None)
     session = Session(model, processor, compute_dtype, layer_list, keep_codes, keep_tiled, recon_dir, batch_size,
                       num_workers, fingerprint_mode, on_changed_input, progress, on_batch, output.name)
     if processes > 1:
         job = ShardedRun(process_state, session, source, output, schema, settings, resume, overwrite,
-                         output_metadata(model, source, layer_list, kept_dims, [], settings))
+                         output_metadata(model, source, layer_list, kept_dims, settings), max_rows_per_file)
         return job.run()
     partial_dir = partial_path(output)
     with claimed(output):
@@ -173,27 +179,22 @@ def extract_features(
         run = open_run(partial_dir, schema, settings, "id" if source.finite else POSITION_COLUMN)
         try:
             positions, num_resumed, num_changed = session.run(run, source)
-            # Merge the committed parts into the final file, in source order.
-            table = run.committed_table()
-            keys, skipped_records = source_keys(table, run.state["skipped"], positions)
-            order = np.argsort(keys, kind="stable") if keys.size and np.any(np.diff(keys) < 0) else None
-            table = table.drop_columns([POSITION_COLUMN, FINGERPRINT_COLUMN])
-            skipped = [SkippedImage(record["id"], record["error"]) for record in skipped_records]
-            write_output(fmt, output, table, order, schema,
-                         output_metadata(model, source, layer_list, kept_dims, skipped, settings))
+            num_rows, skipped = write_merged([RankRows(run, lambda local: local, positions)], output, schema,
+                                             output_metadata(model, source, layer_list, kept_dims, settings),
+                                             max_rows_per_file)
             run.close()
             shutil.rmtree(partial_dir, ignore_errors=True)
-            return ExtractionResult(output, table.num_rows, skipped, layer_list, num_resumed, num_changed)
+            return ExtractionResult(output, num_rows, skipped, layer_list, num_resumed, num_changed)
         finally:
             run.close()
 
 
 def output_metadata(model, source: ImageSource, layers: list[int], kept_dims: list[int],
-                     skipped: list[SkippedImage], settings: dict[str, Any]) -> dict[str, Any]:
+                    settings: dict[str, Any]) -> dict[str, Any]:
+    """The output's metadata, less the skipped items (added by the merge)."""
     from ..version import __version__
 
     return {
-        "skipped": [{"id": record.id, "error": record.error} for record in skipped],
         "layers": layers,
         "style_dims": kept_dims,
         "model": str(getattr(model.config, "name_or_path", "") or ""),

@@ -222,15 +222,6 @@ class Session:
             run.close()
 
 
-def source_keys(table: pa.Table, skipped: list[dict], positions: dict[str, int] | None) -> tuple[np.ndarray, list]:
-    """The source position of every committed row (`positions[id]` for a finite source, the recorded position
-    for a streaming one) and the skip records sorted by theirs."""
-    if positions is not None:
-        keys = np.array([positions[item_id] for item_id in table.column("id").to_pylist()], dtype=np.int64)
-        return keys, sorted(skipped, key=lambda record: positions[record["id"]])
-    return table.column(POSITION_COLUMN).to_numpy(), sorted(skipped, key=lambda record: record["position"])
-
-
 def refuse_existing(output: Path, resume: bool, overwrite: bool) -> bool:
     """Refuse to start over an interrupted run (without `resume` or `overwrite`) or a finished output (without
     `overwrite`); `True` when `resume` finds the output finished, to be returned as it is."""
@@ -316,5 +307,4 @@ __all__ = [
     "finished_result",
     "reconstruction_names",
     "refuse_existing",
-    "source_keys",
 ]

@@ -23,6 +23,7 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ import pyarrow as pa
 from ..errors import DestinationError, UsageError
 from . import storage
 from .destination import claimed, remove_stale_temporaries
-from .session import ExtractionResult, Session, finished_result, refuse_existing, source_keys
+from .merge import RankRows, write_merged
+from .session import ExtractionResult, Session, finished_result, refuse_existing
 from .sources import DatasetSource, ImageSource
 from .storage import PartialRun, partial_path
 
@@ -102,6 +104,7 @@ class ShardedRun:
     overwrite: bool
     metadata: dict
     """The output metadata, less the skipped items (added by the merge)."""
+    max_rows_per_file: int | None = None
 
     def __post_init__(self):
         self.count, self.index = self.state.num_processes, self.state.process_index
@@ -190,59 +193,49 @@ class ShardedRun:
                 "images_per_second": round(rows / seconds, 2) if seconds > 0 else None,
                 "peak_rss_mib": round(_peak_rss_mib(), 1)}
 
-    def _global_keys(self, index: int, local: np.ndarray, offset: int) -> np.ndarray:
-        """Source positions of block-local positions of process `index` of a streaming source."""
-        if self.source.shard(index, self.count).split_mode == "examples":
-            return local * self.count + index
-        return local + offset
+    def _ranks(self) -> list[RankRows]:
+        """Every process's partial run with the map of its positions to source positions: by id for a finite
+        source; for a stream, its block's offset (the items of the processes before it) or `i + n * position`
+        for one example out of n."""
+        positions = {item.id: item.position for item in self.source.items()} if self.source.finite else None
+        ranks, offset = [], 0
+        for index in range(self.count):
+            run = PartialRun.reopen(rank_directory(self.partial_dir, index), self.schema, self._settings(index),
+                                    self.key)
+            to_global = _block(offset) if self._in_blocks(index) else _examples(index, self.count)
+            ranks.append(RankRows(run, to_global, positions))
+            offset += run.num_rows + len(run.state["skipped"])
+        return ranks
+
+    def _in_blocks(self, index: int) -> bool:
+        return self.source.finite or self.source.shard(index, self.count).split_mode == "blocks"
 
     def _merge(self, every: list[dict]) -> ExtractionResult:
-        """Main process: every process's committed rows -> the output file, in source order."""
-        positions = None
-        if self.source.finite:
-            positions = {item.id: item.position for item in self.source.items()}
-        tables, keys, skipped, runs = [], [], [], []
-        offset = 0
+        """Main process: every process's committed rows -> the output, in source order (one batch per process in
+        memory at a time, see [`merge`])."""
+        positional = (isinstance(self.source, DatasetSource) and not self.source.finite
+                      and self.source.id_column is None)  # streamed ids: block-local positions until now
+        ranks = []
         try:
-            for index in range(self.count):
-                run = PartialRun.reopen(rank_directory(self.partial_dir, index), self.schema, self._settings(index),
-                                        self.key)
-                runs.append(run)
-                table = run.committed_table()
-                if positions is not None:
-                    table_keys, records = source_keys(table, run.state["skipped"], positions)
-                    skipped += [(positions[record["id"]], record) for record in records]
-                else:
-                    table_keys = self._global_keys(index, table.column(storage.POSITION_COLUMN).to_numpy(), offset)
-                    record_keys = self._global_keys(
-                        index, np.array([record["position"] for record in run.state["skipped"]], np.int64), offset)
-                    skipped += list(zip(record_keys.tolist(), run.state["skipped"]))
-                    offset += run.num_rows + len(run.state["skipped"])
-                tables.append(table.drop_columns([storage.POSITION_COLUMN, storage.FINGERPRINT_COLUMN]))
-                keys.append(np.asarray(table_keys, dtype=np.int64))
-            table = pa.concat_tables(tables) if tables else self.schema.empty_table()
-            key_array = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-            skipped.sort(key=lambda pair: pair[0])
-            if isinstance(self.source, DatasetSource) and not self.source.finite and self.source.id_column is None:
-                # streamed ids are positions, block-local in each process until now
-                table = table.set_column(table.schema.get_field_index("id"), "id",
-                                         pa.array([str(key) for key in key_array.tolist()], pa.string()))
-                skipped = [(key, {**record, "id": str(key)}) for key, record in skipped]
-            order = np.argsort(key_array, kind="stable")
-            if np.unique(key_array).size != key_array.size:
-                raise UsageError(f"cannot merge {os.fspath(self.partial_dir)!r}: two processes committed the same "
-                                 "item; pass --overwrite to start over.")
-            records = [storage.SkippedImage(record["id"], record["error"]) for _, record in skipped]
-            metadata = {**self.metadata, "skipped": [{"id": r.id, "error": r.error} for r in records],
-                        "num_processes": self.count}
-            storage.write_output(storage.output_format(self.output), self.output, table, order, self.schema, metadata)
+            ranks = self._ranks()
+            num_rows, records = write_merged(ranks, self.output, self.schema,
+                                             {**self.metadata, "num_processes": self.count}, self.max_rows_per_file,
+                                             positional)
         finally:
-            for run in runs:
-                run.close()
+            for rank in ranks:
+                rank.run.close()
         shutil.rmtree(self.partial_dir, ignore_errors=True)
-        return ExtractionResult(self.output, table.num_rows, records, list(self.session.layers),
+        return ExtractionResult(self.output, num_rows, records, list(self.session.layers),
                                 sum(stats["resumed"] for stats in every), sum(stats["changed"] for stats in every),
                                 sorted(every, key=lambda stats: stats["process"]))
+
+
+def _block(offset: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda positions: positions + offset
+
+
+def _examples(index: int, count: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda positions: positions * count + index
 
 
 __all__ = ["PROCESSES_FILE", "ShardedRun", "check_process_count", "rank_directory", "recorded_process_count"]

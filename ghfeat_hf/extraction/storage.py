@@ -24,7 +24,7 @@ import shutil
 import stat
 import struct
 from collections import Counter
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Callable, Iterator, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from safetensors import SafetensorError
 
 from ..errors import UsageError
+from .split_output import read_split_parquet, remove_output, write_split_parquet
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".npy": "npy", ".safetensors": "safetensors"}
 POSITION_COLUMN = "_position"
@@ -352,6 +353,26 @@ class PartialRun:
                              "once (a repeated or overlapping part); pass --overwrite to start over.")
         return table
 
+    def schema_of(self, columns: Sequence[str]) -> pa.Schema:
+        """The partial run's schema restricted to `columns`, in that order."""
+        return pa.schema([self.schema.field(name) for name in columns])
+
+    def committed_batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+        """The committed rows (`columns` only) batch by batch in commit order, less the dropped ones, each part
+        checked against its record first (memory-mapped until [`close`]; one batch in memory at a time)."""
+        for part in self.state["parts"]:
+            table = self._read_part(part).select(list(columns))
+            dropped, start = np.asarray(part["dropped"], np.int64), 0
+            for batch in table.to_batches():
+                rows = batch.num_rows
+                hits = dropped[(dropped >= start) & (dropped < start + rows)] - start
+                if hits.size:
+                    keep = np.ones(rows, dtype=bool)
+                    keep[hits] = False
+                    batch = batch.filter(pa.array(keep))
+                start += rows
+                yield batch
+
     def drop(self, ids: Set[str]) -> None:
         """Durably forget the committed rows and skip records of `ids` (inputs to extract again)."""
         for part in self.state["parts"]:
@@ -423,18 +444,6 @@ def read_partial_progress(output: str | os.PathLike) -> dict | None:
 # Final files
 
 
-def _ordered_chunks(table: pa.Table, order: np.ndarray | None, chunk_rows: int) -> Iterator[pa.Table]:
-    for start in range(0, table.num_rows, chunk_rows):
-        if order is None:
-            yield table.slice(start, chunk_rows)
-        else:
-            yield table.take(pa.array(order[start:start + chunk_rows]))
-
-
-def _reordered(values: list, order: np.ndarray | None) -> list:
-    return values if order is None else [values[index] for index in order]
-
-
 def _write_table_file(fmt: str, output: Path, chunks: Iterator[pa.Table], schema: pa.Schema, chunk_rows: int) -> None:
     with _replacing(output) as tmp:
         if fmt == "parquet":
@@ -470,14 +479,15 @@ def _write_npy(output: Path, table_chunks: Iterator[pa.Table], num_rows: int, wi
     atomic_write_bytes(_npy_sidecar(output), json.dumps(meta, indent=1).encode("utf-8"))
 
 
-def _write_safetensors(output: Path, table: pa.Table, order: np.ndarray | None, chunk_rows: int,
+def _write_safetensors(output: Path, rows: RowSource, num_rows: int, chunk_rows: int,
                        shapes: dict[str, tuple[int, ...]], meta: dict[str, str]) -> None:
-    """Stream tensors into the safetensors layout (u64 header size, JSON header, raw little-endian data)."""
+    """Stream tensors into the safetensors layout (u64 header size, JSON header, raw little-endian data), one
+    pass over the rows per tensor."""
     header: dict[str, Any] = {"__metadata__": meta}
     offset = 0
     for name, shape in shapes.items():
-        size = table.num_rows * int(np.prod(shape)) * 4
-        header[name] = {"dtype": "F32", "shape": [table.num_rows, *shape], "data_offsets": [offset, offset + size]}
+        size = num_rows * int(np.prod(shape)) * 4
+        header[name] = {"dtype": "F32", "shape": [num_rows, *shape], "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
@@ -485,35 +495,56 @@ def _write_safetensors(output: Path, table: pa.Table, order: np.ndarray | None, 
         handle.write(struct.pack("<Q", len(encoded)))
         handle.write(encoded)
         for name, shape in shapes.items():
-            for chunk in _ordered_chunks(table.select([name]), order, chunk_rows):
+            for chunk in rows([name], chunk_rows):
                 handle.write(_to_numpy(chunk.column(name), shape).astype("<f4", copy=False).tobytes())
 
 
-def write_output(fmt: str, output: Path, table: pa.Table, order: np.ndarray | None, schema: pa.Schema,
-                 meta: dict[str, Any]) -> None:
-    """Write the final file: `table`'s rows (taken in `order` when given) with the run's metadata `meta` and the
-    row count (`num_rows`, checked when read)."""
-    meta = {**meta, "num_rows": table.num_rows}
+RowSource = Callable[[list[str], int], Iterator[pa.Table]]
+"""`rows(columns, chunk_rows)`: a fresh pass over the output rows (those columns) in order, tables of at most
+`chunk_rows` rows."""
+
+
+def write_output(fmt: str, output: Path, rows: RowSource, num_rows: int, schema: pa.Schema, meta: dict[str, Any],
+                 max_rows_per_file: int | None = None) -> None:
+    """Write the final output from `rows` (`num_rows` in all) with the run's metadata `meta` and the row count
+    (`num_rows`, checked when read): one file, or with `max_rows_per_file` a folder of Parquet files (see
+    [`split_output`]). Parquet and Arrow are written in one pass, one row group of about 64 MiB at a time; `.npy`
+    and `.safetensors` outputs list every id in their metadata, read in a first pass."""
+    meta = {**meta, "num_rows": num_rows}
     shapes = _array_shapes(schema)
     row_bytes = sum(int(np.prod(shape)) * 4 for shape in shapes.values()) + 64
     chunk_rows = max(1, _TARGET_CHUNK_BYTES // row_bytes)
     if fmt in ("parquet", "arrow"):
         final_schema = schema.with_metadata({f"ghfeat_{key}": value for key, value in _encode_metadata(meta).items()})
-        _write_table_file(fmt, output, _ordered_chunks(table, order, chunk_rows), final_schema, chunk_rows)
+        chunks = rows(schema.names, chunk_rows)
+        if max_rows_per_file is not None:
+            write_split_parquet(output, chunks, num_rows, final_schema, max_rows_per_file, chunk_rows)
+            return
+        if output.is_dir():
+            remove_output(output)
+        _write_table_file(fmt, output, chunks, final_schema, chunk_rows)
         return
-    meta = {**meta, "ids": _reordered(table.column("id").to_pylist(), order)}
-    if "reconstruction" in table.column_names:
-        meta["reconstructions"] = _reordered(table.column("reconstruction").to_pylist(), order)
+    listed = ["id", "reconstruction"] if "reconstruction" in schema.names else ["id"]
+    values: dict[str, list] = {name: [] for name in listed}
+    for chunk in rows(listed, chunk_rows):
+        for name in listed:
+            values[name] += chunk.column(name).to_pylist()
+    meta = {**meta, "ids": values["id"]}
+    if "reconstruction" in values:
+        meta["reconstructions"] = values["reconstruction"]
+    if output.is_dir():
+        remove_output(output)
     if fmt == "npy":
-        _write_npy(output, _ordered_chunks(table.select(["ghfeat"]), order, chunk_rows), table.num_rows,
-                   shapes["ghfeat"][0], meta)
+        _write_npy(output, rows(["ghfeat"], chunk_rows), num_rows, shapes["ghfeat"][0], meta)
     else:
-        _write_safetensors(output, table, order, chunk_rows, shapes, _encode_metadata(meta))
+        _write_safetensors(output, rows, num_rows, chunk_rows, shapes, _encode_metadata(meta))
 
 
 def _read_output(output: Path, fmt: str, verify: bool) -> tuple[dict[str, str], int]:
     """The raw metadata strings and the row count of a finished file; `verify` also reads every row (and checks
     the Parquet page checksums)."""
+    if fmt == "parquet" and output.is_dir():
+        return read_split_parquet(output, verify)
     if fmt == "parquet":
         parquet = pq.ParquetFile(output, page_checksum_verification=verify)
         for index in range(parquet.num_row_groups if verify else 0):
