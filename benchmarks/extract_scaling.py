@@ -28,13 +28,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from extract import make_image_folder  # noqa: E402  (benchmarks/extract.py: the same photo folder)
-
+from benchmarks.extract import make_image_folder  # noqa: E402  (the same photo folder)
 from ghfeat_hf.error_reporting import run_script  # noqa: E402
 from ghfeat_hf.extraction import read_extraction_metadata  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cell(folder: Path, output: Path, processes: int, args: argparse.Namespace) -> dict:
