@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import UsageError
-from .storage import POSITION_COLUMN, PartialRun, SkippedImage, output_format, partial_path, write_output
+from .storage import POSITION_COLUMN, PartialRun, SkippedImage, output_format, partial_path
+from .writers import write_output
 
 
 @dataclass

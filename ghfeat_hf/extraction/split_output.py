@@ -32,11 +32,12 @@ def split_file_name(output: Path, index: int, count: int) -> str:
 
 
 def is_split_folder(path: Path) -> bool:
-    """Whether `path` is a folder holding only split output files of its own name (what `--overwrite` may
-    replace)."""
+    """Whether `path` is a non-empty folder holding only split output files of its own name (what `--overwrite`
+    may replace)."""
     if not path.is_dir() or path.is_symlink():
         return False
-    return all((match := _SPLIT_NAME.fullmatch(name)) and match[1] == path.stem for name in os.listdir(path))
+    names = os.listdir(path)
+    return bool(names) and all((match := _SPLIT_NAME.fullmatch(name)) and match[1] == path.stem for name in names)
 
 
 def remove_output(path: Path) -> None:
