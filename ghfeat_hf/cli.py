@@ -2,6 +2,7 @@
 
     ghfeat extract photos/ -o feats.parquet --model ghfeat-ffhq [--layers coarse] [--keep-codes] [--resume]
     ghfeat extract --dataset user/faces --split train --image-column image --streaming -o feats.parquet --model M
+    ghfeat extract photos/ -o feats.parquet --num-processes 8   (or: accelerate launch -m ghfeat_hf.cli extract ...)
     ghfeat reconstruct a.jpg b.png --model ghfeat-ffhq -o grid.png
     ghfeat demo [-o ghfeat-demo] [--model M]
     ghfeat convert --pickle ghfeat-encoder-ffhq-256.pkl [--output ghfeat-ffhq] [--overwrite] [--push-to-hub REPO]
@@ -77,6 +78,14 @@ def _add_extract_parser(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output or discard an interrupted run")
     parser.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    parser.add_argument("--max-rows-per-file", type=_positive_int, default=None, metavar="N",
+                        help="split a .parquet output into files of at most N rows: OUTPUT becomes a folder holding "
+                             "<stem>-00000-of-000NN.parquet, ... in input order (load it with datasets.load_dataset("
+                             "'parquet', data_files='OUTPUT/*.parquet')); not for .npy/.safetensors/.arrow")
+    parser.add_argument("--num-processes", type=_positive_int, default=1,
+                        help="split the work between N processes on this machine, one per GPU (or N CPU processes "
+                             "without CUDA), through `accelerate launch`; the same as `accelerate launch "
+                             "--num_processes N -m ghfeat_hf.cli extract ...` (default: 1)")
     parser.set_defaults(handler=_run_extract)
 
 
@@ -150,6 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _launch_extract(args: argparse.Namespace) -> int:
+    """Run this `ghfeat extract` command again under `accelerate launch` with `--num-processes` processes (on the
+    CPU, with gloo, when there is no CUDA or `--device cpu`); the launched processes see `WORLD_SIZE` and run it."""
+    import socket
+    import subprocess
+
+    import torch
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(args.num_processes),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = dict(os.environ)
+    if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
+        env["ACCELERATE_USE_CPU"] = "1"
+    if args.num_processes > 1:
+        with socket.socket() as probe:  # a free port for the processes' rendezvous
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command += ["--multi_gpu", "--main_process_port", str(port)]
+    command += ["-m", "ghfeat_hf.cli", *args.argv]
+    return subprocess.run(command, env=env, check=False).returncode
+
+
 def _run_extract(args: argparse.Namespace) -> int:
     from .errors import UsageError
     from .extraction import (
@@ -160,13 +191,15 @@ def _run_extract(args: argparse.Namespace) -> int:
         partial_path,
         read_partial_progress,
     )
-    from .runtime import load_model, resolve_device, resolve_model_path
+    from .runtime import launched_process_state, load_model, resolve_device, resolve_model_path
 
     try:
         if args.dataset and args.inputs:
             raise UsageError("pass either INPUT paths or --dataset, not both.")
         if args.resume and args.overwrite:
             raise UsageError("--resume and --overwrite exclude each other.")
+        if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            return _launch_extract(args)
         fmt = output_format(args.output)
         if fmt == "npy" and (args.keep_codes or args.keep_tiled):
             raise UsageError("a .npy output holds only the compact matrix; use .parquet, .arrow or .safetensors "
@@ -184,13 +217,19 @@ def _run_extract(args: argparse.Namespace) -> int:
             num_workers=args.num_workers, layers=args.layers, keep_codes=args.keep_codes,
             keep_tiled=args.keep_tiled, reconstructions_dir=args.reconstructions, resume=args.resume,
             overwrite=args.overwrite, fingerprint=args.fingerprint, on_changed_input=args.on_changed_input,
-            progress=not args.no_progress,
+            progress=not args.no_progress, max_rows_per_file=args.max_rows_per_file,
         )
     except KeyboardInterrupt:
         state = read_partial_progress(args.output) or {"rows": 0, "skipped": []}
         print(f"\ninterrupted: {state['rows']} rows and {len(state['skipped'])} skipped items are saved in "
               f"{partial_path(args.output)}; run the same command with --resume to continue.", file=sys.stderr)
         return 130
+    state = launched_process_state()
+    if state is not None and not state.is_main_process:
+        return 0
+    for stats in result.processes:
+        print(f"process {stats['process']}: {stats['rows']} rows encoded in {stats['seconds']:.1f} s "
+              f"({stats['images_per_second']} images/s), peak RSS {stats['peak_rss_mib']:.0f} MiB")
     resumed = f" ({result.num_resumed} from the interrupted run)" if result.num_resumed else ""
     if result.num_changed:
         resumed += f" ({result.num_changed} changed inputs extracted again)"
@@ -268,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     on stderr (see [`ghfeat_hf.error_reporting`])."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 0

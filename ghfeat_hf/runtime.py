@@ -146,6 +146,25 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+def launched_process_state(timeout_minutes: float | None = None):
+    """The `accelerate.PartialState` of a command started by `accelerate launch` (or `torchrun`) with several
+    processes (`WORLD_SIZE` > 1), else `None`. On a machine without CUDA, or with `ACCELERATE_USE_CPU=1`, the
+    processes run on the CPU (gloo). `timeout_minutes` bounds how long a process waits for the others at a barrier
+    (the `init_process_group` timeout); it applies only when this call creates the state."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    kwargs = {}
+    if timeout_minutes is not None:
+        import datetime
+
+        kwargs["timeout"] = datetime.timedelta(minutes=timeout_minutes)
+    return PartialState(cpu=cpu, **kwargs)
+
+
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     """`"fp32"`, `"bf16"`, `"fp16"` (or a `torch.dtype`) -> the compute dtype."""
     if dtype is None:
@@ -245,6 +264,7 @@ __all__ = [
     "LayerGroup",
     "autocast_context",
     "default_model_path",
+    "launched_process_state",
     "layers_by_head",
     "load_model",
     "model_fingerprint",

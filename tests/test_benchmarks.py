@@ -104,3 +104,33 @@ def test_train_step_worker_fmnist32(step, monkeypatch, capsys, one_thread):
         assert result["depth"] == 18 and result["perceptual_size"] == 256 and set(result["params"]) == {"E", "G", "D", "VGG"}
     else:
         assert result["r1_interval"] == 4 and set(result["params"]) == {"G", "D"}
+
+
+def test_extract_scaling_table_from_the_measured_numbers(tmp_path, monkeypatch, capsys):
+    """`benchmarks/extract_scaling.py` on 4 tiny images with `ghfeat extract` replaced by recorded timings: the
+    small runs hold one batch per process, and throughput, speedup, ideal and efficiency follow from the seconds."""
+    from benchmarks import extract_scaling
+
+    timings = {(1, 2): 2.0, (1, 8): 8.0, (2, 4): 3.0, (2, 8): 6.0, (4, 8): 9.0}  # (processes, images) -> s
+
+    def run_cell(folder, output, processes, args):
+        rows = len(list(folder.iterdir()))
+        lines = [f"process {index}: {rows // processes} rows encoded in 1.0 s (2.0 images/s), peak RSS "
+                 f"{100 + index} MiB" for index in range(processes if processes > 1 else 0)]
+        return {"processes": processes, "seconds": timings[processes, rows], "rows": rows, "process_lines": lines}
+
+    monkeypatch.setattr(extract_scaling, "run_cell", run_cell)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    out = tmp_path / "scaling.md"
+    assert extract_scaling.main(["--processes", "2", "4", "--images", "8", "--size", "16", "--batch-size", "2",
+                                 "--out", str(out), "--json", str(tmp_path / "raw.json")]) == 0
+    table = [line for line in out.read_text().splitlines() if line[:4] in ("| 1 ", "| 2 ", "| 4 ")]
+    # steady = (8 - small) / (seconds - small seconds): N=1 (8 - 2) / (8 - 2) = 1, N=2 (8 - 4) / (6 - 3) = 1.33;
+    # N=4's small run is the whole folder (one batch per process): no steady number. ideal = min(N, 2 cores).
+    assert table == ["| 1 | 8.0 | 1.0 | 1.0 | 1.00 | 1 | 1.00 | - |",
+                     "| 2 | 6.0 | 1.3 | 1.3 | 1.33 | 2 | 0.67 | 100, 101 |",
+                     "| 4 | 9.0 | 0.9 | - | - | 2 | - | 100, 101, 102, 103 |"]
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert [cell["small_seconds"] for cell in raw["cells"]] == [2.0, 3.0, 9.0]
+    assert "python benchmarks/extract_scaling.py --processes 2 4" in out.read_text()
+    assert "accelerate launch --multi_gpu --num_processes 8" in capsys.readouterr().out

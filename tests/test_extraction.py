@@ -529,7 +529,7 @@ def test_resume_after_the_source_changed(model_dir, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         extract_features(model, processor, root, output, batch_size=2, progress=False, on_batch=crash)
     PIL.Image.fromarray(crops[6]).save(root / "a_new.png")  # sorts before the rows already done
-    monkeypatch.setattr(extraction.storage, "_TARGET_CHUNK_BYTES", 1)
+    monkeypatch.setattr(extraction.writers, "_TARGET_CHUNK_BYTES", 1)
     result = extract_features(model, processor, root, output, batch_size=2, resume=True, progress=False)
     assert result.num_resumed == 2 and result.num_rows == 7
     rows = read_rows(output)

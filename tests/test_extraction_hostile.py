@@ -28,7 +28,7 @@ from ghfeat_hf.extraction import (
     fingerprint_file,
     partial_path,
     read_extraction_metadata,
-    storage,
+    writers,
 )
 from ghfeat_hf.extraction.storage import record_checksum
 from ghfeat_hf.hub import save_ghfeat_directory
@@ -491,7 +491,7 @@ def test_truncated_finished_output_is_refused(suffix, run, images, model_dir, tm
 def test_short_or_flipped_finished_outputs_are_refused(run, images, tmp_path, monkeypatch):
     """An Arrow stream cut at a batch boundary still parses: its row count gives it away. A flipped byte in a
     Parquet data page fails the page checksum."""
-    monkeypatch.setattr(storage, "_TARGET_CHUNK_BYTES", 1)  # one row per record batch / row group
+    monkeypatch.setattr(writers, "_TARGET_CHUNK_BYTES", 1)  # one row per record batch / row group
     arrow = tmp_path / "out.arrow"
     run(images, arrow)
     with pa.memory_map(os.fspath(arrow)) as source:

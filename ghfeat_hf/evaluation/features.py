@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-import torch
 
 from ..errors import UsageError
 from ..evaluation_report import OURS, EvaluationReport, ProtocolItem
 from ..image_io import to_pil_image
-from ..runtime import ALL_LAYERS, parse_layer_groups
+from ..runtime import ALL_LAYERS, launched_process_state, parse_layer_groups
 from .extractors import FeatureExtractor, stable_hash
 
 CACHE_VERSION = 1
@@ -92,12 +91,8 @@ class ExtractionOptions:
     def __post_init__(self):
         if self.batch_size < 1:
             raise UsageError(f"batch size must be positive, got {self.batch_size}.")
-        if self.process_state is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
-            from accelerate.utils import parse_flag_from_env
-
-            cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
-            self.process_state = PartialState(cpu=cpu)
+        if self.process_state is None:
+            self.process_state = launched_process_state()
 
     @property
     def num_processes(self) -> int:

@@ -27,15 +27,23 @@ Output layouts (by extension):
         `ghfeat_layers`, `ghfeat_style_dims`, `ghfeat_model`, `ghfeat_source`, `ghfeat_settings` (what `resume`
         compares), `ghfeat_version`.
         Both load with `datasets.load_dataset("parquet"|"arrow", data_files=...)`.
+        With `max_rows_per_file`, a `.parquet` output is a folder of `<stem>-00000-of-000NN.parquet`, ... (rows
+        in source order across the files in name order; `read_extraction_metadata` lists them as `files`).
     `.safetensors`: tensors `ghfeat` `[N, D]` (+ `style_code_XX`, `tiled_codes`); `__metadata__` holds `ids`,
         `skipped`, `layers`, ... as JSON strings.
     `.npy`: the compact matrix `[N, D]`; everything else, with `num_rows`, goes to the sidecar `<output>.json`
         (written after the matrix).
 All vectors are stored as float32 whatever the compute dtype.
 
-Models, devices, dtypes and layer selection come from [`ghfeat_hf.runtime`]. Modules: [`sources`] (inputs and decoding), [`storage`] (partial
-state and output files), [`extract`] (the loop, the output lock and path checks). Everything public is re-exported
-here.
+Under `accelerate launch` (or `ghfeat extract --num-processes N`) every process extracts one share of the source
+into `<output>.partial/rank-NNNNN/` and the main process merges them into the same single output, rows in source
+order ([`sharded`]); a resume needs the same process count.
+
+Models, devices, dtypes and layer selection come from [`ghfeat_hf.runtime`]. Modules: [`sources`] (inputs, decoding
+and per-process shares), [`storage`] (partial state, metadata reader), [`extract`] (the loop), [`destination`]
+(the output lock and path checks), [`sharded`] (the split between processes), [`merge`] (the partial runs -> rows
+in source order, as a stream), [`writers`] (the output files), [`split_output`] (`--max-rows-per-file` folders).
+Everything public is re-exported here.
 """
 
 from .extract import CHANGED_INPUT_POLICIES, BatchProgress, ExtractionResult, extract_features, reconstruction_names

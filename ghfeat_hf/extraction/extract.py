@@ -1,176 +1,56 @@
-"""[`extract_features`]: the batch loop of `ghfeat extract` (decode -> encode -> commit, reconstruction PNG names),
-its resume logic and the final merge into one output file; and the destination it writes: the checks of the output
-path, the lock that keeps a second run off the same output, and the removal of the temporary files of killed runs."""
+"""[`extract_features`]: `ghfeat extract` from a model and a source to one output file, in one process (a
+[`Session`] over `<output>.partial/`, then the merge in source order) or split between the processes of a launch
+([`sharded`]); the destination checks and lock are in [`destination`]."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
-import stat
-import warnings
-from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import torch
 
-from ..encoding import encode_batch
-from ..errors import DestinationError, UsageError
+from ..errors import UsageError
 from ..image_processing_ghfeat import GHFeatImageProcessor
 from ..modeling_ghfeat import GHFeatModel
-from ..modeling_stylegan import tile_style_codes
-from ..runtime import model_fingerprint, parse_layers, processor_size, resolve_device, resolve_dtype
+from ..runtime import (
+    launched_process_state,
+    model_fingerprint,
+    parse_layers,
+    processor_size,
+    resolve_device,
+    resolve_dtype,
+)
+from .destination import check_destination, claimed, output_lock, remove_stale_temporaries
+from .merge import RankRows, write_merged
+from .session import (
+    CHANGED_INPUT_POLICIES,
+    BatchProgress,
+    ExtractionResult,
+    Session,
+    finished_result,
+    reconstruction_names,
+    refuse_existing,
+)
+from .sharded import ShardedRun, check_process_count
 from .sources import (
     FINGERPRINT_MODES,
     FileSource,
     ImageSource,
-    SourceItem,
-    decoded_chunks,
-    fingerprint_file,
-    image_extensions,
     resolve_source,
 )
 from .storage import (
-    FINGERPRINT_COLUMN,
-    OUTPUT_FORMATS,
     POSITION_COLUMN,
-    TEMPORARY_NAME,
     PartialRun,
-    SkippedImage,
-    atomic_write_bytes,
-    check_settings,
-    fixed_list,
     output_format,
     partial_path,
-    read_extraction_metadata,
-    read_partial_progress,
     row_schema,
-    write_output,
 )
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory file locks there
-    fcntl = None
-
-CHANGED_INPUT_POLICIES = ("reencode", "error")
-"""What `--resume` does with inputs whose fingerprint changed since the interrupted run read them."""
-
-
-@dataclass
-class ExtractionResult:
-    """What [`extract_features`] wrote."""
-
-    output: Path
-    num_rows: int
-    skipped: list[SkippedImage] = field(default_factory=list)
-    layers: list[int] = field(default_factory=list)
-    num_resumed: int = 0
-    """Rows that came from an earlier, interrupted session."""
-    num_changed: int = 0
-    """Inputs of the interrupted session that changed since it read them, extracted again."""
-
-
-@dataclass(frozen=True)
-class BatchProgress:
-    """Passed to the `on_batch` callback after every committed batch."""
-
-    batches: int
-    rows: int
-    processed: int
-    skipped: int
-
-
-def _safe_relative(item_id: str) -> PurePosixPath:
-    parts = [part for part in PurePosixPath(item_id.replace("\\", "/")).parts if part not in ("/", "", ".")]
-    parts = ["__" if part == ".." else part.replace(":", "_") for part in parts]
-    return PurePosixPath(*parts) if parts else PurePosixPath("_")
-
-
-def reconstruction_names(ids: Sequence[str], taken: Collection[str] = ()) -> dict[str, str]:
-    """PNG paths (relative to the reconstructions folder) for distinct ids, distinct from each other and from
-    `taken`: the id with its image extension replaced by `.png`; `.png` appended when that would collide or the id
-    has no image extension; `-2`, `-3`, ... before that `.png` in the rare case that still collides."""
-    extensions = image_extensions()
-    paths = {item_id: _safe_relative(item_id) for item_id in ids}
-    short = {item_id: (path.with_suffix(".png") if path.suffix.lower() in extensions else
-                       path.with_name(path.name + ".png")).as_posix() for item_id, path in paths.items()}
-    counts = Counter(short.values())
-    used = set(taken)
-    names = {}
-    for item_id, path in paths.items():
-        name = short[item_id]
-        if counts[name] > 1 or name in used:
-            name = path.with_name(path.name + ".png").as_posix()
-        copy = 2
-        while name in used:
-            name = path.with_name(f"{path.name}-{copy}.png").as_posix()
-            copy += 1
-        used.add(name)
-        names[item_id] = name
-    return names
-
-
-@dataclass
-class _BatchEncoder:
-    """Encodes a batch of decoded images into a record batch of the partial run's schema (and, when asked, saves
-    the reconstructions as PNGs)."""
-
-    model: GHFeatModel
-    processor: GHFeatImageProcessor
-    dtype: torch.dtype
-    layers: list[int]
-    keep_codes: bool
-    keep_tiled: bool
-    schema: pa.Schema
-    recon_dir: Path | None = None
-    recon_names: dict[str, str] | None = None
-    """Names of every id of a finite source; `None` for a streaming source, named batch by batch."""
-    taken_names: set[str] = field(default_factory=set)
-    """The names a streaming source's batches (this session's and the interrupted one's) already use."""
-
-    def __call__(self, good: Sequence[tuple[SourceItem, torch.Tensor]]) -> pa.RecordBatch:
-        pixel_values = torch.stack([pixels for _, pixels in good])
-        style_codes, decoded = encode_batch(self.model, pixel_values, dtype=self.dtype, decode=self.recon_dir is not None)
-        codes = [style_codes[layer].cpu().numpy() for layer in self.layers]
-        columns: dict[str, Any] = {
-            "id": pa.array([item.id for item, _ in good], pa.string()),
-            "ghfeat": fixed_list(np.concatenate(codes, axis=1)),
-        }
-        if self.keep_codes:
-            for layer, code in zip(self.layers, codes):
-                columns[f"style_code_{layer:02d}"] = fixed_list(code)
-        if self.keep_tiled:
-            columns["tiled_codes"] = fixed_list(tile_style_codes(style_codes)[:, self.layers].cpu().numpy())
-        if decoded is not None:
-            columns["reconstruction"] = pa.array(self._save_reconstructions(good, decoded), pa.string())
-        columns[POSITION_COLUMN] = pa.array([item.position for item, _ in good], pa.int64())
-        columns[FINGERPRINT_COLUMN] = pa.array([item.fingerprint for item, _ in good], pa.string())
-        return pa.RecordBatch.from_arrays(list(columns.values()), schema=self.schema)
-
-    def _names(self, ids: list[str]) -> list[str]:
-        """PNG names for a batch's ids, unique across the run."""
-        names = self.recon_names
-        if names is None:
-            names = reconstruction_names(ids, self.taken_names)
-            self.taken_names.update(names.values())
-        return [names[item_id] for item_id in ids]
-
-    def _save_reconstructions(self, good, decoded: torch.Tensor) -> list[str]:
-        names = self._names([item.id for item, _ in good])
-        for name, image in zip(names, self.processor.postprocess(decoded.float())):
-            target = self.recon_dir / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            atomic_write_bytes(target, buffer.getvalue(), sync=False)
-        return names
+BARRIER_TIMEOUT_MINUTES = 24 * 60
+"""How long a process of a multi-process run waits for the others (which may have more images to encode)."""
 
 
 def extract_features(
@@ -193,6 +73,8 @@ def extract_features(
     on_changed_input: str = "reencode",
     progress: bool = True,
     on_batch: Callable[[BatchProgress], None] | None = None,
+    process_state: Any = None,
+    max_rows_per_file: int | None = None,
 ) -> ExtractionResult:
     """Extract GH-Feat vectors for every image of `source` into `output` (format chosen by extension).
 
@@ -221,6 +103,11 @@ def extract_features(
             and extracts them again (with a warning), `"error"` refuses to resume.
         progress: show a tqdm bar (images/s, skipped count).
         on_batch: called with a [`BatchProgress`] after every committed batch.
+        process_state: an `accelerate.PartialState` of several processes (default: the launched one, if any):
+            each process extracts its share of `source` on its own device and the main process writes `output`
+            (see [`sharded`]); every process returns the same result, with per-process statistics.
+        max_rows_per_file: split a `.parquet` output into files of at most this many rows: `output` becomes a
+            folder of `<stem>-00000-of-000NN.parquet`, ... in source order (see [`split_output`]).
 
     Unreadable items never stop the run: they are listed in [`ExtractionResult.skipped`] and in the output's
     metadata; so are FIFOs, sockets and devices, which are never opened. On an exception or Ctrl-C the committed
@@ -235,6 +122,11 @@ def extract_features(
                          "per-layer codes or the tiled array.")
     if batch_size < 1:
         raise UsageError(f"batch size must be positive, got {batch_size}.")
+    if max_rows_per_file is not None and fmt != "parquet":
+        raise UsageError(f"--max-rows-per-file splits Parquet outputs only; a .{fmt} output is one file (use a "
+                         ".parquet output, or drop --max-rows-per-file).")
+    if max_rows_per_file is not None and max_rows_per_file < 1:
+        raise UsageError(f"--max-rows-per-file must be positive, got {max_rows_per_file}.")
     for name, value, choices in (("fingerprint", fingerprint, FINGERPRINT_MODES),
                                  ("on_changed_input", on_changed_input, CHANGED_INPUT_POLICIES)):
         if value not in choices:
@@ -248,6 +140,11 @@ def extract_features(
         raise UsageError(f"the processor resizes to {height}x{width} but the model expects {config.image_size} px.")
     compute_dtype = resolve_dtype(dtype)
     device = next(model.parameters()).device if device is None else resolve_device(device)
+    if process_state is None:
+        process_state = launched_process_state(BARRIER_TIMEOUT_MINUTES)
+    processes = 1 if process_state is None else process_state.num_processes
+    if processes > 1 and device.type == process_state.device.type:
+        device = process_state.device  # each process on its own accelerator
     model.eval().to(device)
     source = resolve_source(source)
     recon_dir = Path(reconstructions_dir) if reconstructions_dir is not None else None
@@ -260,145 +157,44 @@ def extract_features(
         "reconstructions": os.fspath(recon_dir.resolve()) if recon_dir is not None else None,
         "fingerprint": fingerprint_mode,
     }
+    if max_rows_per_file is not None:
+        settings["max_rows_per_file"] = max_rows_per_file
+    schema = row_schema(kept_dims, layer_list, keep_codes, keep_tiled, max(style_dims), recon_dir is not None)
+    session = Session(model, processor, compute_dtype, layer_list, keep_codes, keep_tiled, recon_dir, batch_size,
+                      num_workers, fingerprint_mode, on_changed_input, progress, on_batch, output.name)
+    if processes > 1:
+        job = ShardedRun(process_state, session, source, output, schema, settings, resume, overwrite,
+                         output_metadata(model, source, layer_list, kept_dims, settings), max_rows_per_file)
+        return job.run()
     partial_dir = partial_path(output)
-    with _claimed(output):
-        if partial_dir.exists() and not (resume or overwrite):
-            raise UsageError(f"found an interrupted run in {os.fspath(partial_dir)!r}: pass --resume to continue "
-                             "it or --overwrite to start over.")
-        if output.exists() and not partial_dir.exists():
-            if resume:
-                return _finished_result(output, settings, layer_list)
-            if not overwrite:
-                raise UsageError(f"{os.fspath(output)!r} already exists: pass --overwrite to replace it.")
+    with claimed(output):
+        if partial_dir.exists() and resume:
+            check_process_count(partial_dir, 1)
+        if refuse_existing(output, resume, overwrite):
+            return finished_result(output, settings, layer_list)
         if recon_dir is not None:
             remove_stale_temporaries(recon_dir, recursive=True)
 
-        schema = row_schema(kept_dims, layer_list, keep_codes, keep_tiled, max(style_dims), recon_dir is not None)
         open_run = PartialRun.reopen if resume and partial_dir.exists() else PartialRun.start
         run = open_run(partial_dir, schema, settings, "id" if source.finite else POSITION_COLUMN)
         try:
-            committed = run.committed_table()
-            changed = (_changed_inputs(source, committed, run.state["skipped"], fingerprint_mode)
-                       if fingerprint_mode is not None else [])
-            if changed:
-                _drop_changed(run, changed, on_changed_input)
-                committed = run.committed_table()
-            skipped_records = list(run.state["skipped"])
-            done_rows = dict(zip(committed.column("id").to_pylist(), committed.column(POSITION_COLUMN).to_pylist()))
-            done_ids = set(done_rows) | {record["id"] for record in skipped_records}
-            positions, pending, total = _pending(source, done_rows, skipped_records, done_ids)
-            encode = _BatchEncoder(model, processor, compute_dtype, layer_list, keep_codes, keep_tiled,
-                                   run.schema, recon_dir)
-            if recon_dir is not None and positions is not None:
-                encode.recon_names = reconstruction_names(list(positions))
-            elif recon_dir is not None:  # streaming: named batch by batch, after the interrupted session's names
-                encode.taken_names = set(committed.column("reconstruction").to_pylist())
-            del committed
-
-            bar = _progress_bar(total, len(done_ids), progress, output)
-            rows, skipped_count, batches, processed = run.num_rows, len(skipped_records), 0, len(done_ids)
-            chunks = decoded_chunks(source, pending, processor, batch_size, num_workers, fingerprint_mode)
-            try:
-                for chunk in chunks:
-                    good = [(item, pixels) for item, pixels, error in chunk if error is None]
-                    bad = [{"id": item.id, "position": item.position, "error": error,
-                            "fingerprint": item.fingerprint} for item, _, error in chunk if error is not None]
-                    run.commit(encode(good) if good else None, bad)
-                    batches += 1
-                    rows += len(good)
-                    skipped_count += len(bad)
-                    bar.update(len(chunk))
-                    if bad:
-                        bar.set_postfix(skipped=skipped_count, refresh=False)
-                    processed += len(chunk)
-                    if on_batch is not None:
-                        on_batch(BatchProgress(batches, rows, processed, skipped_count))
-            finally:
-                chunks.close()
-                bar.close()
-                run.close()
-
-            # Merge the committed parts into the final file, in source order.
-            table = run.committed_table()
-            if positions is not None:
-                keys = np.array([positions[item_id] for item_id in table.column("id").to_pylist()], dtype=np.int64)
-                skipped_records = sorted(run.state["skipped"], key=lambda record: positions[record["id"]])
-            else:
-                keys = table.column(POSITION_COLUMN).to_numpy()
-                skipped_records = sorted(run.state["skipped"], key=lambda record: record["position"])
-            order = np.argsort(keys, kind="stable") if keys.size and np.any(np.diff(keys) < 0) else None
-            table = table.drop_columns([POSITION_COLUMN, FINGERPRINT_COLUMN])
-            skipped = [SkippedImage(record["id"], record["error"]) for record in skipped_records]
-            write_output(fmt, output, table, order, schema,
-                         _output_metadata(model, source, layer_list, kept_dims, skipped, settings))
+            positions, num_resumed, num_changed = session.run(run, source)
+            num_rows, skipped = write_merged([RankRows(run, lambda local: local, positions)], output, schema,
+                                             output_metadata(model, source, layer_list, kept_dims, settings),
+                                             max_rows_per_file)
             run.close()
             shutil.rmtree(partial_dir, ignore_errors=True)
-            return ExtractionResult(output, table.num_rows, skipped, layer_list, len(done_rows), len(changed))
+            return ExtractionResult(output, num_rows, skipped, layer_list, num_resumed, num_changed)
         finally:
             run.close()
 
 
-def _finished_result(output: Path, settings: dict, layers: list[int]) -> ExtractionResult:
-    """`--resume` of a finished run: its output, once read back whole and found written with `settings`."""
-    try:
-        meta = read_extraction_metadata(output, verify=True)
-    except UsageError as error:
-        raise UsageError(f"cannot resume: {error} Pass --overwrite to extract it again.") from error
-    check_settings(meta.get("settings", {}), settings, f"the finished run that wrote {os.fspath(output)!r}")
-    return ExtractionResult(output, meta["num_rows"], [SkippedImage(**s) for s in meta.get("skipped", [])],
-                            layers, meta["num_rows"])
-
-
-def _changed_inputs(source: FileSource, committed: pa.Table, skipped: list[dict], mode: str) -> list[str]:
-    """Ids of the items done by an interrupted run (rows and skip records) whose file no longer has the
-    fingerprint it was read with, in source order."""
-    if not (committed.num_rows or skipped):
-        return []
-    recorded = dict(zip(committed.column("id").to_pylist(), committed.column(FINGERPRINT_COLUMN).to_pylist()))
-    recorded.update((record["id"], record["fingerprint"]) for record in skipped)
-    return [item_id for item_id, path in zip(source.ids, source.paths)
-            if item_id in recorded and fingerprint_file(path, mode) != recorded[item_id]]
-
-
-def _drop_changed(run: PartialRun, changed: list[str], policy: str) -> None:
-    """Apply `--on-changed-input` to the inputs that changed since the interrupted run read them."""
-    summary = f"{len(changed)} input(s) changed since the interrupted run read them (e.g. {changed[0]!r})"
-    if policy == "error":
-        raise UsageError(f"cannot resume: {summary}. Drop --on-changed-input error to extract them again, or pass "
-                         "--overwrite to start over.")
-    warnings.warn(f"{summary}: their rows are dropped and they are extracted again.", stacklevel=3)
-    run.drop(set(changed))
-
-
-def _pending(source: ImageSource, done_rows: dict[str, int], skipped_records: list[dict], done_ids: set[str]):
-    """`(positions, pending, total)`: `{id: position}` of a finite source (`None` for a streaming one), the items
-    still to extract and the source size (`None` when unknown)."""
-    if not source.finite:
-        done_positions = set(done_rows.values()) | {record["position"] for record in skipped_records}
-        if done_positions == set(range(len(done_positions))):
-            pending = source.items(start=len(done_positions))
-        else:
-            pending = (item for item in source.items() if item.id not in done_ids)
-        return None, pending, source.num_items()
-    items = list(source.items())
-    positions: dict[str, int] = {}
-    for item in items:
-        if item.id in positions:
-            raise UsageError(f"duplicate id {item.id!r} in the source; ids must be unique.")
-        positions[item.id] = item.position
-    missing = [item_id for item_id in done_ids if item_id not in positions]
-    if missing:
-        raise UsageError(f"cannot resume: {len(missing)} items of the interrupted run (e.g. {missing[0]!r}) "
-                         "are no longer in the source; pass --overwrite to start over.")
-    return positions, [item for item in items if item.id not in done_ids], len(items)
-
-
-def _output_metadata(model, source: ImageSource, layers: list[int], kept_dims: list[int],
-                     skipped: list[SkippedImage], settings: dict[str, Any]) -> dict[str, Any]:
+def output_metadata(model, source: ImageSource, layers: list[int], kept_dims: list[int],
+                    settings: dict[str, Any]) -> dict[str, Any]:
+    """The output's metadata, less the skipped items (added by the merge)."""
     from ..version import __version__
 
     return {
-        "skipped": [{"id": record.id, "error": record.error} for record in skipped],
         "layers": layers,
         "style_dims": kept_dims,
         "model": str(getattr(model.config, "name_or_path", "") or ""),
@@ -406,129 +202,6 @@ def _output_metadata(model, source: ImageSource, layers: list[int], kept_dims: l
         "settings": settings,
         "version": __version__,
     }
-
-
-def _progress_bar(total: int | None, initial: int, enabled: bool, output: Path):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", desc=f"ghfeat extract -> {output.name}",
-                disable=not enabled, dynamic_ncols=True, smoothing=0.1)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Destination
-
-
-def check_destination(output: Path) -> None:
-    """A [`UsageError`] when `output` cannot become a file: an existing folder, FIFO, socket or device, or a path
-    below something that is not a folder."""
-    for ancestor in output.absolute().parents:
-        if os.path.isdir(ancestor):
-            break
-        if os.path.lexists(ancestor):
-            raise UsageError(f"cannot write {os.fspath(output)!r}: {os.fspath(ancestor)!r} is a file, not a folder.")
-    try:
-        mode = os.stat(output).st_mode
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(mode):
-        raise UsageError(f"the output {os.fspath(output)!r} is a folder: name a file ending in "
-                         f"{', '.join(OUTPUT_FORMATS)}.")
-    if not stat.S_ISREG(mode):
-        raise UsageError(f"the output {os.fspath(output)!r} exists and is not a regular file (a FIFO, socket or "
-                         "device).")
-
-
-def _running(pid: int) -> bool:
-    """Whether process `pid` exists (always `True` off POSIX, where `os.kill` would terminate it)."""
-    if os.name != "posix":
-        return True
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(directory: Path, names: Collection[str] | None = None, recursive: bool = False) -> None:
-    """Remove the `.<name>.tmp-<PID>` files that killed writers left in `directory` (and its subfolders with
-    `recursive`): those whose PID no longer runs, and only for `names` when given."""
-    if not directory.is_dir():
-        return
-    folders = (folder for folder, _, _ in os.walk(directory)) if recursive else [directory]
-    for folder in folders:
-        with os.scandir(folder) as entries:
-            stale = [entry.path for entry in entries if (match := TEMPORARY_NAME.fullmatch(entry.name))
-                     and (names is None or match[1] in names) and entry.is_file(follow_symlinks=False)
-                     and not _running(int(match[2]))]
-        for path in stale:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
-
-def _same_file(descriptor: int, path: Path) -> bool:
-    try:
-        named = os.stat(path)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(descriptor)
-    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
-
-
-@contextlib.contextmanager
-def output_lock(output: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on `.<name>.lock` next to `output` while a run writes it: a second run on the same
-    output gets a [`UsageError`] at once. The file is removed on release; a run re-checks after locking that its
-    file is still the one at that name, so the removal never lets two runs in. (No lock without `fcntl`.)"""
-    if fcntl is None:
-        yield
-        return
-    path = output.with_name(f".{output.name}.lock")
-    while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(descriptor, 32).decode(errors="replace").strip()
-            os.close(descriptor)
-            gone = (" (that process is gone: its decoding workers are still exiting, retry in a few seconds)"
-                    if holder.isdigit() and not _running(int(holder)) else "")
-            raise UsageError(f"another run (PID {holder or '?'}) is writing {os.fspath(output)!r}{gone}; wait for "
-                             f"it to end or stop it (lock file {os.fspath(path)!r}).") from None
-        if _same_file(descriptor, path):
-            break
-        os.close(descriptor)
-    try:
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        os.close(descriptor)
-
-
-@contextlib.contextmanager
-def _claimed(output: Path) -> Iterator[None]:
-    """Check the output path, create its folder, hold its lock and remove the temporary files of killed runs; an
-    `OSError` of the run (a read-only or full file system, ...) becomes a one-line [`DestinationError`]."""
-    try:
-        check_destination(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with output_lock(output):
-            remove_stale_temporaries(output.parent, {output.name, f"{output.name}.json"})
-            remove_stale_temporaries(partial_path(output))
-            yield
-    except OSError as error:
-        reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
-        where = f" ({os.fspath(error.filename)!r})" if error.filename else ""
-        kept = (f"; the rows committed so far stay in {os.fspath(partial_path(output))!r}: run the same command "
-                "with --resume once that is fixed" if read_partial_progress(output) else "")
-        raise DestinationError(f"cannot write {os.fspath(output)!r}: {reason}{where}{kept}.") from error
 
 
 __all__ = [

@@ -9,6 +9,7 @@ item, so that `--resume` can tell which inputs changed since.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob as globlib
 import hashlib
@@ -76,6 +77,23 @@ class ImageSource:
         """What a resumed run must find unchanged: the description (and, for datasets, the data fingerprint)."""
         return {"description": self.description}
 
+    def shard(self, index: int, count: int) -> ImageSource:
+        """Process `index`'s share of the source when `count` processes extract it: a finite source gives every
+        process one contiguous block of positions (the first `len % count` blocks one item longer, as
+        `datasets.distributed.split_dataset_by_node` cuts a `Dataset`); item positions are then block-local."""
+        raise UsageError(f"{type(self).__name__} cannot be split between processes.")
+
+    split_mode: str = "blocks"
+    """How [`shard`] cut the source: `"blocks"` (contiguous blocks, in process order), or for streaming datasets
+    `"examples"` (process `i` of `n` takes the items at positions `i, i + n, ...`)."""
+
+
+def block_bounds(length: int, index: int, count: int) -> tuple[int, int]:
+    """`[start, stop)` of block `index` of `count` over `length` items (the first `length % count` one longer)."""
+    size, extra = divmod(length, count)
+    start = size * index + min(index, extra)
+    return start, start + size + (1 if index < extra else 0)
+
 
 def image_extensions() -> frozenset[str]:
     """Lower-case file extensions (with the dot) PIL can open."""
@@ -99,6 +117,10 @@ class FileSource(ImageSource):
 
     def num_items(self) -> int:
         return len(self.paths)
+
+    def shard(self, index: int, count: int) -> FileSource:
+        start, stop = block_bounds(len(self.paths), index, count)
+        return FileSource(self.paths[start:stop], self.ids[start:stop], self.description)
 
 
 def folder_source(root: str | os.PathLike, id_prefix: str = "") -> FileSource:
@@ -218,15 +240,46 @@ class DatasetSource(ImageSource):
             for position in range(start, len(self._ids)):
                 yield SourceItem(position, self._ids[position], position)
             return
-        dataset = self.dataset.skip(start) if start else self.dataset
-        for position, row in enumerate(dataset, start=start):
+        for position, row in enumerate(self._rows(start), start=start):
             if self.image_column not in row:
                 raise UsageError(f"the dataset has no image column {self.image_column!r}; its columns are {list(row)}.")
             item_id = str(row[self.id_column]) if self.id_column is not None else str(position)
             yield SourceItem(position, item_id, row[self.image_column])
 
+    def _rows(self, start: int):
+        """The streamed rows from position `start` on."""
+        return self.dataset.skip(start) if start else self.dataset
+
     def load(self, payload: Any) -> Any:
         return self.dataset[int(payload)][self.image_column] if self.finite else payload
+
+    def shard(self, index: int, count: int) -> DatasetSource:
+        """A `Dataset`: the block `split_dataset_by_node` gives process `index` (ids stay those of the whole
+        dataset). A streaming dataset with at least `count` shards: `IterableDataset.shard(count, index,
+        contiguous=True)`, so that every process reads only its own files and the blocks concatenate in order;
+        with fewer shards, every process reads the stream and keeps one example out of `count`
+        (`split_dataset_by_node(strategy="examples")`). Streamed ids are block-local positions until merged."""
+        from datasets.distributed import split_dataset_by_node
+
+        part = copy.copy(self)
+        if self.finite:
+            start, stop = block_bounds(len(self._ids), index, count)
+            part.dataset = split_dataset_by_node(self.dataset, rank=index, world_size=count)
+            part._ids = self._ids[start:stop]
+            if len(part.dataset) != len(part._ids):
+                raise RuntimeError("split_dataset_by_node cut the dataset into other blocks than expected.")
+        elif self.dataset.num_shards >= count:
+            part.dataset = self.dataset.shard(num_shards=count, index=index, contiguous=True)
+        else:
+            part.split_mode = "examples"
+            whole = self.dataset
+
+            def rows(start: int):  # skip before splitting: a split dataset's skip() counts the whole stream's rows
+                return split_dataset_by_node(whole.skip(start * count) if start else whole, rank=index,
+                                             world_size=count, strategy="examples")
+
+            part._rows = rows
+        return part
 
     def num_items(self) -> int | None:
         return len(self._ids) if self.finite else None
@@ -430,6 +483,7 @@ __all__ = [
     "FileSource",
     "ImageSource",
     "SourceItem",
+    "block_bounds",
     "dataset_source",
     "decode_image",
     "decoded_chunks",

@@ -1,5 +1,5 @@
-"""Extraction storage: the row schema, the partial-run state that makes `--resume` possible, the final
-Parquet / Arrow / npy / safetensors writers and the metadata reader.
+"""Extraction storage: the row schema, the partial-run state that makes `--resume` possible and the metadata
+reader of finished outputs (their writers are in [`writers`]).
 
 Partial run directory (`<output>.partial/`):
     `progress.json`     the commit record, rewritten atomically after every batch: settings, the committed batch
@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import stat
-import struct
 from collections import Counter
 from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 from safetensors import SafetensorError
 
 from ..errors import UsageError
+from .split_output import read_split_parquet
 
 OUTPUT_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".npy": "npy", ".safetensors": "safetensors"}
 POSITION_COLUMN = "_position"
@@ -49,8 +49,6 @@ _SKIP_KEYS = {"id": "id", POSITION_COLUMN: "position"}
 """The skip record field matching each row column a partial run can be keyed by."""
 _READ_ERRORS = (OSError, ValueError, LookupError, TypeError, pa.ArrowException, SafetensorError)
 """What reading a damaged or truncated output file raises."""
-_TARGET_CHUNK_BYTES = 64 << 20
-"""About how many bytes of rows the final writers handle at a time (one Parquet row group each)."""
 
 
 @dataclass(frozen=True)
@@ -352,6 +350,26 @@ class PartialRun:
                              "once (a repeated or overlapping part); pass --overwrite to start over.")
         return table
 
+    def schema_of(self, columns: Sequence[str]) -> pa.Schema:
+        """The partial run's schema restricted to `columns`, in that order."""
+        return pa.schema([self.schema.field(name) for name in columns])
+
+    def committed_batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+        """The committed rows (`columns` only) batch by batch in commit order, less the dropped ones, each part
+        checked against its record first (memory-mapped until [`close`]; one batch in memory at a time)."""
+        for part in self.state["parts"]:
+            table = self._read_part(part).select(list(columns))
+            dropped, start = np.asarray(part["dropped"], np.int64), 0
+            for batch in table.to_batches():
+                rows = batch.num_rows
+                hits = dropped[(dropped >= start) & (dropped < start + rows)] - start
+                if hits.size:
+                    keep = np.ones(rows, dtype=bool)
+                    keep[hits] = False
+                    batch = batch.filter(pa.array(keep))
+                start += rows
+                yield batch
+
     def drop(self, ids: Set[str]) -> None:
         """Durably forget the committed rows and skip records of `ids` (inputs to extract again)."""
         for part in self.state["parts"]:
@@ -401,112 +419,37 @@ class PartialRun:
 
 
 def read_partial_progress(output: str | os.PathLike) -> dict | None:
-    """The progress record of an interrupted run writing `output` (`rows`, `skipped`, ...), or `None`."""
+    """The progress record of an interrupted run writing `output` (`rows`, `skipped`, ...), or `None`; for a run
+    of several processes, the rows and skipped items of all of them (`settings`: the first process's)."""
     directory = partial_path(output)
-    try:
-        state = _read_state(directory)
-        rows = _committed_rows(state)
-    except (OSError, ValueError, TypeError, KeyError):
+    states, rows = [], 0
+    for folder in [directory, *sorted(directory.glob("rank-[0-9]*"))]:
+        try:
+            state = _read_state(folder)
+            count = _committed_rows(state)
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        states.append(state)
+        rows += count
+    if not states:
         return None
-    return {"rows": rows, "skipped": state.get("skipped", []),
-            "settings": state.get("settings", {}), "directory": os.fspath(directory)}
+    return {"rows": rows, "skipped": [record for state in states for record in state.get("skipped", [])],
+            "settings": states[0].get("settings", {}), "directory": os.fspath(directory)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Final files
 
 
-def _ordered_chunks(table: pa.Table, order: np.ndarray | None, chunk_rows: int) -> Iterator[pa.Table]:
-    for start in range(0, table.num_rows, chunk_rows):
-        if order is None:
-            yield table.slice(start, chunk_rows)
-        else:
-            yield table.take(pa.array(order[start:start + chunk_rows]))
-
-
-def _reordered(values: list, order: np.ndarray | None) -> list:
-    return values if order is None else [values[index] for index in order]
-
-
-def _write_table_file(fmt: str, output: Path, chunks: Iterator[pa.Table], schema: pa.Schema, chunk_rows: int) -> None:
-    with _replacing(output) as tmp:
-        if fmt == "parquet":
-            with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
-                for chunk in chunks:
-                    writer.write_table(chunk.replace_schema_metadata(schema.metadata), row_group_size=chunk_rows)
-        else:
-            with open(tmp, "wb") as handle, pa.ipc.new_stream(handle, schema) as writer:
-                for chunk in chunks:
-                    writer.write_table(chunk.replace_schema_metadata(schema.metadata))
-
-
 def _npy_sidecar(output: Path) -> Path:
     return Path(os.fspath(output) + ".json")
-
-
-def _write_npy(output: Path, table_chunks: Iterator[pa.Table], num_rows: int, width: int, meta: dict) -> None:
-    """The `[num_rows, width]` matrix first, then the sidecar (`meta`, with `num_rows`): a failed write never leaves
-    new metadata next to an old matrix."""
-    with _replacing(output) as tmp:
-        if num_rows == 0:
-            with open(tmp, "wb") as handle:
-                np.save(handle, np.zeros((0, width), np.float32))
-        else:
-            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_rows, width))
-            row = 0
-            for chunk in table_chunks:
-                values = _to_numpy(chunk.column("ghfeat"), (width,))
-                matrix[row:row + len(values)] = values
-                row += len(values)
-            matrix.flush()
-            del matrix
-    atomic_write_bytes(_npy_sidecar(output), json.dumps(meta, indent=1).encode("utf-8"))
-
-
-def _write_safetensors(output: Path, table: pa.Table, order: np.ndarray | None, chunk_rows: int,
-                       shapes: dict[str, tuple[int, ...]], meta: dict[str, str]) -> None:
-    """Stream tensors into the safetensors layout (u64 header size, JSON header, raw little-endian data)."""
-    header: dict[str, Any] = {"__metadata__": meta}
-    offset = 0
-    for name, shape in shapes.items():
-        size = table.num_rows * int(np.prod(shape)) * 4
-        header[name] = {"dtype": "F32", "shape": [table.num_rows, *shape], "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)
-    with _replacing(output) as tmp, open(tmp, "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
-        for name, shape in shapes.items():
-            for chunk in _ordered_chunks(table.select([name]), order, chunk_rows):
-                handle.write(_to_numpy(chunk.column(name), shape).astype("<f4", copy=False).tobytes())
-
-
-def write_output(fmt: str, output: Path, table: pa.Table, order: np.ndarray | None, schema: pa.Schema,
-                 meta: dict[str, Any]) -> None:
-    """Write the final file: `table`'s rows (taken in `order` when given) with the run's metadata `meta` and the
-    row count (`num_rows`, checked when read)."""
-    meta = {**meta, "num_rows": table.num_rows}
-    shapes = _array_shapes(schema)
-    row_bytes = sum(int(np.prod(shape)) * 4 for shape in shapes.values()) + 64
-    chunk_rows = max(1, _TARGET_CHUNK_BYTES // row_bytes)
-    if fmt in ("parquet", "arrow"):
-        final_schema = schema.with_metadata({f"ghfeat_{key}": value for key, value in _encode_metadata(meta).items()})
-        _write_table_file(fmt, output, _ordered_chunks(table, order, chunk_rows), final_schema, chunk_rows)
-        return
-    meta = {**meta, "ids": _reordered(table.column("id").to_pylist(), order)}
-    if "reconstruction" in table.column_names:
-        meta["reconstructions"] = _reordered(table.column("reconstruction").to_pylist(), order)
-    if fmt == "npy":
-        _write_npy(output, _ordered_chunks(table.select(["ghfeat"]), order, chunk_rows), table.num_rows,
-                   shapes["ghfeat"][0], meta)
-    else:
-        _write_safetensors(output, table, order, chunk_rows, shapes, _encode_metadata(meta))
 
 
 def _read_output(output: Path, fmt: str, verify: bool) -> tuple[dict[str, str], int]:
     """The raw metadata strings and the row count of a finished file; `verify` also reads every row (and checks
     the Parquet page checksums)."""
+    if fmt == "parquet" and output.is_dir():
+        return read_split_parquet(output, verify)
     if fmt == "parquet":
         parquet = pq.ParquetFile(output, page_checksum_verification=verify)
         for index in range(parquet.num_row_groups if verify else 0):
@@ -537,7 +480,8 @@ def _read_output(output: Path, fmt: str, verify: bool) -> tuple[dict[str, str], 
 
 def read_extraction_metadata(output: str | os.PathLike, verify: bool = False) -> dict:
     """Metadata of a finished output: `num_rows`, `skipped` (list of `{"id", "error"}`), `layers`, `style_dims`,
-    `model`, `source`, `settings` (what `--resume` compares), and `ids` for `.npy`/`.safetensors` outputs.
+    `model`, `source`, `settings` (what `--resume` compares), `ids` for `.npy`/`.safetensors` outputs, and `files`
+    (paths in row order) and `num_files` for a Parquet output split into a folder.
     `verify=True` also reads every row. A [`UsageError`] for a file that cannot be read, or whose rows are not
     the ones its metadata (a `.npy` sidecar) describes: truncated, damaged or from another run."""
     output = Path(output)
@@ -580,5 +524,4 @@ __all__ = [
     "read_partial_progress",
     "record_checksum",
     "row_schema",
-    "write_output",
-]
+    ]
