@@ -2,6 +2,7 @@
 ``ghfeat restore`` / ``ghfeat evaluate restoration`` end to end on tiny models."""
 
 import json
+from pathlib import Path
 
 import PIL.Image
 import pytest
@@ -173,6 +174,18 @@ def test_restore_command_writes_images_figure_and_metrics(model_dir, tmp_path, c
                  "--model", str(model_dir), "--device", "cpu", "--no-progress"])
     assert code == 0 and PIL.Image.open(tmp_path / "sr" / "small.png").size == (32, 32)
     assert not (tmp_path / "sr" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("task", ["colorize", "denoise"])
+def test_colorize_and_denoise_run_on_a_colour_model(task, model_dir, tmp_path, capsys):
+    images = [str(path) for path in demo_image_paths()[:2]]
+    code = main(["restore", task, *images, "--degrade", "--steps", "2", "--out", str(tmp_path / task),
+                 "--model", str(model_dir), "--device", "cpu", "--no-progress", "--min-cell-size", "32"])
+    assert code == 0, capsys.readouterr().err
+    restored = PIL.Image.open(tmp_path / task / f"{Path(images[0]).stem}.png")
+    assert restored.size == (32, 32) and restored.mode == "RGB"
+    metrics = json.loads((tmp_path / task / "metrics.json").read_text())
+    assert len(metrics["images"]) == 2 and all(values["refined"]["psnr"] > 0 for values in metrics["images"].values())
 
 
 def test_colorize_refuses_a_one_channel_model(tmp_path, capsys):

@@ -108,7 +108,7 @@ def run_restore(args: argparse.Namespace) -> int:
         image.save(out / f"{name}.png")
     shown = observation if args.task != "denoise" else observation.clamp(-1, 1)
     figure = restoration_figure(pil(shown), pil(result.start_outputs.clamp(-1, 1)), pil(result.outputs.clamp(-1, 1)),
-                                None if originals is None else pil(originals), names, degradation.describe(),
+                                None if originals is None else pil(originals), names, degradation.task,
                                 args.steps, args.min_cell_size)
     figure.save(out / "restoration.png")
     print(f"saved {len(names)} restored image(s) and the figure restoration.png ({figure.width}x{figure.height}) "
