@@ -7,6 +7,7 @@
     ghfeat demo [-o ghfeat-demo] [--model M]
     ghfeat convert --pickle ghfeat-encoder-ffhq-256.pkl [--output ghfeat-ffhq] [--overwrite] [--push-to-hub REPO]
     ghfeat evaluate classification --model M --dataset fashion-mnist [--baselines pixels random-init timm:resnet50]
+    ghfeat restore inpaint photo.png --mask hole.png --out restored/ [--steps 100]
 """
 
 from __future__ import annotations
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import add_evaluate_parser
 
     add_evaluate_parser(subparsers)
+    from .restoration.cli import add_restore_parser
+
+    add_restore_parser(subparsers)
     return parser
 
 

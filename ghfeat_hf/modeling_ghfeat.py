@@ -309,10 +309,12 @@ class GHFeatModel(GHFeatPreTrainedModel):
         """Per-layer style codes (tuple of ``[N, 2C_l]``) of images ``[N, C, S, S]`` in [-1, 1]."""
         return self.encoder(pixel_values)[0]
 
-    def decode(self, style_codes: Sequence[torch.Tensor] | torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+    def decode(self, style_codes: Sequence[torch.Tensor] | torch.Tensor, noise_mode: str = "const",
+               noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Render images ``[N, C, R, R]`` (about [-1, 1]) from codes: a per-layer tuple, the official tiled
-        ``[N, L, 1024]`` tensor, or the compact ``[N, 9984]`` vector."""
-        return self.synthesis(style_codes=style_codes, noise_mode=noise_mode)
+        ``[N, L, 1024]`` tensor, or the compact ``[N, 9984]`` vector; ``noise`` (one ``[N or 1, 1, r, r]`` map per
+        layer) replaces the stored noise."""
+        return self.synthesis(style_codes=style_codes, noise_mode=noise_mode, noise=noise)
 
     def reconstruct(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``decode(encode(pixel_values))``: images in, reconstructions ``[N, C, R, R]`` out."""

@@ -139,14 +139,18 @@ class StyleGANSynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.style = StyleGANEqualizedLinear(dlatent_size, 2 * out_channels, gain=1.0) if dlatent_size else None
 
-    def forward(self, x: torch.Tensor | None, style_code: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+    def forward(self, x: torch.Tensor | None, style_code: torch.Tensor, noise_mode: str = "const",
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``noise`` (``[N or 1, 1, r, r]``), when given, replaces the noise of ``noise_mode``."""
         if self.kind == "const":
             x = self.const.expand(style_code.shape[0], -1, -1, -1)
         else:
             x = self.conv(x)
             if self.kind == "up":
                 x = blur(x)
-        if noise_mode == "const":
+        if noise is not None:
+            x = x + noise.to(x.dtype) * self.noise_strength.view(1, -1, 1, 1)
+        elif noise_mode == "const":
             x = x + self.noise * self.noise_strength.view(1, -1, 1, 1)
         elif noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], dtype=x.dtype, device=x.device)
@@ -161,7 +165,8 @@ class StyleGANSynthesis(nn.Module):
     ``forward(style_codes=...)`` renders images ``[N, C, R, R]`` (linear output, roughly in [-1, 1]) from
     per-layer AdaIN codes in any layout; ``forward(w)`` first applies the StyleMod affines (only when built
     with ``use_style_mod``). ``noise_mode`` is ``"const"`` (the stored noise, as GH-Feat always uses),
-    ``"random"`` (fresh noise, for GAN training) or ``"none"``.
+    ``"random"`` (fresh noise, for GAN training) or ``"none"``; ``noise`` (one ``[N or 1, 1, r_l, r_l]`` map per
+    layer, e.g. optimised per image) replaces it.
     """
 
     def __init__(self, config: StyleGANGeneratorConfig, use_style_mod: bool | None = None):
@@ -203,15 +208,18 @@ class StyleGANSynthesis(nn.Module):
         *,
         style_codes: Sequence[torch.Tensor] | torch.Tensor | None = None,
         noise_mode: str = "const",
+        noise: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         if (w is None) == (style_codes is None):
             raise ValueError("Pass exactly one of `w` or `style_codes`.")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}.")
         codes = self.style_codes(w) if w is not None else as_style_code_tuple(style_codes, self.style_dims)
+        if noise is not None and len(noise) != len(self.layers):
+            raise ValueError(f"noise must hold one map per layer ({len(self.layers)}), got {len(noise)}.")
         x = None
-        for layer, code in zip(self.layers, codes):
-            x = layer(x, code, noise_mode)
+        for index, (layer, code) in enumerate(zip(self.layers, codes)):
+            x = layer(x, code, noise_mode, None if noise is None else noise[index])
         return self.to_rgb(x)
 
 

@@ -3,6 +3,7 @@
 
     python scripts/doc_measurements.py            # measure, write docs/measurements.json, rewrite the spans
     python scripts/doc_measurements.py --install  # also time `make demo` in a new virtual environment (minutes)
+    python scripts/doc_measurements.py --results-only  # only the tables read from the embedded evaluation.json
     python scripts/doc_measurements.py --check    # exit 1 when a span disagrees with docs/measurements.json
 
 A span is ``<!-- measured:KEY -->text<!-- /measured -->``: ``MEASUREMENTS[KEY]`` makes its text from the record,
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ghfeat_hf.evaluation_report import EvaluationReport
+
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "docs" / "measurements.json"
 DOCUMENTS = (ROOT / "README.md",)
@@ -48,6 +51,10 @@ def _machine(record: dict[str, Any], key: str) -> str:
     return f"{machine['cpu']}, {machine['cpus']} CPUs, 1-min load average {machine['load']:.1f}"
 
 
+RESULT_TASKS = ("classification", "reconstruction")
+# Reports whose own table (EvaluationReport.table) the README quotes as it is, in a span named "<task>-results".
+REPORT_TABLES = ("restoration",)
+
 MEASUREMENTS: dict[str, Callable[[dict[str, Any]], str]] = {
     "demo-seconds": lambda record: duration(record["demo"]["seconds"]),
     "demo-machine": lambda record: _machine(record, "demo"),
@@ -56,11 +63,12 @@ MEASUREMENTS: dict[str, Callable[[dict[str, Any]], str]] = {
     "embedded-model-size": lambda record: f"{record['embedded_model']['mib']:.1f} MiB",
     "evaluation-time": lambda record: duration(record["evaluation"]["seconds"]),
     "embedded-results": lambda record: "\n" + record["embedded_results"]["table"] + "\n",
+    **{f"{task}-results": (lambda record, task=task: "\n" + record["embedded_results"]["reports"][task] + "\n")
+       for task in REPORT_TABLES},
 }
 
 # The README's table of the embedded model: one row per feature extractor of the classification report, with the
 # reconstruction metrics of the extractors that decode (the model and its GH-Feat baselines).
-RESULT_TASKS = ("classification", "reconstruction")
 
 
 def machine() -> dict[str, Any]:
@@ -149,6 +157,7 @@ def measure_embedded_results() -> dict[str, Any]:
     """The README table, from the reports ``ghfeat evaluate --update-model-card`` stored in the embedded model."""
     reports = json.loads((EMBEDDED_MODEL / "evaluation.json").read_text())
     return {"table": results_table({task: reports[task] for task in RESULT_TASKS}),
+            "reports": {task: EvaluationReport.from_dict(reports[task]).table() for task in REPORT_TABLES},
             "source": f"{EMBEDDED_MODEL.relative_to(ROOT).as_posix()}/evaluation.json"}
 
 
@@ -175,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare the spans with the record")
     parser.add_argument("--install", action="store_true",
                         help="also time `make demo` in a new virtual environment (installs every dependency)")
+    parser.add_argument("--results-only", action="store_true",
+                        help="only read the embedded model's evaluation.json again (no timing, no demo run)")
     args = parser.parse_args(argv)
     if args.check:
         record = read_record()
@@ -183,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(wrong) or "every measured span agrees with the record")
         return 1 if wrong else 0
     record = read_record() if RECORD.exists() else {}
-    record.update(demo=measure_demo(), embedded_model=measure_embedded_model(), evaluation=measure_evaluation(),
-                  embedded_results=measure_embedded_results())
+    record.update(embedded_results=measure_embedded_results())
+    if not args.results_only:
+        record.update(demo=measure_demo(), embedded_model=measure_embedded_model(), evaluation=measure_evaluation())
     if args.install:
         record["make_demo_new_venv"] = measure_make_demo_new_venv()
     RECORD.write_text(json.dumps(record, indent=2) + "\n")

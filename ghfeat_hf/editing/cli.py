@@ -59,6 +59,25 @@ from .harmonization import box_mask, harmonize, image_mask, masks_at_resolution,
 from .inversion import MAX_REFINEMENT_STEPS, RefinementResult, refine_style_codes
 
 
+def read_images(inputs: Sequence[str], processor, **processor_kwargs) -> tuple[list[str], list, torch.Tensor]:
+    """``(names, images, pixel_values)`` of image files, folders, globs or lists through ``processor`` (with
+    ``processor_kwargs``, e.g. another ``size``); unreadable ones are a [`UsageError`]."""
+    names, images, failures = [], [], []
+    for item in file_sources(inputs).items():
+        try:
+            images.append(open_image(item.payload))
+            names.append(Path(item.id).stem)
+        except (OSError, ValueError) as error:
+            failures.append(f"{item.id} ({type(error).__name__}: {error})")
+    if failures:
+        raise UsageError(f"cannot read {', '.join(failures)}.")
+    try:
+        pixel_values = processor(images=images, return_tensors="pt", **processor_kwargs)["pixel_values"]
+    except ValueError as error:
+        raise UsageError(f"the image processor refused an input: {error}") from None
+    return names, images, pixel_values
+
+
 class _Editor:
     """What every operation needs: the model, its processor, image reading, inversion and figure saving."""
 
@@ -71,20 +90,7 @@ class _Editor:
 
     def read(self, inputs: Sequence[str]) -> tuple[list[str], list[PIL.Image.Image], torch.Tensor]:
         """``(names, images, pixel_values)`` of image files, folders, globs or lists; unreadable ones are errors."""
-        names, images, failures = [], [], []
-        for item in file_sources(inputs).items():
-            try:
-                images.append(open_image(item.payload))
-                names.append(Path(item.id).stem)
-            except (OSError, ValueError) as error:
-                failures.append(f"{item.id} ({type(error).__name__}: {error})")
-        if failures:
-            raise UsageError(f"cannot read {', '.join(failures)}.")
-        try:
-            pixel_values = self.processor(images=images, return_tensors="pt")["pixel_values"]
-        except ValueError as error:
-            raise UsageError(f"the image processor refused an input: {error}") from None
-        return names, images, pixel_values
+        return read_images(inputs, self.processor)
 
     def invert(self, pixel_values: torch.Tensor, names: Sequence[str]) -> StyleCodes:
         """The encoder's codes, refined when ``--refine-steps`` asks for it (printing PSNR before / after)."""
@@ -432,4 +438,4 @@ def add_edit_parser(subparsers) -> None:
     refine.add_argument("images", nargs="+", metavar="IMAGE", help="images")
 
 
-__all__ = ["add_edit_parser"]
+__all__ = ["add_edit_parser", "read_images"]

@@ -122,6 +122,22 @@ def refinement_figure(
     return _grid(rows, ["input", "encoder", f"refined\n{steps} steps"], labels, min_cell_size)
 
 
+def restoration_figure(
+    degraded: Images,
+    encoded: Images,
+    refined: Images,
+    originals: Images | None,
+    names: Sequence[str],
+    task: str,
+    steps: int,
+    min_cell_size: int = 96,
+) -> PIL.Image.Image:
+    """One row per image: degraded | encoder only | refined (| original, when known)."""
+    rows = [list(row) for row in zip(degraded, encoded, refined, *([originals] if originals is not None else []))]
+    columns = [f"degraded\n{task}", "encoder only", f"refined\n{steps} steps", *(["original"] if originals else [])]
+    return _grid(rows, columns, names, min_cell_size)
+
+
 __all__ = [
     "harmonization_figure",
     "interpolation_figure",
@@ -129,5 +145,6 @@ __all__ = [
     "manipulation_figure",
     "mixing_figure",
     "refinement_figure",
+    "restoration_figure",
     "save_gif",
 ]

@@ -7,6 +7,7 @@
     ghfeat evaluate reconstruction --model M --dataset D --split test [--grid-count 4]
     ghfeat evaluate style-mixing --model M --dataset fashion-mnist --split test [--num-pairs 1000]
     ghfeat evaluate generation --model M --dataset fashion-mnist --split test [--generators DIR ...]
+    ghfeat evaluate restoration --model M --dataset fashion-mnist --split test --task inpaint superres [--steps 50]
 
 Each run writes `<output-dir>/<task>.json` and `<task>.md` (plus `reconstruction_grid.png` or
 `style_mixing_grid.png`) and prints the table. `style-mixing` and `generation` are judged by a domain classifier
@@ -19,12 +20,15 @@ import argparse
 import time
 from pathlib import Path
 
-from ..arguments import MODEL_HELP, int_at_least
+from ..arguments import MODEL_HELP, int_at_least, int_in_range
+from ..editing.inversion import MAX_REFINEMENT_STEPS
 from ..embedded import PRETRAINED_DIR
 from ..errors import UsageError
 from ..evaluation_report import EvaluationReport
 from ..image_io import to_pil_image
 from ..modeling_stylegan import StyleGANGenerator
+from ..restoration.degradations import DOWNSAMPLE_FACTORS
+from ..restoration.restore import DEFAULT_LEARNING_RATE
 from ..runtime import load_model, resolve_device, resolve_dtype, resolve_model_path
 from .classification import evaluate_classification
 from .domain_classifier import DEFAULT_CLASSIFIER, load_domain_classifier
@@ -35,12 +39,14 @@ from .hierarchy import DEFAULT_GROUPS, evaluate_style_mixing
 from .landmarks import evaluate_landmarks
 from .probes import DEFAULT_C_GRID
 from .reconstruction_quality import evaluate_reconstruction
+from .restoration import evaluate_restoration
 from .retrieval import evaluate_retrieval
 from .splits import load_split, subsample
 from .verification import DEFAULT_LAYER_GROUPS, evaluate_verification
 
 DEFAULT_BASELINES = {"reconstruction": ["random-init"]}
 JUDGED_TASKS = ("style-mixing", "generation")
+RESTORATION_TASKS = ("inpaint", "superres", "denoise", "colorize")
 GENERATOR_SUBFOLDER = "stylegan-generator"
 FEATURE_BASELINES = ["pixels", "random-init"]
 
@@ -170,6 +176,24 @@ def add_evaluate_parser(subparsers) -> None:
                       help="samples per generator and real baseline images (default: 10000)")
     task.add_argument("--truncation-psi", type=float, default=1.0, help="truncation of the samples (default: 1.0)")
 
+    task = tasks.add_parser("restoration", parents=[run_options],
+                            help="inpainting / super-resolution / denoising PSNR and SSIM against classical methods, "
+                                 "the encoder alone and the average-code start")
+    _add_splits(task, two_splits=False)
+    task.add_argument("--task", nargs="+", dest="restoration_tasks", choices=RESTORATION_TASKS,
+                      default=["inpaint", "superres"], help="degradations (default: inpaint superres)")
+    task.add_argument("--hole", type=int, default=12, help="inpaint: side of the centred hole (default: 12)")
+    task.add_argument("--factor", type=int, choices=DOWNSAMPLE_FACTORS, default=4, help="superres (default: 4)")
+    task.add_argument("--sigma", type=float, default=0.1, help="denoise: Gaussian sigma on [0, 1] (default: 0.1)")
+    task.add_argument("--steps", type=int_in_range(1, MAX_REFINEMENT_STEPS), default=50,
+                      help="optimisation steps of both starts (default: 50)")
+    task.add_argument("--lr", type=float, default=DEFAULT_LEARNING_RATE,
+                      help=f"Adam learning rate (default: {DEFAULT_LEARNING_RATE:g})")
+    task.add_argument("--prior-weight", type=float, default=0.0,
+                      help="weight of the Gaussian code prior (default: 0 = none)")
+    task.add_argument("--curve-steps", type=int, nargs="+", default=[5, 10, 20, 30, 40],
+                      help="steps at which the PSNR of both starts is recorded (default: 5 10 20 30 40)")
+
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -231,6 +255,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         _check_card_is_writable(model_path)
     if args.task in JUDGED_TASKS:
         report = _run_judged_task(args, model_path)
+    elif args.task == "restoration":
+        report = _run_restoration(args, model_path)
     else:
         report = _run_feature_task(args, model_path)
     if report is None:  # a non-main process of a multi-process run
@@ -325,6 +351,30 @@ def _run_judged_task(args: argparse.Namespace, model_path: str) -> EvaluationRep
                                      dtype=resolve_dtype(args.dtype), seed=args.seed, dataset_name=args.dataset)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _run_restoration(args: argparse.Namespace, model_path: str) -> EvaluationReport:
+    """`restoration`: degrade the clean images, restore them with every method, measure."""
+    from ..restoration import Downsample, Grayscale, Mask, Noise, centered_box_mask, code_prior, load_generator
+
+    data = _load(args, args.split, args.max_samples)
+    model, processor = load_model(model_path, device=args.device)
+    resolution = model.config.generator_config.resolution
+    build = {"inpaint": lambda: Mask(centered_box_mask(resolution, args.hole)),
+             "superres": lambda: Downsample(args.factor), "denoise": lambda: Noise(args.sigma), "colorize": Grayscale}
+    generator = load_generator(model_path)
+    if generator is not None:
+        generator = generator.to(next(model.parameters()).device)
+    prior = None
+    if args.prior_weight:
+        if generator is None:
+            raise UsageError("--prior-weight needs the model's StyleGAN generator (stylegan-generator).")
+        prior = code_prior(generator, args.prior_weight, seed=args.seed)
+    return evaluate_restoration(model, processor, data, [build[task]() for task in args.restoration_tasks],
+                                generator=generator, steps=args.steps, learning_rate=args.lr, prior=prior,
+                                snapshot_steps=[step for step in args.curve_steps if 0 < step < args.steps],
+                                image_column=args.image_column, batch_size=args.batch_size, seed=args.seed,
+                                dataset_name=args.dataset, progress=not args.no_progress)
 
 
 __all__ = ["add_evaluate_parser", "run_evaluate"]
