@@ -7,9 +7,10 @@
     ghfeat evaluate reconstruction --model M --dataset D --split test [--grid-count 4]
     ghfeat evaluate style-mixing --model M --dataset fashion-mnist --split test [--num-pairs 1000]
     ghfeat evaluate generation --model M --dataset fashion-mnist --split test [--generators DIR ...]
+    ghfeat evaluate segmentation --model M --dataset fashion-mnist --shots 1 5 10 [--draws 5]
 
 Each run writes `<output-dir>/<task>.json` and `<task>.md` (plus `reconstruction_grid.png` or
-`style_mixing_grid.png`) and prints the table. `style-mixing` and `generation` are judged by a domain classifier
+`style_mixing_grid.png`, `segmentation_grid.png`) and prints the table. `style-mixing` and `generation` are judged by a domain classifier
 (`--classifier`; the shipped Fashion-MNIST one by default for fashion-mnist).
 """
 
@@ -26,6 +27,7 @@ from ..evaluation_report import EvaluationReport
 from ..image_io import to_pil_image
 from ..modeling_stylegan import StyleGANGenerator
 from ..runtime import load_model, resolve_device, resolve_dtype, resolve_model_path
+from ..segmentation.cli import add_segmentation_task, run_segmentation_task
 from .classification import evaluate_classification
 from .domain_classifier import DEFAULT_CLASSIFIER, load_domain_classifier
 from .extractors import GHFeatExtractor, build_baselines
@@ -170,6 +172,7 @@ def add_evaluate_parser(subparsers) -> None:
                       help="samples per generator and real baseline images (default: 10000)")
     task.add_argument("--truncation-psi", type=float, default=1.0, help="truncation of the samples (default: 1.0)")
 
+    add_segmentation_task(tasks, [run_options])
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -231,6 +234,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         _check_card_is_writable(model_path)
     if args.task in JUDGED_TASKS:
         report = _run_judged_task(args, model_path)
+    elif args.task == "segmentation":
+        started = time.perf_counter()
+        report = run_segmentation_task(args, model_path)
+        report.seconds = time.perf_counter() - started
     else:
         report = _run_feature_task(args, model_path)
     if report is None:  # a non-main process of a multi-process run
