@@ -120,13 +120,14 @@ def _predict_test(methods, test: SegmentationData, num_labels: int, figure_indic
 
 def segmentation_figure(test: SegmentationData, labels: LabelSet, predictions: dict, method: str,
                         shots: Sequence[int], indices: Sequence[int], cell: int = 96) -> PIL.Image.Image:
-    """A grid, one row per test image: the input, the ground truth and `method`'s prediction at each K (draw 0)."""
+    """A grid, one row per test image: the input, the ground truth and `method`'s prediction at each K (draw 0,
+    columns labelled `K = k`)."""
     rows = []
     for index in indices:
         row = [test.images[index], colorize(test.masks[index], labels.palette)]
         row += [colorize(predictions[method, k, 0][index], labels.palette) for k in shots]
         rows.append(row)
-    columns = ["input", "ground truth", *(f"{method}, K = {k}" for k in shots)]
+    columns = ["input", "ground truth", *(f"K = {k}" for k in shots)]
     return make_grid(rows, columns, cell_size=cell, resample=PIL.Image.Resampling.NEAREST)
 
 

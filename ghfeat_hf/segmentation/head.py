@@ -118,7 +118,7 @@ class FitSettings:
     """How a head is fitted: Adam `steps` at `learning_rate`, `weight_decay` (decoupled, AdamW), class-balanced
     cross-entropy (`balanced`), the ensemble `seed`."""
 
-    steps: int = 300
+    steps: int = 200
     learning_rate: float = 1e-2
     weight_decay: float = 1e-4
     balanced: bool = True
