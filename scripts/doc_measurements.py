@@ -56,6 +56,7 @@ MEASUREMENTS: dict[str, Callable[[dict[str, Any]], str]] = {
     "embedded-model-size": lambda record: f"{record['embedded_model']['mib']:.1f} MiB",
     "evaluation-time": lambda record: duration(record["evaluation"]["seconds"]),
     "embedded-results": lambda record: "\n" + record["embedded_results"]["table"] + "\n",
+    "embedded-segmentation": lambda record: "\n" + record["embedded_segmentation"]["table"] + "\n",
 }
 
 # The README's table of the embedded model: one row per feature extractor of the classification report, with the
@@ -152,6 +153,29 @@ def measure_embedded_results() -> dict[str, Any]:
             "source": f"{EMBEDDED_MODEL.relative_to(ROOT).as_posix()}/evaluation.json"}
 
 
+def segmentation_table(report: dict[str, Any]) -> str:
+    """The README table of the segmentation report: one row per method, one mIoU column per K (mean over the
+    draws with its 95% interval; the best of each column in bold)."""
+    shots = sorted({row["shots"] for row in report["rows"]})
+    methods = list(dict.fromkeys(row["features"] for row in report["rows"]))
+    cell = {(row["features"], row["shots"]): row for row in report["rows"]}
+    best = {k: max(cell[method, k]["miou"] for method in methods) for k in shots}
+    lines = ["| features | " + " | ".join(f"mIoU (%), K = {k} [95% CI]" for k in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    for method in methods:
+        cells = [_percent(cell[method, k], "miou") for k in shots]
+        cells = [f"**{text}**" if cell[method, k]["miou"] == best[k] else text for text, k in zip(cells, shots)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def measure_embedded_segmentation() -> dict[str, Any]:
+    """The README's segmentation table, from the report stored in the embedded model."""
+    reports = json.loads((EMBEDDED_MODEL / "evaluation.json").read_text())
+    return {"table": segmentation_table(reports["segmentation"]),
+            "source": f"{EMBEDDED_MODEL.relative_to(ROOT).as_posix()}/evaluation.json"}
+
+
 def read_record() -> dict[str, Any]:
     return json.loads(RECORD.read_text())
 
@@ -184,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if wrong else 0
     record = read_record() if RECORD.exists() else {}
     record.update(demo=measure_demo(), embedded_model=measure_embedded_model(), evaluation=measure_evaluation(),
-                  embedded_results=measure_embedded_results())
+                  embedded_results=measure_embedded_results(),
+                  embedded_segmentation=measure_embedded_segmentation())
     if args.install:
         record["make_demo_new_venv"] = measure_make_demo_new_venv()
     RECORD.write_text(json.dumps(record, indent=2) + "\n")
