@@ -119,7 +119,7 @@ def test_segment_benchmark_phases_in_process():
     assert "| predict, explicit hypercolumn |" in markdown and "| 1.00x |" in markdown
 
 
-@pytest.mark.slow  # spawns three processes that each import torch and load the model: minutes on a loaded machine
+@pytest.mark.slow  # spawns three processes that each import torch and load the model (20 s idle, minutes loaded)
 def test_segment_benchmark_smallest_run(capsys):
     """`benchmarks/segment.py` end to end on the embedded model: every phase in its own process, the factorised
     predictions against the explicit hypercolumn of the same run."""

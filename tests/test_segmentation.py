@@ -179,7 +179,6 @@ def test_fit_and_predict_through_the_command_line(model_dir, tmp_path, capsys):
     assert "mask x3.png holds labels [7] outside the label set 0..2" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # a minute on a loaded 2-core machine: four feature methods, two K, two draws
 def test_evaluate_segmentation_on_fashion_mnist_silhouettes(model_dir, tmp_path, capsys):
     code = main(["evaluate", "segmentation", "--model", model_dir, "--dataset", "fashion-mnist", "--shots", "1", "2",
                  "--draws", "2", "--max-train-samples", "200", "--max-test-samples", "40", "--steps", "5", "--figure-count", "2", "-o",
