@@ -195,3 +195,16 @@ def test_evaluate_segmentation_on_fashion_mnist_silhouettes(model_dir, tmp_path,
     assert report["data"]["splits"]["test"]["num_rows"] == 40
     assert PIL.Image.open(tmp_path / "segmentation_grid.png").size[0] > 4 * 96
     assert "mIoU (%) [95% CI]" in capsys.readouterr().out
+
+
+def test_refined_codes_change_the_synthesis_maps_not_their_shapes(tiny_model):
+    processor = GHFeatImageProcessor(size={"height": 32, "width": 32})
+    images, _ = halves(count=2)
+    plain = GHFeatSpatialFeatures(tiny_model(seed=0), processor, layers="0-3")
+    refined = GHFeatSpatialFeatures(tiny_model(seed=0), processor, layers="0-3", refine_steps=3)
+    before, after = plain(images), refined(images)
+    assert [m.shape for m in before] == [m.shape for m in after] == [(2, 32, 4, 4)] * 2 + [(2, 32, 8, 8)] * 2
+    assert not torch.allclose(before[0], after[0])
+    assert refined.describe()["refine_steps"] == 3 and plain.channels == [32] * 4
+    with pytest.raises(UsageError, match="need synthesis layers or the encoder pyramid"):
+        GHFeatSpatialFeatures(tiny_model(seed=0), processor, layers="none")
