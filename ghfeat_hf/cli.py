@@ -8,6 +8,7 @@
     ghfeat convert --pickle ghfeat-encoder-ffhq-256.pkl [--output ghfeat-ffhq] [--overwrite] [--push-to-hub REPO]
     ghfeat evaluate classification --model M --dataset fashion-mnist [--baselines pixels random-init timm:resnet50]
     ghfeat restore inpaint photo.png --mask hole.png --out restored/ [--steps 100]
+    ghfeat segment fit --images imgs/ --masks masks/ --labels labels.json --out head; ghfeat segment predict ...
 """
 
 from __future__ import annotations
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .editing.cli import add_edit_parser
 
     add_edit_parser(subparsers)
+    from .segmentation.cli import add_segment_parser
+
+    add_segment_parser(subparsers)
     from .evaluation.cli import add_evaluate_parser
 
     add_evaluate_parser(subparsers)

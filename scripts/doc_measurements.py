@@ -65,6 +65,7 @@ MEASUREMENTS: dict[str, Callable[[dict[str, Any]], str]] = {
     "embedded-results": lambda record: "\n" + record["embedded_results"]["table"] + "\n",
     **{f"{task}-results": (lambda record, task=task: "\n" + record["embedded_results"]["reports"][task] + "\n")
        for task in REPORT_TABLES},
+    "embedded-segmentation": lambda record: "\n" + record["embedded_segmentation"]["table"] + "\n",
 }
 
 # The README's table of the embedded model: one row per feature extractor of the classification report, with the
@@ -161,6 +162,29 @@ def measure_embedded_results() -> dict[str, Any]:
             "source": f"{EMBEDDED_MODEL.relative_to(ROOT).as_posix()}/evaluation.json"}
 
 
+def segmentation_table(report: dict[str, Any]) -> str:
+    """The README table of the segmentation report: one row per method, one mIoU column per K (mean over the
+    draws with its 95% interval; the best of each column in bold)."""
+    shots = sorted({row["shots"] for row in report["rows"]})
+    methods = list(dict.fromkeys(row["features"] for row in report["rows"]))
+    cell = {(row["features"], row["shots"]): row for row in report["rows"]}
+    best = {k: max(cell[method, k]["miou"] for method in methods) for k in shots}
+    lines = ["| features | " + " | ".join(f"mIoU (%), K = {k} [95% CI]" for k in shots) + " |",
+             "|---|" + "---|" * len(shots)]
+    for method in methods:
+        cells = [_percent(cell[method, k], "miou") for k in shots]
+        cells = [f"**{text}**" if cell[method, k]["miou"] == best[k] else text for text, k in zip(cells, shots)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def measure_embedded_segmentation() -> dict[str, Any]:
+    """The README's segmentation table, from the report stored in the embedded model."""
+    reports = json.loads((EMBEDDED_MODEL / "evaluation.json").read_text())
+    return {"table": segmentation_table(reports["segmentation"]),
+            "source": f"{EMBEDDED_MODEL.relative_to(ROOT).as_posix()}/evaluation.json"}
+
+
 def read_record() -> dict[str, Any]:
     return json.loads(RECORD.read_text())
 
@@ -194,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(wrong) or "every measured span agrees with the record")
         return 1 if wrong else 0
     record = read_record() if RECORD.exists() else {}
-    record.update(embedded_results=measure_embedded_results())
+    record.update(embedded_results=measure_embedded_results(), embedded_segmentation=measure_embedded_segmentation())
     if not args.results_only:
         record.update(demo=measure_demo(), embedded_model=measure_embedded_model(), evaluation=measure_evaluation())
     if args.install:

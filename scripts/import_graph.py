@@ -31,8 +31,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("configuration_stylegan", "configuration_ghfeat", "layers", "modeling_stylegan", "modeling_ghfeat",
                 "image_processing_ghfeat", "strict_loading", "timm_models")),
     ("runtime", ("runtime", "encoding", "perceptual", "data", "model_card", "hub", "reconstruction")),
-    ("applications", ("extraction", "editing", "restoration", "evaluation", "conversion", "demo")),
-    ("commands", ("cli", "editing.cli", "evaluation.cli", "restoration.cli", "conversion.command")),
+    ("applications", ("extraction", "editing", "restoration", "segmentation", "evaluation", "conversion", "demo")),
+    ("commands", ("cli", "editing.cli", "evaluation.cli", "restoration.cli", "segmentation.cli",
+                  "conversion.command")),
     ("package", ("__init__",)),
 )
 

@@ -134,3 +134,31 @@ def test_extract_scaling_table_from_the_measured_numbers(tmp_path, monkeypatch, 
     assert [cell["small_seconds"] for cell in raw["cells"]] == [2.0, 3.0, 9.0]
     assert "python benchmarks/extract_scaling.py --processes 2 4" in out.read_text()
     assert "accelerate launch --multi_gpu --num_processes 8" in capsys.readouterr().out
+
+
+def test_segment_benchmark_phases_in_process():
+    """The phases of `benchmarks/segment.py` on the embedded model, run here rather than spawned, and their table."""
+    from benchmarks import segment
+
+    args = segment.build_parser().parse_args(["--shots", "1", "--classes", "2", "--predict-images", "3",
+                                              "--batch-size", "2", "--steps", "2"])
+    results = [segment.run_phase(phase, args) for phase in segment.PHASES]
+    assert all(row["seconds"] > 0 and row["peak_mib"] >= row["rss_before_mib"] > 0 for row in results)
+    assert {row["size"] for row in results} == {32} and results[0]["channels"] == 448
+    markdown = segment.render_markdown(results, args, "python benchmarks/segment.py")
+    assert "| predict, explicit hypercolumn |" in markdown and "| 1.00x |" in markdown
+
+
+@pytest.mark.slow  # spawns three processes that each import torch and load the model (20 s idle, minutes loaded)
+def test_segment_benchmark_smallest_run(capsys):
+    """`benchmarks/segment.py` end to end on the embedded model: every phase in its own process, the factorised
+    predictions against the explicit hypercolumn of the same run."""
+    from benchmarks import segment
+
+    argv = ["--shots", "1", "--classes", "2", "--predict-images", "3", "--batch-size", "2", "--steps", "2"]
+    assert segment.main(argv) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in table[1:]}
+    assert set(rows) == set(segment.PHASES)
+    assert rows["predict, explicit hypercolumn"][6] == "1.00x" and rows["fit"][6] == "-"
+    assert all(float(cells[4]) >= float(cells[3]) > 0 for cells in rows.values())  # peak >= RSS before

@@ -11,7 +11,9 @@ the baselines), the data as `datasets.Dataset` splits, task options; the result 
 * [`evaluate_verification`]: LFW-style 10-fold pair verification accuracy, per layer group;
 * [`evaluate_landmarks`]: linear keypoint regression and its normalised mean error;
 * [`evaluate_style_mixing`]: which class A shows with one layer group of B, judged by a [`DomainClassifier`];
-* [`evaluate_generation`]: the Fréchet distance of generator samples to real images in that classifier's features.
+* [`evaluate_generation`]: the Fréchet distance of generator samples to real images in that classifier's features;
+* [`evaluate_segmentation`]: few-shot semantic segmentation (mIoU over K-shot draws) with spatial features
+  ([`ghfeat_hf.segmentation`]).
 
 Features come from [`GHFeatExtractor`] (chosen layers of the style codes), [`PixelExtractor`], a random-init encoder
 ([`random_init_model`]) or [`TimmExtractor`] ([`build_baselines`] builds them by name), and are extracted once per
@@ -48,6 +50,7 @@ from .landmarks import evaluate_landmarks
 from .probes import knn_predict, linear_probe, ridge_regression
 from .reconstruction_quality import LPIPS_NOTE, evaluate_reconstruction
 from .retrieval import evaluate_retrieval
+from .segmentation import evaluate_segmentation
 from .splits import load_split, subsample
 from .verification import evaluate_verification
 
@@ -71,6 +74,7 @@ __all__ = [
     "evaluate_landmarks",
     "evaluate_reconstruction",
     "evaluate_retrieval",
+    "evaluate_segmentation",
     "evaluate_style_mixing",
     "evaluate_verification",
     "frechet_distance",

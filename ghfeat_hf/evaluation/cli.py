@@ -8,9 +8,10 @@
     ghfeat evaluate style-mixing --model M --dataset fashion-mnist --split test [--num-pairs 1000]
     ghfeat evaluate generation --model M --dataset fashion-mnist --split test [--generators DIR ...]
     ghfeat evaluate restoration --model M --dataset fashion-mnist --split test --task inpaint superres [--steps 50]
+    ghfeat evaluate segmentation --model M --dataset fashion-mnist --shots 1 5 10 [--draws 5]
 
 Each run writes `<output-dir>/<task>.json` and `<task>.md` (plus `reconstruction_grid.png` or
-`style_mixing_grid.png`) and prints the table. `style-mixing` and `generation` are judged by a domain classifier
+`style_mixing_grid.png`, `segmentation_grid.png`) and prints the table. `style-mixing` and `generation` are judged by a domain classifier
 (`--classifier`; the shipped Fashion-MNIST one by default for fashion-mnist).
 """
 
@@ -30,6 +31,7 @@ from ..modeling_stylegan import StyleGANGenerator
 from ..restoration.degradations import DOWNSAMPLE_FACTORS
 from ..restoration.restore import DEFAULT_LEARNING_RATE
 from ..runtime import load_model, resolve_device, resolve_dtype, resolve_model_path
+from ..segmentation.cli import add_segmentation_task, run_segmentation_task
 from .classification import evaluate_classification
 from .domain_classifier import DEFAULT_CLASSIFIER, load_domain_classifier
 from .extractors import GHFeatExtractor, build_baselines
@@ -194,6 +196,7 @@ def add_evaluate_parser(subparsers) -> None:
     task.add_argument("--curve-steps", type=int, nargs="+", default=[5, 10, 20, 30, 40],
                       help="steps at which the PSNR of both starts is recorded (default: 5 10 20 30 40)")
 
+    add_segmentation_task(tasks, [run_options])
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -257,11 +260,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         report = _run_judged_task(args, model_path)
     elif args.task == "restoration":
         report = _run_restoration(args, model_path)
+    elif args.task == "segmentation":
+        started = time.perf_counter()
+        report = run_segmentation_task(args, model_path)
+        report.seconds = time.perf_counter() - started
     else:
         report = _run_feature_task(args, model_path)
     if report is None:  # a non-main process of a multi-process run
         return 0
-    report.settings = {key: value for key, value in vars(args).items() if key not in ("handler", "debug")}
+    report.settings = {key: value for key, value in vars(args).items() if key not in ("handler", "debug", "argv")}
     json_path, markdown_path = report.save(args.output_dir)
     if args.update_model_card:
         from ..model_card import add_evaluation_report, stored_report_conflict
