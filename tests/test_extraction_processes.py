@@ -26,9 +26,9 @@ from .helpers import photo_crops, write_saved_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
-BATCH = 2
+BATCH = 8
 CORRUPT = ["img_03.png", "img_08.png"]
-IMAGES = 12
+IMAGES = 200
 """Files of the folder (two corrupt): six per process, three batches each."""
 
 
@@ -54,7 +54,7 @@ def model_dir(tmp_path_factory, save_tiny_model):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    """12 files: 10 PNG crops of real photos (RGB, L, RGBA, P) and two corrupt ones, in one folder."""
+    """IMAGES files: PNG crops of real photos (RGB, L, RGBA, P) and two corrupt ones, in one folder."""
     root = tmp_path_factory.mktemp("photos")
     for index, image in enumerate(photo_crops(IMAGES, size=24)):
         image.save(root / f"img_{index:02d}.png")
@@ -101,7 +101,7 @@ def test_two_processes_give_the_single_process_output(single, folder, model_dir,
     output = tmp_path / "features.parquet"
     assert main(extract_args(folder, model_dir, output, "--keep-codes", "--num-processes", "2")) == 0
     out = capfd.readouterr().out
-    assert out.count("wrote 10 rows") == 1  # printed by the main process only
+    assert out.count(f"wrote {IMAGES - len(CORRUPT)} rows") == 1  # printed by the main process only
     for index in (0, 1):
         assert f"process {index}: " in out and "MiB" in out
     assert not partial_path(output).exists()
@@ -111,7 +111,7 @@ def test_two_processes_give_the_single_process_output(single, folder, model_dir,
     assert np.abs(np.stack(table.column("ghfeat").to_numpy(zero_copy_only=False))).mean() > 0.1  # not vacuous
     # The finished output resumes as it is, also with another process count.
     assert main(extract_args(folder, model_dir, output, "--keep-codes", "--resume")) == 0
-    assert "wrote 10 rows" in capfd.readouterr().out
+    assert f"wrote {IMAGES - len(CORRUPT)} rows" in capfd.readouterr().out
 
 
 KILLABLE = """
@@ -169,7 +169,7 @@ def test_sigkill_of_one_process_then_resume(single, folder, model_dir, tmp_path,
 
     assert main(extract_args(folder, model_dir, output, "--keep-codes", "--resume", "--num-processes", "2")) == 0
     out = capfd.readouterr().out
-    assert f"wrote 10 rows to {output} ({committed} from the interrupted run)" in out
+    assert f"wrote {IMAGES - len(CORRUPT)} rows to {output} ({committed} from the interrupted run)" in out
     assert "process 0: " in out and "process 1: " in out and "peak RSS" in out
     assert not partial_path(output).exists()
     assert_same_output(output, single)
