@@ -20,6 +20,7 @@ from .errors import UsageError, one_line
 from .image_processing_ghfeat import GHFeatImageProcessor
 from .model_names import ModelNotFoundError, find_model, how_to_get_models, missing_model_message
 from .modeling_ghfeat import GHFeatModel
+from .modeling_stylegan import StyleGANGenerator
 from .strict_loading import CONFIG_NAME, CheckpointError, load_checked_model
 
 MODEL_ENV_VAR = "GHFEAT_MODEL"
@@ -95,6 +96,19 @@ def load_model(
     if target is not None:
         loaded.to(target)
     return loaded, processor
+
+
+# The StyleGAN generator a GH-Feat model directory may hold beside the encoder (mapping network and w_avg included).
+GENERATOR_SUBFOLDER = "stylegan-generator"
+
+
+def load_generator(model_path: str | os.PathLike) -> StyleGANGenerator | None:
+    """The StyleGAN generator stored next to a GH-Feat model (``<model>/stylegan-generator``, eval mode), or
+    ``None`` when the directory has none."""
+    folder = os.path.join(model_path, GENERATOR_SUBFOLDER)
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return None
+    return StyleGANGenerator.from_pretrained(folder).eval()
 
 
 def model_fingerprint(model) -> str:

@@ -14,7 +14,6 @@ from ghfeat_hf.demo import demo_image_paths
 from ghfeat_hf.errors import UsageError
 from ghfeat_hf.hub import save_ghfeat_directory
 from ghfeat_hf.restoration import (
-    GENERATOR_SUBFOLDER,
     Downsample,
     Grayscale,
     Mask,
@@ -26,6 +25,7 @@ from ghfeat_hf.restoration import (
     random_stroke_masks,
     restore,
 )
+from ghfeat_hf.runtime import GENERATOR_SUBFOLDER
 from tests.conftest import tiny_ghfeat_config
 from tests.helpers import write_saved_dataset
 

@@ -30,7 +30,7 @@ from ..image_io import to_pil_image
 from ..modeling_stylegan import StyleGANGenerator
 from ..restoration.degradations import DOWNSAMPLE_FACTORS
 from ..restoration.restore import DEFAULT_LEARNING_RATE
-from ..runtime import load_model, resolve_device, resolve_dtype, resolve_model_path
+from ..runtime import GENERATOR_SUBFOLDER, load_generator, load_model, resolve_device, resolve_dtype, resolve_model_path
 from ..segmentation.cli import add_segmentation_task, run_segmentation_task
 from .classification import evaluate_classification
 from .domain_classifier import DEFAULT_CLASSIFIER, load_domain_classifier
@@ -49,7 +49,6 @@ from .verification import DEFAULT_LAYER_GROUPS, evaluate_verification
 DEFAULT_BASELINES = {"reconstruction": ["random-init"]}
 JUDGED_TASKS = ("style-mixing", "generation")
 RESTORATION_TASKS = ("inpaint", "superres", "denoise", "colorize")
-GENERATOR_SUBFOLDER = "stylegan-generator"
 FEATURE_BASELINES = ["pixels", "random-init"]
 
 
@@ -256,18 +255,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model_path = resolve_model_path(args.model)
     if args.update_model_card:
         _check_card_is_writable(model_path)
+    started = time.perf_counter()
     if args.task in JUDGED_TASKS:
         report = _run_judged_task(args, model_path)
     elif args.task == "restoration":
         report = _run_restoration(args, model_path)
     elif args.task == "segmentation":
-        started = time.perf_counter()
         report = run_segmentation_task(args, model_path)
-        report.seconds = time.perf_counter() - started
     else:
         report = _run_feature_task(args, model_path)
     if report is None:  # a non-main process of a multi-process run
         return 0
+    if report.seconds is None:  # a task that does not time itself: the whole run
+        report.seconds = time.perf_counter() - started
     report.settings = {key: value for key, value in vars(args).items() if key not in ("handler", "debug", "argv")}
     json_path, markdown_path = report.save(args.output_dir)
     if args.update_model_card:
@@ -362,7 +362,7 @@ def _run_judged_task(args: argparse.Namespace, model_path: str) -> EvaluationRep
 
 def _run_restoration(args: argparse.Namespace, model_path: str) -> EvaluationReport:
     """`restoration`: degrade the clean images, restore them with every method, measure."""
-    from ..restoration import Downsample, Grayscale, Mask, Noise, centered_box_mask, code_prior, load_generator
+    from ..restoration import Downsample, Grayscale, Mask, Noise, centered_box_mask, code_prior
 
     data = _load(args, args.split, args.max_samples)
     model, processor = load_model(model_path, device=args.device)

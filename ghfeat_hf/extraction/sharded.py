@@ -115,40 +115,40 @@ class ShardedRun:
         return {**self.settings, "process": [index, self.count]}
 
     def run(self) -> ExtractionResult:
-        from accelerate.utils import broadcast_object_list, gather_object
+        from accelerate.utils import gather_object
 
         if self.session.recon_dir is not None and not self.source.finite:
             raise UsageError("--reconstructions with a streaming dataset needs one process (its PNGs are named "
                              "batch by batch); drop one of them.")
         with contextlib.ExitStack() as stack:
-            decision: list = [None]
-            failure = None
-            if self.state.is_main_process:
-                try:
-                    stack.enter_context(claimed(self.output))
-                    decision[0] = self._prepare()
-                except (UsageError, DestinationError) as error:
-                    decision[0], failure = ("error", isinstance(error, DestinationError), str(error)), error
-            broadcast_object_list(decision)
-            kind, *payload = decision[0]
-            if kind == "error":
-                raise failure or (DestinationError if payload[0] else UsageError)(payload[1])
+
+            def prepare() -> tuple:
+                stack.enter_context(claimed(self.output))
+                return self._prepare()
+
+            kind, *payload = self._on_main_process(prepare)
             if kind == "finished":
                 return payload[0]
+            every = gather_object([self._extract_share()])
+            return self._on_main_process(lambda: self._merge(every))
 
-            stats = self._extract_share()
-            every = gather_object([stats])
-            outcome: list = [None]
-            if self.state.is_main_process:
-                try:
-                    outcome[0] = ("done", self._merge(every))
-                except (UsageError, DestinationError) as error:
-                    outcome[0], failure = ("error", isinstance(error, DestinationError), str(error)), error
-            broadcast_object_list(outcome)
-            kind, *payload = outcome[0]
-            if kind == "error":
-                raise failure or (DestinationError if payload[0] else UsageError)(payload[1])
-            return payload[0]
+    def _on_main_process(self, work: Callable[[], Any]) -> Any:
+        """``work()`` on the main process, its value on every process; its [`UsageError`] or
+        [`DestinationError`] is raised on every process (the main one raises the original)."""
+        from accelerate.utils import broadcast_object_list
+
+        outcome: list = [None]
+        failure = None
+        if self.state.is_main_process:
+            try:
+                outcome[0] = ("done", work())
+            except (UsageError, DestinationError) as error:
+                outcome[0], failure = ("error", isinstance(error, DestinationError), str(error)), error
+        broadcast_object_list(outcome)
+        kind, *payload = outcome[0]
+        if kind == "error":
+            raise failure or (DestinationError if payload[0] else UsageError)(payload[1])
+        return payload[0]
 
     def _prepare(self) -> tuple:
         """Main process, holding the output lock: `("finished", result)`, or `("go",)` once `<output>.partial/`

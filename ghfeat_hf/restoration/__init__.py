@@ -25,14 +25,12 @@ from .degradations import (
 )
 from .restore import (
     DEFAULT_LEARNING_RATE,
-    GENERATOR_SUBFOLDER,
     STARTS,
     CodePrior,
     RestorationResult,
     average_style_codes,
     code_prior,
     encoder_start,
-    load_generator,
     restore,
 )
 
@@ -40,7 +38,6 @@ __all__ = [
     "DEFAULT_LEARNING_RATE",
     "DOWNSAMPLE_FACTORS",
     "DOWNSAMPLE_MODES",
-    "GENERATOR_SUBFOLDER",
     "NOISE_KINDS",
     "STARTS",
     "CodePrior",
@@ -54,7 +51,6 @@ __all__ = [
     "centered_box_mask",
     "code_prior",
     "encoder_start",
-    "load_generator",
     "random_box_masks",
     "random_stroke_masks",
     "restore",

@@ -27,9 +27,9 @@ from ..editing.figures import restoration_figure
 from ..editing.harmonization import image_mask
 from ..errors import UsageError
 from ..evaluation.restoration import ENCODER_ONLY, restoration_metrics
-from ..runtime import load_model, resolve_model_path
+from ..runtime import load_generator, load_model, resolve_model_path
 from . import degradations as ops
-from .restore import DEFAULT_LEARNING_RATE, code_prior, load_generator, restore
+from .restore import DEFAULT_LEARNING_RATE, code_prior, restore
 
 TASKS = ("inpaint", "superres", "denoise", "colorize")
 

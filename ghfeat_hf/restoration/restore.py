@@ -10,10 +10,8 @@ its operator and, optionally, a Gaussian [`CodePrior`] and per-image noise maps.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -25,17 +23,8 @@ from ..image_metrics import pixel_mse, psnr
 from ..modeling_stylegan import StyleCodes, StyleGANGenerator
 from .degradations import Degradation
 
-GENERATOR_SUBFOLDER = "stylegan-generator"
 STARTS = ("encoder", "average")
 DEFAULT_LEARNING_RATE = 0.03
-
-
-def load_generator(model_path: str | os.PathLike) -> StyleGANGenerator | None:
-    """The StyleGAN generator stored next to a GH-Feat model (``<model>/stylegan-generator``), or ``None``."""
-    folder = Path(model_path) / GENERATOR_SUBFOLDER
-    if not (folder / "config.json").is_file():
-        return None
-    return StyleGANGenerator.from_pretrained(folder).eval()
 
 
 @torch.no_grad()
@@ -171,13 +160,11 @@ def restore(
 
 __all__ = [
     "DEFAULT_LEARNING_RATE",
-    "GENERATOR_SUBFOLDER",
     "STARTS",
     "CodePrior",
     "RestorationResult",
     "average_style_codes",
     "code_prior",
     "encoder_start",
-    "load_generator",
     "restore",
 ]
