@@ -18,7 +18,7 @@ from ghfeat_hf.errors import UsageError
 from ghfeat_hf.evaluation import GHFeatExtractor
 from ghfeat_hf.evaluation.domain_classifier import DomainClassifier, embedded_classifiers, load_domain_classifier
 from ghfeat_hf.evaluation.generation import effective_classes, evaluate_generation, frechet_distance, sample_images
-from ghfeat_hf.evaluation.hierarchy import evaluate_style_mixing, sample_pairs
+from ghfeat_hf.evaluation.hierarchy import evaluate_style_mixing, generator_mixing_rows, sample_pairs
 from ghfeat_hf.hub import save_ghfeat_directory
 from tests.conftest import tiny_generator_config, tiny_ghfeat_config
 
@@ -170,6 +170,40 @@ def test_style_mixing_rates_are_the_classifier_on_the_mixed_images(gray_model_di
     grid = PIL.Image.open(tmp_path / "grid.png")
     assert grid.height > 3 * 96 and report.artifacts["grid"] == str(tmp_path / "grid.png")
     assert "Style mixing on" in report.to_markdown()
+
+
+class BrightnessJudge:
+    """A stand-in judge: class 1 when an image's mean is above `threshold`, else 0."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def predict(self, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        means = images.float().mean(dim=(1, 2, 3))
+        return (means > self.threshold).long(), means[:, None]
+
+
+def test_generator_mixing_rows_mix_the_generators_own_samples(gray_model_dir):
+    """Taking every layer from B renders B (B's class in every pair); with a two-class judge a partial group gives one of the two; the rows are seeded; a judge that sees one class gives
+    no rows and a warning."""
+    generator = StyleGANGenerator.from_pretrained(gray_model_dir / "stylegan-generator").eval()
+    config = GHFeatModel.from_pretrained(gray_model_dir).config
+    layers = generator.config.num_layers
+    with torch.no_grad():
+        w = generator.mapping(torch.randn(64, generator.config.latent_size, generator=torch.Generator().manual_seed(0)))
+        threshold = float(generator.synthesis(w).mean(dim=(1, 2, 3)).median())
+    judge = BrightnessJudge(threshold)
+    groups = [("all", list(range(layers))), ("first", [0])]
+    rows = {row["features"]: row for row in generator_mixing_rows(generator, judge, groups, config, 20, batch_size=8,
+                                                                  seed=1)}
+    assert list(rows) == ["generator: A + B's all", "generator: A + B's first"]
+    assert rows["generator: A + B's all"]["takes_b"] == 1.0
+    assert all(row["dim"] == 20 for row in rows.values())
+    first = rows["generator: A + B's first"]
+    assert first["takes_b"] + first["keeps_a"] == pytest.approx(1.0)  # two classes: never a third
+    assert generator_mixing_rows(generator, judge, groups, config, 20, batch_size=8, seed=1)[1] == first
+    with pytest.warns(UserWarning, match="one class"):
+        assert generator_mixing_rows(generator, BrightnessJudge(1e9), groups, config, 4, batch_size=8) == []
 
 
 def test_style_mixing_refuses_a_classifier_of_other_classes(gray_model_dir, shapes_dir):

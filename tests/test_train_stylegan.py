@@ -194,6 +194,40 @@ def test_style_mixing_crossovers_restrict_where_mixing_crosses_over(capsys):
     assert "a 32 px generator has 8 layers, crossovers are in [1, 7]" in capsys.readouterr().err
 
 
+def test_grow_from_a_lower_resolution_run(tmp_path, photo_dataset, capsys):
+    """--grow_from starts a 16 px run from an 8 px run's exports: the mapping, the 4x4 / 8x8 synthesis layers and w_avg
+    of its generator; the 8x8 block (the 16 px discriminator's second block) and the 4x4 head of its discriminator.
+    What the small run lacks (the 16 px layers) starts as in a new run; a run of the same resolution is refused."""
+    small_dir = tmp_path / "small"
+    train_stylegan.main(tiny_args(photo_dataset, small_dir, "--resolution", "8", "--max_steps", "2"))
+    AcceleratorState._reset_state(True)
+    small_g = StyleGANGenerator.from_pretrained(small_dir / "stylegan-generator")
+    small_d = StyleGANDiscriminator.from_pretrained(small_dir / "stylegan-discriminator")
+    args = train_stylegan.parse_args(tiny_args(photo_dataset, tmp_path / "big", "--grow_from", str(small_dir),
+                                               "--max_steps", "1"))
+    torch.manual_seed(0)
+    generator, discriminator = stylegan_trainer.build_networks(args)
+    torch.manual_seed(0)
+    fresh_g, fresh_d = stylegan_trainer.build_networks(train_stylegan.parse_args(tiny_args(
+        photo_dataset, tmp_path / "fresh", "--max_steps", "1")))
+    small_gs, big_gs, fresh_gs = small_g.state_dict(), generator.state_dict(), fresh_g.state_dict()
+    for key in ("mapping.w_avg", "mapping.layers.0.weight", "synthesis.layers.0.const", "synthesis.layers.3.conv.weight",
+                "synthesis.layers.3.style.weight", "synthesis.layers.3.noise"):
+        assert torch.equal(big_gs[key], small_gs[key]), key
+    assert not torch.equal(big_gs["synthesis.layers.4.conv.weight"], small_gs["synthesis.layers.3.conv.weight"])
+    assert torch.equal(big_gs["synthesis.layers.4.conv.weight"], fresh_gs["synthesis.layers.4.conv.weight"])
+    small_ds, big_ds = small_d.state_dict(), discriminator.state_dict()
+    # 16 px D: blocks 0 (16 -> 8), 1 (8 -> 4); the 8 px D's block 0 (8 -> 4) is the 16 px D's block 1.
+    assert torch.equal(big_ds["network.blocks.1.conv0.weight"], small_ds["network.blocks.0.conv0.weight"])
+    assert torch.equal(big_ds["network.final_dense.weight"], small_ds["network.final_dense.weight"])
+    assert torch.equal(big_ds["network.blocks.0.conv0.weight"], fresh_d.state_dict()["network.blocks.0.conv0.weight"])
+    assert train_stylegan.main(tiny_args(photo_dataset, tmp_path / "big", "--grow_from", str(small_dir),
+                                         "--max_steps", "2"))["step"] == 2
+    with pytest.raises(ValueError, match="needs a lower-resolution run"):
+        stylegan_trainer.build_networks(train_stylegan.parse_args(tiny_args(
+            photo_dataset, tmp_path / "same", "--resolution", "8", "--grow_from", str(small_dir), "--max_steps", "1")))
+
+
 def test_two_cpu_processes(tmp_path, photo_dataset):
     """A real 2-process gloo run (accelerate launch --multi_gpu with ACCELERATE_USE_CPU=1)."""
     env = dict(os.environ, ACCELERATE_USE_CPU="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",

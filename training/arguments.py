@@ -113,6 +113,10 @@ def stylegan_parser(description: str) -> argparse.ArgumentParser:
                        help="Layers where style mixing may cross over (the first layer taking the second w), drawn "
                             "uniformly; default: every layer from 1, as StyleGAN v1. E.g. 4 at 32 px mixes only at "
                             "the coarse (4x4, 8x8) / fine boundary.")
+    model.add_argument("--grow_from", type=str, default=None, metavar="RUN_DIR",
+                       help="Start from the exported generator and discriminator of a lower-resolution run of the same "
+                            "widths (coarse-to-fine training): its layers initialise the matching layers of the new "
+                            "networks, the layers it lacks start at random.")
     optim = parser.add_argument_group("optimisation and losses")
     add_adam_args(optim, learning_rate=0.001, beta1=0.0, networks="G and D")
     optim.add_argument("--r1_gamma", type=float, default=10.0, help="R1 regularisation weight gamma (0 disables R1).")

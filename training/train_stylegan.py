@@ -9,7 +9,9 @@ non-saturating logistic loss, R1 on reals (``gamma / 2 * E[|grad D(x)|^2]``), st
 layer per minibatch, the tracked average w (``w_avg = lerp(mean_w, w_avg, dlatent_avg_beta)`` on every generator
 pass), the mapping network's equalized-lr multiplier, Adam (lr 0.001, betas (0.0, 0.99), eps 1e-8), random
 noise during training, generator EMA with a half-life of ``--ema_kimg`` thousand images, horizontal mirroring.
-What differs: no progressive growing (one fixed resolution); one D update then one G update per step.
+What differs: no progressive growing (one fixed resolution; ``--grow_from`` starts a run from a lower-resolution
+run's networks instead, coarse to fine in separate runs, without the official fade-in); one D update then one G
+update per step.
 
 Examples::
 
@@ -17,6 +19,8 @@ Examples::
     accelerate launch training/train_stylegan.py --dataset ./my_images --resolution 64 --output_dir runs/x
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train_stylegan.py ...
     python training/train_stylegan.py ... --resume_from_checkpoint latest
+    python training/train_stylegan.py --dataset fashion-mnist --resolution 8 --output_dir runs/g8 --max_steps 2400
+    python training/train_stylegan.py --dataset fashion-mnist --resolution 32 --grow_from runs/g8 --output_dir runs/g32
 """
 
 from __future__ import annotations

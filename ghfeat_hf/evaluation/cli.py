@@ -155,7 +155,8 @@ def add_evaluate_parser(subparsers) -> None:
                       "--keypoints-column: the <name>_x / <name>_y pairs to use; default: all of them)")
 
     task = tasks.add_parser("style-mixing", parents=[run_options],
-                            help="class transfer when A takes one layer group of B, judged by a domain classifier")
+                            help="class transfer when A takes one layer group of B, judged by a domain classifier "
+                                 "(also between the generator's own samples when the model folder has its generator)")
     _add_splits(task, two_splits=False)
     _add_classifier(task)
     task.add_argument("--label-column", default="label", help="label column (default: label)")
@@ -340,7 +341,8 @@ def _run_judged_task(args: argparse.Namespace, model_path: str) -> EvaluationRep
         report = evaluate_style_mixing(extractor, data, classifier, image_column=args.image_column,
                                        label_column=args.label_column, num_pairs=args.num_pairs,
                                        layer_groups=args.layers, batch_size=args.batch_size, seed=args.seed,
-                                       grid_path=grid, grid_pairs=args.grid_pairs, dataset_name=args.dataset)
+                                       grid_path=grid, grid_pairs=args.grid_pairs, dataset_name=args.dataset,
+                                       generator=load_generator(model_path))
     else:
         generators = {}
         for spec in [f"{Path(model_path).name}={Path(model_path) / GENERATOR_SUBFOLDER}", *args.generators]:

@@ -4,21 +4,26 @@ For pairs of test images A and B of different classes, A's style codes get one l
 from B and are decoded; a [`DomainClassifier`] trained on the real images says which class the result shows. If
 coarse layers carry shape, "A with B's coarse layers" shows B's class; if fine layers carry appearance only, "A with
 B's fine layers" keeps A's class. Reference rows: the classifier on the inputs themselves (its accuracy) and on the
-plain reconstructions of A.
+plain reconstructions of A. Given the model's StyleGAN generator, the same groups are also mixed between pairs of the
+generator's own samples (w of two latents, classes as judged on the samples): what the generator does with mixed
+codes, with no encoder involved, so a low rate can be told apart from an encoder that misplaces shape.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import PIL.Image
+import torch
 
 from ..editing.codes import decode_codes, describe_layers, encode_images, mix_style_codes
 from ..errors import UsageError
 from ..evaluation_report import OURS, EvaluationReport, MetricColumn, ProtocolItem
 from ..image_io import to_pil_image
+from ..modeling_stylegan import StyleGANGenerator
 from ..runtime import autocast_context, parse_layer_groups
 from ..visualization import enlarged_cell_size, make_grid
 from .domain_classifier import DomainClassifier
@@ -66,6 +71,7 @@ def evaluate_style_mixing(
     grid_path: str | os.PathLike | None = None,
     grid_pairs: int = 6,
     dataset_name: str | None = None,
+    generator: StyleGANGenerator | None = None,
 ) -> EvaluationReport:
     """Class-transfer rates of style mixing over `num_pairs` seeded pairs of different-class images.
 
@@ -75,10 +81,12 @@ def evaluate_style_mixing(
         classifier: the judge; its class indices must be the dataset's label values.
         layer_groups: selections taken from B (head names, ranges such as `"0-3"`); default coarse, middle, fine.
         grid_path: where to save a picture of the first `grid_pairs` pairs (PNG); `None`: no picture.
+        generator: the model's StyleGAN generator (with its mapping network): adds one row per layer group mixing
+            `num_pairs` pairs of its own samples ([`generator_mixing_rows`]).
 
     Returns:
-        An [`EvaluationReport`] of task `style_mixing`, one row per layer group plus the two reference rows, with
-        `takes_b` / `keeps_a` (fractions with 95% Wilson intervals) and `neither`.
+        An [`EvaluationReport`] of task `style_mixing`, one row per layer group plus the two reference rows (and the
+        generator's rows), with `takes_b` / `keeps_a` (fractions with 95% Wilson intervals) and `neither`.
     """
     require_columns(dataset, image_column, label_column)
     model, config = extractor.model, extractor.model.config
@@ -112,6 +120,10 @@ def evaluate_style_mixing(
         layers = next((describe_layers(layers, config) for spec, layers in groups if spec == name), "none")
         rows.append({"features": name if name in ("input images", "reconstruction") else f"A + B's {name}",
                      "layers": layers, "dim": len(predicted), **_rates(predicted, labels_a, labels_b)})
+    if generator is not None:
+        with autocast_context(extractor.device, extractor.dtype):
+            rows += generator_mixing_rows(generator.to(extractor.device), classifier, groups, config, num_pairs,
+                                          batch_size=batch_size, seed=seed)
     artifacts = {}
     if grid_path is not None:
         count = min(grid_pairs, num_pairs)
@@ -133,12 +145,58 @@ def evaluate_style_mixing(
                      "is the 'input images' row", OURS),
         ProtocolItem("intervals", "95% Wilson score intervals over the pairs", OURS),
     ]
+    if generator is not None:
+        protocol.insert(2, ProtocolItem(
+            "generator rows", f"up to {num_pairs} pairs (the rows' count) of the generator's own samples (w of two seeded latents, truncation "
+            "1, constant noise) whose judged classes differ; A's w with one layer group replaced by B's; A's and B's "
+            "classes are the judge's on the two samples", OURS))
     columns = [MetricColumn("takes_b", "B's class (%)", "pct_ci"), MetricColumn("keeps_a", "A's class (%)", "pct_ci"),
                MetricColumn("neither", "other class (%)", "pct")]
     return EvaluationReport(
         task="style_mixing", model=extractor.describe(), protocol=protocol, columns=columns, rows=rows,
         data=describe_data(dataset_name, {"pairs": dataset}, image_column=image_column, label_column=label_column),
         artifacts=artifacts)
+
+
+@torch.no_grad()
+def generator_mixing_rows(generator: StyleGANGenerator, classifier: DomainClassifier,
+                          groups: Sequence[tuple[str, Sequence[int]]], config, num_pairs: int, *,
+                          batch_size: int = 64, seed: int = 0) -> list[dict]:
+    """Style mixing of the generator's own samples: `num_pairs` pairs of seeded latents whose samples the classifier
+    puts in different classes (fewer when 20 x `num_pairs` latent pairs do not give them; none and a warning when
+    all samples fall in one class); for each `(name, layers)` group, A's w with those layers from B's w, synthesised
+    with the constant noise and judged. One report row per group (`features` "generator: A + B's <name>", `dim`:
+    the pairs)."""
+    device = next(generator.parameters()).device
+    latents = torch.Generator().manual_seed(seed)
+    w_a, w_b, labels_a, labels_b = [], [], [], []
+    found = 0
+    for _ in range(max(20 * num_pairs // batch_size, 1)):
+        pair = [generator.mapping(torch.randn(batch_size, generator.config.latent_size, generator=latents).to(device))
+                for _ in range(2)]
+        judged = [classifier.predict(generator.synthesis(w, noise_mode="const").float(), batch_size)[0]
+                  for w in pair]
+        differ = (judged[0] != judged[1]).nonzero().flatten()[:num_pairs - found]
+        for store, values in zip((w_a, w_b, labels_a, labels_b), (*pair, *judged)):
+            store.append(values[differ.to(values.device)].cpu())
+        found += len(differ)
+        if found == num_pairs:
+            break
+    if found == 0:
+        warnings.warn("no generator rows: the judge puts all the generator's samples in one class.", stacklevel=2)
+        return []
+    w_a, w_b = torch.cat(w_a), torch.cat(w_b)
+    labels_a, labels_b = torch.cat(labels_a).numpy(), torch.cat(labels_b).numpy()
+    rows = []
+    for name, layers in groups:
+        mixed = w_a.clone()
+        mixed[:, list(layers)] = w_b[:, list(layers)]
+        images = torch.cat([generator.synthesis(batch.to(device), noise_mode="const").float().cpu()
+                            for batch in mixed.split(batch_size)])
+        predicted = classifier.predict(images, batch_size)[0].numpy()
+        rows.append({"features": f"generator: A + B's {name}", "layers": describe_layers(layers, config),
+                     "dim": found, **_rates(predicted, labels_a, labels_b)})
+    return rows
 
 
 def _pairs_figure(images_a, images_b, mixed, names_a: Sequence[str], names_b: Sequence[str]) -> PIL.Image.Image:
@@ -150,4 +208,4 @@ def _pairs_figure(images_a, images_b, mixed, names_a: Sequence[str], names_b: Se
     return make_grid(rows, ["A", "B", *(f"A + B's {spec}" for spec in mixed)], labels, cell_size=size)
 
 
-__all__ = ["DEFAULT_GROUPS", "evaluate_style_mixing", "sample_pairs"]
+__all__ = ["DEFAULT_GROUPS", "evaluate_style_mixing", "generator_mixing_rows", "sample_pairs"]
