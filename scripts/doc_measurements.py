@@ -53,7 +53,7 @@ def _machine(record: dict[str, Any], key: str) -> str:
 
 RESULT_TASKS = ("classification", "reconstruction")
 # Reports whose own table (EvaluationReport.table) the README quotes as it is, in a span named "<task>-results".
-REPORT_TABLES = ("restoration",)
+REPORT_TABLES = ("restoration", "style_mixing")
 
 MEASUREMENTS: dict[str, Callable[[dict[str, Any]], str]] = {
     "demo-seconds": lambda record: duration(record["demo"]["seconds"]),
