@@ -184,8 +184,8 @@ class BrightnessJudge:
 
 
 def test_generator_mixing_rows_mix_the_generators_own_samples(gray_model_dir):
-    """Taking every layer from B renders B (B's class in every pair); with a two-class judge a partial group gives one of the two; the rows are seeded; a judge that sees one class gives
-    no rows and a warning."""
+    """Taking every layer from B renders B (B's class in every pair); with a two-class judge a partial group gives
+    one of the two; the rows are seeded; a judge that sees one class gives no rows and a warning."""
     generator = StyleGANGenerator.from_pretrained(gray_model_dir / "stylegan-generator").eval()
     config = GHFeatModel.from_pretrained(gray_model_dir).config
     layers = generator.config.num_layers

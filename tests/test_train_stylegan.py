@@ -194,7 +194,7 @@ def test_style_mixing_crossovers_restrict_where_mixing_crosses_over(capsys):
     assert "a 32 px generator has 8 layers, crossovers are in [1, 7]" in capsys.readouterr().err
 
 
-def test_grow_from_a_lower_resolution_run(tmp_path, photo_dataset, capsys):
+def test_grow_from_a_lower_resolution_run(tmp_path, photo_dataset):
     """--grow_from starts a 16 px run from an 8 px run's exports: the mapping, the 4x4 / 8x8 synthesis layers and w_avg
     of its generator; the 8x8 block (the 16 px discriminator's second block) and the 4x4 head of its discriminator.
     What the small run lacks (the 16 px layers) starts as in a new run; a run of the same resolution is refused."""

@@ -83,7 +83,7 @@ def build_networks(args: argparse.Namespace) -> tuple[StyleGANGenerator, StyleGA
         style_mixing_prob=args.style_mixing_prob, dlatent_avg_beta=args.dlatent_avg_beta,
     )
     generator, discriminator = StyleGANGenerator(g_config), StyleGANDiscriminator(StyleGANDiscriminatorConfig(**common))
-    if getattr(args, "grow_from", None):
+    if args.grow_from:
         grow_from(generator, discriminator, Path(args.grow_from))
     return generator, discriminator
 
@@ -95,10 +95,10 @@ def _discriminator_key(key: str, shift: int) -> str:
 
 
 @torch.no_grad()
-def grow_from(generator: StyleGANGenerator, discriminator: StyleGANDiscriminator, run_dir: Path) -> dict[str, int]:
+def grow_from(generator: StyleGANGenerator, discriminator: StyleGANDiscriminator, run_dir: Path) -> None:
     """Initialise ``generator`` and ``discriminator`` from a lower-resolution run's exports: the mapping, the synthesis
     layers it has (counted from 4x4) and w_avg; the discriminator blocks it has (counted from 4x4) and its 4x4 head;
-    every other tensor whose name and shape match. Returns how many tensors each network took."""
+    every other tensor whose name and shape match."""
     small_g = StyleGANGenerator.from_pretrained(run_dir / GENERATOR_DIR)
     small_d = StyleGANDiscriminator.from_pretrained(run_dir / DISCRIMINATOR_DIR)
     small, big = small_g.config, generator.config
@@ -106,15 +106,12 @@ def grow_from(generator: StyleGANGenerator, discriminator: StyleGANDiscriminator
         raise ValueError(f"--grow_from needs a lower-resolution run with {big.num_channels} channels; {run_dir} has "
                          f"{small.resolution} px x{small.num_channels}.")
     shift = int(math.log2(big.resolution)) - int(math.log2(small.resolution))
-    taken = {}
-    for name, net, source, rename in (("G", generator, small_g, lambda key: key),
-                                      ("D", discriminator, small_d, lambda key: _discriminator_key(key, shift))):
+    for net, source, rename in ((generator, small_g, lambda key: key),
+                                (discriminator, small_d, lambda key: _discriminator_key(key, shift))):
         target = net.state_dict()
         update = {rename(key): value for key, value in source.state_dict().items()
                   if rename(key) in target and target[rename(key)].shape == value.shape}
         net.load_state_dict(update, strict=False)
-        taken[name] = len(update)
-    return taken
 
 
 class StyleGANTrainer:

@@ -19,6 +19,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..configuration_ghfeat import GHFeatConfig
 from ..editing.codes import decode_codes, describe_layers, encode_images, mix_style_codes
 from ..errors import UsageError
 from ..evaluation_report import OURS, EvaluationReport, MetricColumn, ProtocolItem
@@ -147,9 +148,9 @@ def evaluate_style_mixing(
     ]
     if generator is not None:
         protocol.insert(2, ProtocolItem(
-            "generator rows", f"up to {num_pairs} pairs (the rows' count) of the generator's own samples (w of two seeded latents, truncation "
-            "1, constant noise) whose judged classes differ; A's w with one layer group replaced by B's; A's and B's "
-            "classes are the judge's on the two samples", OURS))
+            "generator rows", f"up to {num_pairs} pairs (the rows' count) of the generator's own samples (w of two "
+            "seeded latents, truncation 1, constant noise) whose judged classes differ; A's w with one layer group "
+            "replaced by B's; A's and B's classes are the judge's on the two samples", OURS))
     columns = [MetricColumn("takes_b", "B's class (%)", "pct_ci"), MetricColumn("keeps_a", "A's class (%)", "pct_ci"),
                MetricColumn("neither", "other class (%)", "pct")]
     return EvaluationReport(
@@ -160,7 +161,7 @@ def evaluate_style_mixing(
 
 @torch.no_grad()
 def generator_mixing_rows(generator: StyleGANGenerator, classifier: DomainClassifier,
-                          groups: Sequence[tuple[str, Sequence[int]]], config, num_pairs: int, *,
+                          groups: Sequence[tuple[str, Sequence[int]]], config: GHFeatConfig, num_pairs: int, *,
                           batch_size: int = 64, seed: int = 0) -> list[dict]:
     """Style mixing of the generator's own samples: `num_pairs` pairs of seeded latents whose samples the classifier
     puts in different classes (fewer when 20 x `num_pairs` latent pairs do not give them; none and a warning when
