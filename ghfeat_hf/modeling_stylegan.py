@@ -260,6 +260,11 @@ class StyleGANDiscriminatorNet(nn.Module):
         x = F.leaky_relu(self.from_rgb(images), LRELU_SLOPE)
         for block in self.blocks:
             x = block(x)
+        return self.score(x)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """The 4x4 head: features ``[N, C, 4, 4]`` after the last block -> scores ``[N, 1]`` (minibatch stddev,
+        3x3 conv, two dense layers)."""
         x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_features)
         x = F.leaky_relu(self.final_conv(x), LRELU_SLOPE)
         x = F.leaky_relu(self.final_dense(x.flatten(1)), LRELU_SLOPE)

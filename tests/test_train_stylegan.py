@@ -12,12 +12,15 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.test_utils import get_launch_command
 from safetensors.torch import load_file
 from transformers import AutoModel
 
 import ghfeat_hf  # noqa: F401  (registers the Auto classes)
+import growing
 import stylegan_trainer
 import train_stylegan
 from ghfeat_hf import StyleGANDiscriminator, StyleGANGenerator
@@ -226,6 +229,60 @@ def test_grow_from_a_lower_resolution_run(tmp_path, photo_dataset):
     with pytest.raises(ValueError, match="needs a lower-resolution run"):
         stylegan_trainer.build_networks(train_stylegan.parse_args(tiny_args(
             photo_dataset, tmp_path / "same", "--resolution", "8", "--grow_from", str(small_dir), "--max_steps", "1")))
+
+
+def test_fade_in_blends_the_previous_run(tmp_path, photo_dataset):
+    """--fade_in_steps: at weight 0 the 16 px networks are exactly the 8 px run's (its images upscaled, its scores
+    of the downscaled images), at weight 1 the new layers alone; a fade-in run checkpoints, resumes and exports the
+    plain discriminator; a fade over two resolution steps or without --grow_from is refused."""
+    small_dir = tmp_path / "small"
+    train_stylegan.main(tiny_args(photo_dataset, small_dir, "--resolution", "8", "--max_steps", "2"))
+    AcceleratorState._reset_state(True)
+    small_g = StyleGANGenerator.from_pretrained(small_dir / "stylegan-generator").eval()
+    small_d = StyleGANDiscriminator.from_pretrained(small_dir / "stylegan-discriminator").eval()
+    args = train_stylegan.parse_args(tiny_args(photo_dataset, tmp_path / "big", "--grow_from", str(small_dir),
+                                               "--fade_in_steps", "4", "--max_steps", "1"))
+    generator, discriminator = stylegan_trainer.build_networks(args)
+    fade_out, previous_from_rgb = growing.fade_in_layers(generator, small_dir)
+    mixing = stylegan_trainer.MixingGenerator(generator, fade_out).eval()
+    fading_d = growing.FadeInDiscriminator(discriminator, previous_from_rgb).eval()
+    z = torch.randn(8, generator.config.latent_size, generator=torch.Generator().manual_seed(0))
+    no_mixing = torch.tensor(generator.config.num_layers)
+    images = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        upscaled = F.interpolate(small_g.synthesis(small_g.mapping(z), noise_mode="const"), scale_factor=2)
+        new_layers = generator.synthesis(generator.mapping(z), noise_mode="const")
+        assert not torch.allclose(upscaled, new_layers, atol=1e-3)
+        for module in (fade_out, fading_d):
+            module.alpha.fill_(0.0)
+        torch.testing.assert_close(mixing(z, z, no_mixing, noise_mode="const")[0], upscaled, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fading_d(images), small_d(F.avg_pool2d(images, 2)), atol=1e-5, rtol=1e-5)
+        for module in (fade_out, fading_d):
+            module.alpha.fill_(1.0)
+        torch.testing.assert_close(mixing(z, z, no_mixing, noise_mode="const")[0], new_layers, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fading_d(images), discriminator(images), atol=1e-5, rtol=1e-5)
+
+    trainer, _ = stylegan_trainer.build_trainer(Accelerator(cpu=True), args)
+    fading = (trainer.g_module.fade_in, trainer.accelerator.unwrap_model(trainer.discriminator))
+    assert [(trainer.set_fade_in(step), *(float(module.alpha) for module in fading)) for step in (0, 2, 9)] == [
+        (0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0)]
+    AcceleratorState._reset_state(True)
+
+    run = tiny_args(photo_dataset, tmp_path / "big", "--grow_from", str(small_dir), "--fade_in_steps", "4",
+                    "--checkpointing_steps", "2", "--sample_every", "0")
+    assert train_stylegan.main([*run, "--max_steps", "2"])["step"] == 2
+    AcceleratorState._reset_state(True)
+    resumed = train_stylegan.main([*run, "--max_steps", "3", "--resume_from_checkpoint", "latest"])
+    assert resumed["resumed_from"] and resumed["step"] == 3
+    exported = StyleGANDiscriminator.from_pretrained(tmp_path / "big" / "stylegan-discriminator")
+    assert set(exported.state_dict()) == set(discriminator.state_dict())
+
+    with pytest.raises(ValueError, match="one resolution step"):
+        wide = train_stylegan.parse_args(tiny_args(photo_dataset, tmp_path / "wide", "--resolution", "32", "--grow_from",
+                                                   str(small_dir), "--fade_in_steps", "2", "--max_steps", "1"))
+        growing.fade_in_layers(stylegan_trainer.build_networks(wide)[0], small_dir)
+    with pytest.raises(SystemExit):
+        train_stylegan.parse_args(tiny_args(photo_dataset, tmp_path / "x", "--fade_in_steps", "2", "--max_steps", "1"))
 
 
 def test_two_cpu_processes(tmp_path, photo_dataset):

@@ -117,6 +117,10 @@ def stylegan_parser(description: str) -> argparse.ArgumentParser:
                        help="Start from the exported generator and discriminator of a lower-resolution run of the same "
                             "widths (coarse-to-fine training): its layers initialise the matching layers of the new "
                             "networks, the layers it lacks start at random.")
+    model.add_argument("--fade_in_steps", type=int, default=0, metavar="STEPS",
+                       help="With --grow_from a run at half this resolution: fade the new resolution in over the first "
+                            "STEPS steps as StyleGAN v1's progressive growing does (the previous run's output and input "
+                            "layers blended with the new ones, weight rising linearly from 0 to 1); 0: no fade-in.")
     optim = parser.add_argument_group("optimisation and losses")
     add_adam_args(optim, learning_rate=0.001, beta1=0.0, networks="G and D")
     optim.add_argument("--r1_gamma", type=float, default=10.0, help="R1 regularisation weight gamma (0 disables R1).")

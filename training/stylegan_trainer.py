@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,20 +19,28 @@ from acceleration import grad_norm, loss_scale, maybe_channels_last, maybe_compi
 from checkpoints import export_pretrained
 from data_loop import seed_step
 from ghfeat_hf import StyleGANDiscriminator, StyleGANDiscriminatorConfig, StyleGANGenerator, StyleGANGeneratorConfig
+from growing import (
+    DISCRIMINATOR_DIR,
+    GENERATOR_DIR,
+    FadeInDiscriminator,
+    FadeInOutput,
+    fade_in_layers,
+    grow_from,
+    unwrap_discriminator,
+)
 from losses import discriminator_logistic_loss, generator_nonsaturating_loss, r1_penalty
 from tracking import save_image_grid, tensor_to_pil
-
-GENERATOR_DIR = "stylegan-generator"
-DISCRIMINATOR_DIR = "stylegan-discriminator"
 
 
 class MixingGenerator(nn.Module):
     """Training view of a :class:`StyleGANGenerator`: mapping, style mixing and synthesis in one ``forward``
-    (one DDP forward). Returns the images and the batch mean of w (before mixing) for the ``w_avg`` update."""
+    (one DDP forward). Returns the images and the batch mean of w (before mixing) for the ``w_avg`` update.
+    With ``fade_in`` (``--fade_in_steps``), the synthesis output is blended with the previous run's."""
 
-    def __init__(self, generator: StyleGANGenerator):
+    def __init__(self, generator: StyleGANGenerator, fade_in: FadeInOutput | None = None):
         super().__init__()
         self.generator = generator
+        self.fade_in = fade_in
 
     def forward(self, z: torch.Tensor, z_mix: torch.Tensor, cutoff: torch.Tensor, noise_mode: str = "random"):
         mapping = self.generator.mapping
@@ -44,6 +50,8 @@ class MixingGenerator(nn.Module):
         # mappings always run (and a tensor cutoff keeps torch.compile from specialising on its value).
         layers = torch.arange(w.shape[1], device=w.device).view(1, -1, 1)
         w = torch.where(layers < cutoff, w, mapping(z_mix))
+        if self.fade_in is not None:
+            return self.fade_in(self.generator.synthesis, w, noise_mode), w_mean
         return self.generator.synthesis(w, noise_mode=noise_mode), w_mean
 
 
@@ -86,32 +94,6 @@ def build_networks(args: argparse.Namespace) -> tuple[StyleGANGenerator, StyleGA
     if args.grow_from:
         grow_from(generator, discriminator, Path(args.grow_from))
     return generator, discriminator
-
-
-def _discriminator_key(key: str, shift: int) -> str:
-    """A discriminator parameter name with its block index (counted from the input resolution) moved by ``shift``."""
-    match = re.match(r"(network\.blocks\.)(\d+)(\..*)", key)
-    return f"{match[1]}{int(match[2]) + shift}{match[3]}" if match else key
-
-
-@torch.no_grad()
-def grow_from(generator: StyleGANGenerator, discriminator: StyleGANDiscriminator, run_dir: Path) -> None:
-    """Initialise ``generator`` and ``discriminator`` from a lower-resolution run's exports: the mapping, the synthesis
-    layers it has (counted from 4x4) and w_avg; the discriminator blocks it has (counted from 4x4) and its 4x4 head;
-    every other tensor whose name and shape match."""
-    small_g = StyleGANGenerator.from_pretrained(run_dir / GENERATOR_DIR)
-    small_d = StyleGANDiscriminator.from_pretrained(run_dir / DISCRIMINATOR_DIR)
-    small, big = small_g.config, generator.config
-    if small.resolution >= big.resolution or small.num_channels != big.num_channels:
-        raise ValueError(f"--grow_from needs a lower-resolution run with {big.num_channels} channels; {run_dir} has "
-                         f"{small.resolution} px x{small.num_channels}.")
-    shift = int(math.log2(big.resolution)) - int(math.log2(small.resolution))
-    for net, source, rename in ((generator, small_g, lambda key: key),
-                                (discriminator, small_d, lambda key: _discriminator_key(key, shift))):
-        target = net.state_dict()
-        update = {rename(key): value for key, value in source.state_dict().items()
-                  if rename(key) in target and target[rename(key)].shape == value.shape}
-        net.load_state_dict(update, strict=False)
 
 
 class StyleGANTrainer:
@@ -209,9 +191,18 @@ class StyleGANTrainer:
         if args.channels_last:
             micro_batches = [m.contiguous(memory_format=torch.channels_last) for m in micro_batches]
         seed_step(args.seed, step, self.accelerator.process_index)
+        if args.fade_in_steps:
+            self.set_fade_in(step)
         metrics = self.discriminator_step(micro_batches, step)
         metrics.update(self.generator_step())
         return metrics
+
+    def set_fade_in(self, step: int) -> float:
+        """Set the fade-in weight of step ``step``, ``min(step / --fade_in_steps, 1)``, in G and D; returns it."""
+        alpha = min(step / self.args.fade_in_steps, 1.0)
+        self.g_module.fade_in.alpha.fill_(alpha)
+        self.accelerator.unwrap_model(self.discriminator).alpha.fill_(alpha)
+        return alpha
 
     def save_samples(self, step: int) -> Path:
         """The EMA generator's images of the fixed sample latents as a grid, ``samples/step_<step>.png``."""
@@ -230,7 +221,8 @@ class StyleGANTrainer:
         """Write the EMA generator (with w_avg) and the discriminator as transformers model directories."""
         output_dir = Path(self.args.output_dir)
         export_pretrained(self.accelerator, self.g_ema, output_dir / GENERATOR_DIR)
-        export_pretrained(self.accelerator, self.discriminator, output_dir / DISCRIMINATOR_DIR)
+        export_pretrained(self.accelerator, unwrap_discriminator(self.accelerator.unwrap_model(self.discriminator)),
+                          output_dir / DISCRIMINATOR_DIR)
 
 
 def build_trainer(accelerator: Accelerator, args: argparse.Namespace, dataloader=None,
@@ -242,9 +234,13 @@ def build_trainer(accelerator: Accelerator, args: argparse.Namespace, dataloader
     """
     generator, discriminator = build_networks(args)
     g_ema = copy.deepcopy(generator).eval().requires_grad_(False)
-    generator = maybe_channels_last(generator, args.channels_last)
+    fade_in = None
+    if args.fade_in_steps:
+        fade_in, previous_from_rgb = fade_in_layers(generator, Path(args.grow_from))
+        discriminator = FadeInDiscriminator(discriminator, previous_from_rgb)
+    g_train = maybe_channels_last(MixingGenerator(generator, fade_in), args.channels_last)
     discriminator = maybe_channels_last(discriminator, args.channels_last)
-    g_train = maybe_compile(MixingGenerator(generator), args.compile)
+    g_train = maybe_compile(g_train, args.compile)
     if args.compile and args.r1_gamma == 0:
         discriminator = maybe_compile(discriminator, True)
     adam = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)

@@ -9,9 +9,9 @@ non-saturating logistic loss, R1 on reals (``gamma / 2 * E[|grad D(x)|^2]``), st
 layer per minibatch, the tracked average w (``w_avg = lerp(mean_w, w_avg, dlatent_avg_beta)`` on every generator
 pass), the mapping network's equalized-lr multiplier, Adam (lr 0.001, betas (0.0, 0.99), eps 1e-8), random
 noise during training, generator EMA with a half-life of ``--ema_kimg`` thousand images, horizontal mirroring.
-What differs: no progressive growing (one fixed resolution; ``--grow_from`` starts a run from a lower-resolution
-run's networks instead, coarse to fine in separate runs, without the official fade-in); one D update then one G
-update per step.
+What differs: no progressive growing within a run (one fixed resolution); ``--grow_from`` starts a run from a
+lower-resolution run's networks instead, coarse to fine in separate runs, and ``--fade_in_steps`` fades the new
+resolution in as the official schedule does (``training/growing.py``); one D update then one G update per step.
 
 Examples::
 
@@ -20,7 +20,8 @@ Examples::
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train_stylegan.py ...
     python training/train_stylegan.py ... --resume_from_checkpoint latest
     python training/train_stylegan.py --dataset fashion-mnist --resolution 8 --output_dir runs/g8 --max_steps 2400
-    python training/train_stylegan.py --dataset fashion-mnist --resolution 32 --grow_from runs/g8 --output_dir runs/g32
+    python training/train_stylegan.py --dataset fashion-mnist --resolution 16 --grow_from runs/g8 --output_dir runs/g16
+    python training/train_stylegan.py ... --resolution 32 --grow_from runs/g16 --fade_in_steps 3000 --output_dir runs/g32
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if outside:
         parser.error(f"--style_mixing_crossovers {outside}: a {args.resolution} px generator has {num_layers} layers, "
                      f"crossovers are in [1, {num_layers - 1}]")
+    if args.fade_in_steps < 0 or (args.fade_in_steps and not args.grow_from):
+        parser.error("--fade_in_steps takes a number of steps >= 0 and needs --grow_from (the run it fades from)")
     if not hasattr(args, "max_steps"):
         args.max_steps = DEFAULT_MAX_STEPS
         print(f"train_stylegan.py: no --max_steps given: this run stops after the default {DEFAULT_MAX_STEPS} steps.",

@@ -12,9 +12,9 @@ layout and shape, fine layers texture and colour. Editing them edits images:
 * [`inversion`]: a few optimisation steps on the encoder's codes for higher fidelity ([`refine_style_codes`]);
 * [`figures`]: labelled grids and GIFs of the results.
 
-Operations take ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1] (what the image processor returns) or codes, and
-return images ``[N, 3, R, R]`` in about [-1, 1] (``processor.postprocess`` turns them into PIL images); they batch
-and run wherever the model is.
+Operations take ``pixel_values`` ``[N, C, S, S]`` in [-1, 1] (what the image processor returns; C is the model's
+channel count, 1 or 3) or codes, and return images ``[N, C, R, R]`` in about [-1, 1] (``processor.postprocess``
+turns them into PIL images); they batch and run wherever the model is.
 """
 
 from .boundaries import (

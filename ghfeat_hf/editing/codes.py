@@ -3,7 +3,7 @@
 Codes are tuples of ``[N, 2C_l]`` tensors (``GHFeatModelOutput.style_codes``), one per generator layer. Layer
 selections are lists of generator-layer indices, or specs such as ``"coarse"``, ``"middle|fine"``, ``"0-3,8"`` or
 ``"all"`` parsed by [`ghfeat_hf.runtime.parse_layers`] against the model configuration (coarse / middle / fine are
-the layers of the encoder's three heads). Images are ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1], as the image
+the layers of the encoder's three heads). Images are ``pixel_values`` ``[N, C, S, S]`` in [-1, 1], as the image
 processor returns them; [`encode_images`] is [`ghfeat_hf.encoding.encode_images`].
 """
 
@@ -111,7 +111,7 @@ def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
 
 @torch.no_grad()
 def decode_codes(model, codes: StyleCodes, batch_size: int = 16) -> torch.Tensor:
-    """Images ``[N, 3, R, R]`` (float32 on the CPU, about [-1, 1]) of codes, decoded in batches on the model's
+    """Images ``[N, C, R, R]`` (float32 on the CPU, about [-1, 1]) of codes, decoded in batches on the model's
     device."""
     device = next(model.parameters()).device
     images = []
@@ -124,7 +124,7 @@ def decode_codes(model, codes: StyleCodes, batch_size: int = 16) -> torch.Tensor
 def style_mixing(
     model, content: StyleCodes, style: StyleCodes, layers: Sequence[int], batch_size: int = 16
 ) -> torch.Tensor:
-    """Every content image with ``layers`` taken from every style image: ``[N_content, N_style, 3, R, R]``.
+    """Every content image with ``layers`` taken from every style image: ``[N_content, N_style, C, R, R]``.
 
     ``out[i, j]`` decodes the codes of ``content`` row ``i`` whose ``layers`` are replaced by ``style`` row ``j``'s.
     """

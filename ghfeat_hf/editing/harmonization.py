@@ -96,7 +96,7 @@ def masks_at_resolution(masks: torch.Tensor | Sequence[torch.Tensor], resolution
 
 
 def paste_region(base: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``base * (1 - mask) + source * mask``: images ``[N, 3, S, S]`` (``source`` may have batch 1) and masks
+    """``base * (1 - mask) + source * mask``: images ``[N, C, S, S]`` (``source`` may have batch 1) and masks
     ``[N or 1, 1, S, S]`` in [0, 1]."""
     if mask.shape[-2:] != base.shape[-2:] or source.shape[-2:] != base.shape[-2:]:
         raise UsageError(f"images {tuple(base.shape[-2:])} / {tuple(source.shape[-2:])} and mask "
@@ -107,7 +107,7 @@ def paste_region(base: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -
 
 @dataclass
 class HarmonizationResult:
-    """Images ``[N, 3, R, R]`` at the generator's resolution (CPU, about [-1, 1]): the ``pasted`` composite
+    """Images ``[N, C, R, R]`` at the generator's resolution (CPU, about [-1, 1]): the ``pasted`` composite
     (built at the encoder's input size ``S`` and resized to ``R``), its encode-decode ``harmonized``, and
     ``base_reconstruction`` (the base image's own encode-decode, the reference outside the region)."""
 
@@ -129,7 +129,7 @@ def harmonize(
 
     Args:
         model: a [`GHFeatModel`].
-        base, source: ``pixel_values`` ``[N, 3, S, S]`` in [-1, 1] (``source`` may have batch 1).
+        base, source: ``pixel_values`` ``[N, C, S, S]`` in [-1, 1] (``source`` may have batch 1).
         mask: ``[N or 1, 1, S, S]`` in [0, 1], see [`masks_at_resolution`].
         invert: optional ``(model, pixel_values) -> codes`` replacing the encoder alone (e.g. with refinement).
 

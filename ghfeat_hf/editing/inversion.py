@@ -155,8 +155,8 @@ def refine_style_codes(
     batch_size: int = 16,
     progress: bool = True,
 ) -> RefinementResult:
-    """Refine the codes of ``pixel_values`` ``[N, 3, S, S]`` (in [-1, 1]) by ``steps`` Adam steps; the decoded
-    images ``[N, 3, R, R]`` are compared with ``pixel_values`` resized to ``R``.
+    """Refine the codes of ``pixel_values`` ``[N, C, S, S]`` (in [-1, 1]) by ``steps`` Adam steps; the decoded
+    images ``[N, C, R, R]`` are compared with ``pixel_values`` resized to ``R``.
 
     Args:
         model: a [`GHFeatModel`]; it is not changed.
