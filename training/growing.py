@@ -7,7 +7,9 @@ from 0 to 1 over the first ``--fade_in_steps`` steps, the generator renders
 ``to_rgb_prev``: the previous run's output layer, nearest-neighbour upscaling) and the discriminator reads
 ``lerp(from_rgb_prev(downscale2d(images)), block_0(from_rgb(images)), alpha)`` into its second block (2x2 average
 downscaling). Both previous layers keep training during the fade, as in the official graph. At ``alpha = 0`` the
-networks are exactly the previous run's, upscaled; from ``alpha = 1`` on, the previous layers no longer count.
+networks are exactly the previous run's, upscaled; from ``alpha = 1`` on, the previous layers no longer count. The
+sample grids and the exported generator are the plain StyleGAN v1 network (the new layers alone), so those written
+during the fade show where the new layers are, not what the discriminator sees.
 """
 
 from __future__ import annotations
