@@ -14,7 +14,6 @@ during the fade show where the new layers are, not what the discriminator sees.
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from pathlib import Path
@@ -105,13 +104,13 @@ class FadeInDiscriminator(nn.Module):
 
 def fade_in_layers(generator: StyleGANGenerator, run_dir: Path) -> tuple[FadeInOutput, nn.Module]:
     """``(generator side, previous input layer)`` of a fade-in from ``run_dir``, a run at half ``generator``'s
-    resolution: copies of its generator's output layer and of its discriminator's input layer."""
+    resolution: its generator's output layer and its discriminator's input layer."""
     small_g, small_d = _load_previous_run(run_dir, generator)
     if 2 * small_g.config.resolution != generator.config.resolution:
         raise ValueError(f"--fade_in_steps fades in one resolution step: {run_dir} is {small_g.config.resolution} px, "
                          f"this run {generator.config.resolution} px; grow through "
                          f"{2 * small_g.config.resolution} px first.")
-    return FadeInOutput(copy.deepcopy(small_g.synthesis.to_rgb)), copy.deepcopy(small_d.network.from_rgb)
+    return FadeInOutput(small_g.synthesis.to_rgb), small_d.network.from_rgb
 
 
 def unwrap_discriminator(discriminator: nn.Module) -> StyleGANDiscriminator:
